@@ -1,0 +1,1 @@
+"""Host-framework adapters (torchao, NNCF), importable as ``qsam2_ext.integrations``."""

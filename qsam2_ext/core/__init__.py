@@ -1,0 +1,29 @@
+"""Framework-free Q-SAM2 math in plain PyTorch: the grid, LSC and baseline quantizers, VRC, bit packing.
+
+Nothing here imports torchao, NNCF or sam2; the adapters in ``qsam2_ext.integrations`` and ``qsam2_ext.sam2``
+build on it.
+"""
+
+from .calibration import VRCCalibration, apply_vrc, input_rows, is_linear_like, weight_matrix
+from .granularity import ActivationGranularity, WeightGranularity
+from .grid import SUPPORTED_BITS, center_step, code_range, dequantize, fake_quantize, quantize
+from .packing import pack_codes, packed_length, unpack_codes
+from .quantizers import (
+    QUANTIZERS,
+    FakeQuantizer,
+    LSCQuantizer,
+    LSQQuantizer,
+    MinMaxQuantizer,
+    PACTQuantizer,
+    make_quantizer,
+    observing,
+)
+from .vrc import DEFAULT_LAM_REL, CalibrationError, GramObserver, VRCReport, vrc_report, vrc_solve
+
+__all__ = [
+    "ActivationGranularity", "CalibrationError", "DEFAULT_LAM_REL", "FakeQuantizer", "GramObserver",
+    "LSCQuantizer", "LSQQuantizer", "MinMaxQuantizer", "PACTQuantizer", "QUANTIZERS", "SUPPORTED_BITS",
+    "VRCCalibration", "VRCReport", "WeightGranularity", "apply_vrc", "code_range", "dequantize",
+    "fake_quantize", "input_rows", "is_linear_like", "make_quantizer", "observing", "pack_codes",
+    "packed_length", "quantize", "center_step", "unpack_codes", "vrc_report", "vrc_solve", "weight_matrix",
+]

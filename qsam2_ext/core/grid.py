@@ -1,0 +1,91 @@
+"""The uniform b-bit grid that every quantizer in qsam2_ext rounds onto.
+
+One grid family serves LSC, MinMax, PACT and LSQ. It has ``2**b`` levels ``step`` apart, placed symmetrically
+around a ``center`` ("mid-rise")::
+
+    level_k = center + (k + 1/2) * step,      k in [-2**(b-1), 2**(b-1) - 1]   (signed b-bit codes)
+
+The outermost levels are the clip bounds ``lo = center - (2**b - 1)/2 * step`` and ``hi = center + (2**b - 1)/2 * step``:
+clipping to ``[lo, hi]`` and rounding onto the grid are one operation, so the clip range *is* the grid (the
+step is tied to it) and no level is wasted. At 2 bits a mid-tread grid would spend one of
+its four levels on an exact zero and be lopsided ({-2,-1,0,1}); the mid-rise grid keeps all four symmetric.
+In torchao's affine convention (``x = (q - zero_point) * scale``) the same grid is ``scale = step`` and the
+float ``zero_point = -1/2 - center / step``.
+
+Where the quantizers differ is only in how the clip range ``[lo, hi]`` is chosen:
+LSC ``mu ± alpha*sigma``, MinMax ``[min, max]``, PACT ``[-alpha, alpha]``, LSQ ``[-2**(b-1) s, (2**(b-1)-1) s]``
+(the LSQ case reproduces LSQ's mid-tread grid ``k*s`` exactly).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+SUPPORTED_BITS = (2, 3, 4, 8)
+
+
+def check_bits(bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SUPPORTED_BITS:
+        raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits!r}")
+    return bits
+
+
+def code_range(bits: int) -> tuple[int, int]:
+    """Signed code range ``[-2**(b-1), 2**(b-1) - 1]``."""
+    check_bits(bits)
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def center_step(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Center and step of the grid whose outermost levels are exactly ``lo`` and ``hi``."""
+    return (lo + hi) / 2, (hi - lo) / (2**bits - 1)
+
+
+def quantize(x: torch.Tensor, center: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
+    """Signed integer codes (int8) of the nearest grid level; ties go up; values beyond the range clip."""
+    qmin, qmax = code_range(bits)
+    return torch.floor((x - center) / step).clamp_(qmin, qmax).to(torch.int8)
+
+
+def dequantize(codes: torch.Tensor, center: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Grid values of signed codes; the exact expression the fake quantizer uses, so both agree bit for bit."""
+    return (codes.to(step.dtype) + 0.5) * step + center
+
+
+def _straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """Exactly ``value`` in the forward pass, the gradient of ``surrogate`` in the backward pass."""
+    return value.detach() + (surrogate - surrogate.detach())
+
+
+def fake_quantize(
+    x: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    bits: int,
+    ste: Literal["clip", "round"] = "clip",
+) -> torch.Tensor:
+    """Quantize-dequantize ``x`` onto the grid whose outermost levels are ``lo`` and ``hi``, straight through.
+
+    ``ste="clip"`` (PACT style, used by LSC, PACT and MinMax): the whole rounding is straight-through, so
+    d/dx is 1 inside ``[lo, hi]`` and 0 outside, and each bound receives the gradient of the values it clips.
+    ``ste="round"`` (LSQ style): only the rounding is straight-through; the grid parameters also get the in-range
+    rounding residual, which is exactly LSQ's d x_hat / d s when ``lo = -Q_N s`` and ``hi = Q_P s``.
+    """
+    qmin, qmax = code_range(bits)
+    center, step = center_step(lo, hi, bits)
+    if ste == "clip":
+        # torch.where, not clamp/minimum: a value exactly at a bound keeps its whole gradient (they split ties)
+        clipped = torch.where(x < lo, lo, torch.where(x > hi, hi, x))
+        with torch.no_grad():
+            codes = torch.floor((clipped - center) / step).clamp_(qmin, qmax)
+            snapped = (codes + 0.5) * step + center
+        return _straight_through(snapped, clipped)
+    if ste == "round":
+        # clip first (in grid units the outermost levels are qmin + 1/2 and qmax + 1/2), so values beyond the
+        # range get LSQ's -Q_N / Q_P gradient and values inside it the rounding residual
+        u = ((x - center) / step).clamp(qmin + 0.5, qmax + 0.5)
+        codes = _straight_through(torch.floor(u).clamp_(qmin, qmax), u)
+        return (codes + 0.5) * step + center
+    raise ValueError(f"ste must be 'clip' or 'round', got {ste!r}")

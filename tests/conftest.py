@@ -1,0 +1,19 @@
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+def np_qdq(x, center, half_range, bits):
+    """Independent NumPy reference of the mid-rise grid: nearest of 2**b levels, clipped to center ± half_range."""
+    x, center, half_range = (np.asarray(a, dtype=np.float64) for a in (x, center, half_range))
+    n = 2**bits
+    step = 2 * half_range / (n - 1)
+    levels = center[..., None] + (np.arange(n) - n / 2 + 0.5) * step[..., None] if np.ndim(center) else None
+    k = np.clip(np.floor((x - center) / step), -(n // 2), n // 2 - 1)
+    return (k + 0.5) * step + center, k, levels

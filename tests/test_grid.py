@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import np_qdq
+from qsam2_ext.core import center_step, code_range, dequantize, fake_quantize, quantize
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("ste", ["clip", "round"])
+def test_fake_quantize_matches_numpy(bits, ste):
+    x = torch.randn(64, 33, dtype=torch.float64) * 2
+    center = torch.randn(64, 1, dtype=torch.float64) * 0.3
+    half = torch.rand(64, 1, dtype=torch.float64) + 0.5
+    ref, k, _ = np_qdq(x.numpy(), center.numpy(), half.numpy(), bits)
+    lo, hi = center - half, center + half
+    out = fake_quantize(x, lo, hi, bits, ste=ste)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-12)
+    c, s = center_step(lo, hi, bits)
+    codes = quantize(x, c, s, bits)
+    np.testing.assert_array_equal(codes.numpy(), k)
+    assert torch.equal(dequantize(codes, c, s), fake_quantize(x, lo, hi, bits))  # bit-exact
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_grid_has_2b_symmetric_levels_with_extremes_at_clip_bounds(bits):
+    lo, hi = torch.tensor(-1.25, dtype=torch.float64), torch.tensor(1.75, dtype=torch.float64)
+    x = torch.linspace(-10, 10, 200001, dtype=torch.float64)
+    levels = torch.unique(fake_quantize(x, lo, hi, bits))
+    assert len(levels) == 2**bits
+    assert torch.isclose(levels.min(), lo) and torch.isclose(levels.max(), hi)
+    center, step = center_step(lo, hi, bits)
+    np.testing.assert_allclose((levels - center).numpy(), -(levels - center).flip(0).numpy(), atol=1e-12)
+    assert torch.allclose(levels.diff(), step.expand(len(levels) - 1))
+    assert code_range(bits) == (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+
+
+def test_clip_ste_gradients_are_pact_style():
+    x = torch.tensor([-3.0, -1.0, -0.1, 0.4, 1.0, 2.5, 7.0], dtype=torch.float64, requires_grad=True)
+    lo = torch.full_like(x, -1.0, requires_grad=True)
+    hi = torch.full_like(x, 1.0, requires_grad=True)
+    up = torch.arange(1.0, 8.0, dtype=torch.float64)  # distinct upstream gradients
+    (fake_quantize(x, lo, hi, 2, ste="clip") * up).sum().backward()
+    xv, upv = x.detach().numpy(), up.numpy()
+    np.testing.assert_array_equal(x.grad.numpy(), np.where((xv >= -1) & (xv <= 1), upv, 0.0))  # bounds inclusive
+    np.testing.assert_array_equal(hi.grad.numpy(), np.where(xv > 1, upv, 0.0))
+    np.testing.assert_array_equal(lo.grad.numpy(), np.where(xv < -1, upv, 0.0))
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_round_ste_with_lsq_range_gives_lsq_gradient(bits):
+    qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
+    x = torch.randn(200, dtype=torch.float64) * 3
+    s = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    out = fake_quantize(x, -qn * s, qp * s, bits, ste="round")
+    v = x.numpy() / 0.7
+    np.testing.assert_allclose(out.detach().numpy(), np.clip(np.floor(v + 0.5), -qn, qp) * 0.7, atol=1e-12)
+    out.sum().backward()
+    per = np.where(v <= -qn, -qn, np.where(v >= qp, qp, np.floor(v + 0.5) - v))  # LSQ, Esser et al. eq. 3
+    np.testing.assert_allclose(s.grad.item(), per.sum(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("bad", [1, 5, 16, 2.0, True, "2"])
+def test_unsupported_bits_rejected(bad):
+    with pytest.raises(ValueError, match="bits"):
+        fake_quantize(torch.zeros(3), -torch.ones(()), torch.ones(()), bad)
