@@ -1,0 +1,18 @@
+# Set-up is part of every target: a fresh clone needs only `make run` or `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+# sam2 1.1.0 is an sdist whose CUDA extension is optional: never try to build it (CPU machines, CI).
+export SAM2_BUILD_CUDA := 0
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	touch $@
+
+.PHONY: run test
+run: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/core_defaults.py --model sam2.1_hiera_t --size 256 --out out/core_defaults
+
+# pytest exits 5 when it collects no test (e.g. a -k filter that matches nothing): not a failure here.
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
