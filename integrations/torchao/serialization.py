@@ -19,6 +19,7 @@ from torch import nn
 from .packed_tensor import QSAM2PackedTensor
 
 PathLike = Union[str, os.PathLike]
+_PREFIX = "model."
 
 
 def _register_safetensors() -> None:
@@ -54,7 +55,9 @@ def save_quantized(model_or_state_dict: Union[nn.Module, Mapping[str, torch.Tens
         from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
 
         _register_safetensors()
-        tensors, metadata = flatten_tensor_state_dict(sd)
+        # keys live under "model." like the official checkpoints' "model" entry (torchao's flattening also needs
+        # a "." in every key, and SAM2Base has top-level parameters such as "no_mem_embed")
+        tensors, metadata = flatten_tensor_state_dict({_PREFIX + k: v for k, v in sd.items()})
         tensors = {k: v.contiguous() for k, v in tensors.items()}
         _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     else:
@@ -78,7 +81,9 @@ def read_quantized(path: PathLike) -> dict[str, torch.Tensor]:
         sd, leftover = unflatten_tensor_state_dict(load_file(str(path)), metadata)
         if leftover:
             raise ValueError(f"{path}: {len(leftover)} tensors could not be reassembled: {sorted(leftover)[:5]}")
-        return sd
+        if not all(k.startswith(_PREFIX) for k in sd):
+            raise ValueError(f"{path} was not written by qsam2_ext.save_quantized (keys outside '{_PREFIX}')")
+        return {k[len(_PREFIX):]: v for k, v in sd.items()}
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{path} is not in the official SAM2 checkpoint format (a dict with a 'model' key)")

@@ -62,7 +62,7 @@ def _convert(layer: nn.Module, config: VRCConfig) -> nn.Module:
 @register_quantize_module_handler(VRCConfig)
 def _vrc_transform(module: nn.Module, config: VRCConfig, *, parameter_name: str = "weight") -> nn.Module:
     if parameter_name != "weight" or not is_linear_like(module):
-        return module  # e.g. a container matched by an FqnToConfig regex
+        return module  # a bias, or a container matched by an FqnToConfig regex
     return _prepare(module, config) if config.step == "prepare" else _convert(module, config)
 
 

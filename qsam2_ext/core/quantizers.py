@@ -123,7 +123,8 @@ class FakeQuantizer(nn.Module):
                 f"{type(self).__name__} has no activation statistics yet: run forwards in train() mode or "
                 "inside qsam2_ext.core.observing(model) before evaluating"
             )
-        return [getattr(self, name) for name in batch]
+        # copies: the graph of this forward must not see later in-place EMA updates (several forwards per step)
+        return [getattr(self, name).clone() for name in batch]
 
 
 def _check_momentum(momentum: float) -> float:
