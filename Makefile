@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/core_defaults.py --model sam2.1_hiera_t --size 256 --out out/core_defaults
 
+# Slow tests (hiera_l repeats of the hiera_t/s/b+ checks) are opt-in: make test PYTEST_ARGS="-m ''".
 # pytest exits 5 when it collects no test (e.g. a -k filter that matches nothing): not a failure here.
+PYTEST_ARGS ?= -m "not slow"
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]

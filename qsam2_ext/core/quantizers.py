@@ -150,7 +150,7 @@ class LSCQuantizer(FakeQuantizer):
     # * momentum: 0.8 tracked pooled statistics best over one pass of 18 single-photo batches, 0.9 next; QAT
     #   runs far longer than one pass, where the larger average is worth its lag.
     DEFAULT_ALPHA_WEIGHT = {2: 1.5, 3: 2.0, 4: 2.5, 8: 4.0}
-    DEFAULT_ALPHA_ACTIVATION = {2: 2.0, 3: 2.5, 4: 3.0, 8: 5.0}
+    DEFAULT_ALPHA_ACTIVATION = {2: 1.5, 3: 2.25, 4: 3.0, 8: 5.0}
     DEFAULT_MOMENTUM = 0.9
 
     def __init__(
