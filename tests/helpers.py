@@ -33,7 +33,7 @@ def tiny_model(image_size=64, video=False, seed=0):
 class WeightFakeQuantLinear(nn.Module):
     """Test-only stand-in for the real module swap: a Linear whose weight goes through an LSC fake quantizer."""
 
-    def __init__(self, linear: nn.Linear, bits: int = 4):
+    def __init__(self, linear: nn.Linear, bits: int = 2):
         from qsam2_ext.core import LSCQuantizer, WeightGranularity
 
         super().__init__()
@@ -44,9 +44,11 @@ class WeightFakeQuantLinear(nn.Module):
         return F.linear(x, self.quantizer(self.linear.weight), self.linear.bias)
 
 
-def quantize_some(model, bits=4):
-    """Wrap the mask decoder's IoU head and one trunk MLP layer: quantizer parameters then sit in both the encoder
-    and the decoder."""
+def quantize_some(model, bits=2):
+    """Wrap the mask decoder's IoU head and one trunk MLP layer, so quantizer parameters sit in encoder and decoder.
+
+    Default-initialised Linear weights are uniform (|w - mean| <= 1.73 std): only LSC's 2-bit alpha (1.5) clips
+    them, and so only then does alpha get a gradient from the start."""
     head = model.sam_mask_decoder.iou_prediction_head.layers
     head[0] = WeightFakeQuantLinear(head[0], bits)
     mlp = model.image_encoder.trunk.blocks[0].mlp.layers

@@ -113,20 +113,24 @@ def loss_sums(
     weights: LossWeights,
     teacher: Optional[ClipOutput] = None,
 ) -> dict[str, torch.Tensor]:
-    """Each weighted term's sum over objects (or images, for features) of one batch; ``gt`` is (T, N, S, S)."""
-    zero = out.features[0].new_zeros((), dtype=torch.float32)
-    sums = {name: zero for name in OBJECT_TERMS + IMAGE_TERMS if getattr(weights, name)}
+    """The sum over objects (or images, for features) of each term with a weight that applies to the batch:
+    supervised terms need ``gt`` (T, N, S, S), distillation terms a ``teacher`` output."""
+    sums: dict[str, torch.Tensor] = {}
+
+    def add(name: str, value: torch.Tensor) -> None:
+        if getattr(weights, name):
+            sums[name] = sums[name] + value if name in sums else value
+
     for t, frame_steps in enumerate(out.steps):
         for s, step in enumerate(frame_steps):
             if gt is not None and weights.supervised:
                 for name, value in supervised_terms(step, gt[t], weights).items():
-                    if name in sums:
-                        sums[name] = sums[name] + value.sum()
-            if teacher is not None and "distill_mask" in sums:
-                sums["distill_mask"] = sums["distill_mask"] + distill_mask_terms(step, teacher.steps[t][s]).sum()
-    if teacher is not None and "distill_features" in sums:
+                    add(name, value.sum())
+            if teacher is not None:
+                add("distill_mask", distill_mask_terms(step, teacher.steps[t][s]).sum())
+    if teacher is not None:
         per_image = [((a.float() - b.float()) ** 2).flatten(1).mean(1) for a, b in zip(out.features, teacher.features)]
-        sums["distill_features"] = torch.stack(per_image).mean(0).sum()
+        add("distill_features", torch.stack(per_image).mean(0).sum())
     return sums
 
 

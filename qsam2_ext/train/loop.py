@@ -47,7 +47,7 @@ class TrainStep(nn.Module):
     def forward(self, batch) -> dict[str, torch.Tensor]:
         out = forward_clip(self.model, batch, self.corrections)
         taught = None
-        if self.teacher is not None:
+        if self.teacher is not None and self.weights.distills:
             with torch.no_grad():
                 taught = forward_clip(self.teacher, batch, replay=out.clicks)
         return loss_sums(out, batch.masks, self.weights, taught)

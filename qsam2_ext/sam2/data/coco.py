@@ -75,5 +75,5 @@ class CocoReader:
             except (KeyError, ValueError, TypeError) as e:
                 raise BadSample(source, f"instance {annotation.get('id')}: bad segmentation ({e})") from None
             ids.append(annotation.get("id", i))
-        masks, ids, issues = image_masks(source, image, masks, ids)
+        masks, ids, issues = image_masks(source, masks, ids)
         return Sample(source, [image], masks, ids, [source], issues)

@@ -74,15 +74,11 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     return mask_utils.decode(rle).astype(bool)
 
 
-def image_masks(source: str, image: np.ndarray, masks: Sequence[np.ndarray], ids: Sequence[int]) -> tuple:
-    """Check instance masks against their image: a size mismatch rejects the sample, empty masks are dropped
-    (listed in the returned issues), and a sample left without instances is rejected."""
-    height, width = image.shape[:2]
+def image_masks(source: str, masks: Sequence[np.ndarray], ids: Sequence[int]) -> tuple:
+    """``(masks (1, K, H, W), ids, issues)``: empty masks are dropped (listed in the issues), and a sample left
+    without instances is rejected. (``decode_segmentation`` already checked each mask's size.)"""
     keep, kept_ids, issues = [], [], []
     for mask, object_id in zip(masks, ids):
-        if mask.shape != (height, width):
-            raise BadSample(source, f"instance {object_id}: mask is {mask.shape[1]}x{mask.shape[0]}, "
-                                    f"image is {width}x{height}")
         if not mask.any():
             issues.append(f"instance {object_id}: empty mask, dropped")
             continue

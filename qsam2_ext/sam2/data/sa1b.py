@@ -67,5 +67,5 @@ class SA1BReader:
             except (KeyError, ValueError, TypeError) as e:
                 raise BadSample(source, f"instance {object_id}: bad segmentation ({e})") from None
             ids.append(object_id)
-        masks, ids, issues = image_masks(source, image, masks, ids)
+        masks, ids, issues = image_masks(source, masks, ids)
         return Sample(source, [image], masks, ids, [image_path], issues)
