@@ -13,6 +13,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from .evaluate import PROMPTS, VIDEO_PROMPTS
 from .sam2.data import FORMATS, POLICIES, BadSample, DatasetError, open_dataset
 
 log = logging.getLogger("qsam2_ext.cli")
@@ -20,10 +21,12 @@ log = logging.getLogger("qsam2_ext.cli")
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="sam2.1_hiera_t", help="SAM2 config: a short name (sam2.1_hiera_t/s/b+/l) or a config path")
+    g.add_argument("--model", default="sam2.1_hiera_t",
+                   help="SAM2 config: a short name (sam2.1_hiera_t/s/b+/l) or a config path")
     g.add_argument("--checkpoint", help="SAM2 checkpoint ({'model': state_dict}); default: random initialisation")
     g.add_argument("--image-size", type=int, help="square input side (a multiple of 32); default: the config's 1024")
-    g.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra Hydra override of the SAM2 config (repeatable)")
+    g.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra Hydra override of the SAM2 config (repeatable)")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -62,9 +65,10 @@ def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a SAM2 model: mIoU (point/box prompts) or J&F (video)")
     _add_model_args(p)
     _add_data_args(p)
-    p.add_argument("--prompts", nargs="+", default=["point", "box"], choices=["point", "box"], help="image prompt kinds")
-    p.add_argument("--video-prompt", default="mask", choices=["mask", "point", "box"], help="how each video object is prompted")
-    p.add_argument("--reference-checkpoint", help="unlabeled data: the reference (float) model's checkpoint, same config")
+    p.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=PROMPTS, help="image prompt kinds")
+    p.add_argument("--video-prompt", default="mask", choices=VIDEO_PROMPTS, help="how each video object is prompted")
+    p.add_argument("--reference-checkpoint",
+                   help="unlabeled data: the reference (float) model's checkpoint, same config; default: random")
     p.add_argument("--grid", type=int, default=4, help="unlabeled data: point prompts per image side")
     p.add_argument("--limit", type=int, help="evaluate the first N samples only")
     p.add_argument("--device", help="default: cuda if available, else cpu")
@@ -93,7 +97,8 @@ def run_train(args) -> int:
                            clip_length=config.clip_length if config.clip_length > 1 else None)
     model = _build(args, args.checkpoint, False)
     teacher = copy.deepcopy(model) if config.loss_weights.distills else None  # the float model, before any change
-    summary = train(model, dataset, config, args.out, teacher=teacher, resume=args.resume, progress=not args.no_progress)
+    summary = train(model, dataset, config, args.out, teacher=teacher, resume=args.resume,
+                    progress=not args.no_progress)
     if summary["last"]:
         print(f"step {summary['last']['step']}: loss {summary['last']['loss']:.4g}; model in {summary['model']}")
     return 0

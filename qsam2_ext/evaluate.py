@@ -4,8 +4,8 @@
   innermost pixel with multimask output, the mask with the highest predicted IoU kept (as SAM evaluates single
   clicks); ``box`` is the tight box with single-mask output.
 * Video folders (DAVIS / SA-V): semi-supervised J&F (see ``sam2.metrics``); each object is prompted on the first
-  frame it appears in, with its ground-truth mask (default), its innermost point or its tight box, then tracked by
-  ``SAM2VideoPredictor``.
+  frame it appears in, with its ground-truth mask (default), its innermost point or its tight box, then tracked
+  forward by ``SAM2VideoPredictor``.
 * Unlabeled folders: agreement with a ``reference`` model (usually the float one): a grid of point prompts, the
   reference's masks as targets, and boxes around those masks; reported as mIoU against the reference.
 
@@ -139,27 +139,35 @@ def _numbered_frames(frame_paths: list[str]):
 
 
 def track(model, sample, prompt: str) -> np.ndarray:
-    """``(T, K, H, W)`` bool predictions of ``SAM2VideoPredictor`` for a sequence, each object prompted on the first
-    frame it appears in."""
+    """``(T, K, H, W)`` bool predictions of ``SAM2VideoPredictor`` for a sequence.
+
+    Each object is prompted on the first frame it appears in and tracked forward from there (objects appearing on
+    the same frame together); it is predicted absent before. Running each group from its own start keeps the
+    predictor from conditioning earlier frames on later prompts, which also fails in float32 (sam2 stores memories
+    in bfloat16 and expects autocast).
+    """
     gt = sample.masks
+    first_frames = [int(np.flatnonzero(gt[:, k].reshape(len(gt), -1).any(1))[0]) for k in range(gt.shape[1])]
+    pred = np.zeros_like(gt)
     with _numbered_frames(sample.frame_paths) as folder, warnings.catch_warnings():
         # without sam2's optional CUDA extension hole filling is skipped, with one warning per frame
         warnings.filterwarnings("ignore", message=".*cannot import name '_C'")
         state = model.init_state(folder)
-        for k, object_id in enumerate(sample.object_ids):
-            first = int(np.flatnonzero(gt[:, k].reshape(len(gt), -1).any(1))[0])
-            mask = gt[first, k]
-            if prompt == "mask":
-                model.add_new_mask(state, first, object_id, mask)
-            elif prompt == "point":
-                model.add_new_points_or_box(state, first, object_id, points=center_point(mask)[None],
-                                            labels=np.ones(1, np.int32))
-            else:
-                model.add_new_points_or_box(state, first, object_id, box=tight_box(mask))
-        pred = np.zeros_like(gt)
-        for frame, object_ids, logits in model.propagate_in_video(state):
-            for object_id, frame_logits in zip(object_ids, logits):
-                pred[frame, sample.object_ids.index(object_id)] = (frame_logits[0] > 0).cpu().numpy()
+        for start in sorted(set(first_frames)):
+            model.reset_state(state)
+            group = [k for k, f in enumerate(first_frames) if f == start]
+            for k in group:
+                mask, object_id = gt[start, k], sample.object_ids[k]
+                if prompt == "mask":
+                    model.add_new_mask(state, start, object_id, mask)
+                elif prompt == "point":
+                    model.add_new_points_or_box(state, start, object_id, points=center_point(mask)[None],
+                                                labels=np.ones(1, np.int32))
+                else:
+                    model.add_new_points_or_box(state, start, object_id, box=tight_box(mask))
+            for frame, object_ids, logits in model.propagate_in_video(state, start_frame_idx=start):
+                for object_id, frame_logits in zip(object_ids, logits):
+                    pred[frame, sample.object_ids.index(object_id)] = (frame_logits[0] > 0).cpu().numpy()
     return pred
 
 

@@ -1,4 +1,4 @@
-"""Shared test fixtures: a tiny SAM2 architecture, small on-disk datasets with known masks, a fake-quant wrapper."""
+"""Shared test fixtures: a tiny SAM2 architecture, a COCO dataset with known masks, a fake-quant wrapper."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
+
+from qsam2_ext.sam2.data.synthetic import COLORS, rle, save_jpeg, scene
 
 # A real SAM2Base (same code paths: Hiera, FPN neck, memory attention/encoder, prompt encoder, mask decoder) shrunk
 # so that a training step takes well under a second on CPU.
@@ -56,55 +57,7 @@ def quantize_some(model, bits=2):
     return model
 
 
-# -- synthetic data -------------------------------------------------------------------------------------------
-
-def ellipse(h, w, cy, cx, ry, rx):
-    y, x = np.mgrid[:h, :w]
-    return ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1
-
-
-COLORS = np.array([[230, 40, 40], [40, 200, 60], [50, 80, 230], [240, 220, 30], [200, 50, 200]], np.uint8)
-
-
-def scene(rng, h, w, n):
-    """An image with ``n`` coloured ellipses over a noisy background, and their (possibly overlapping) masks."""
-    image = rng.integers(90, 140, (h, w, 3)).astype(np.uint8)
-    masks = []
-    for k in range(n):
-        m = ellipse(h, w, rng.uniform(0.25, 0.75) * h, rng.uniform(0.25, 0.75) * w,
-                    rng.uniform(0.1, 0.25) * h, rng.uniform(0.1, 0.25) * w)
-        image[m] = COLORS[k % len(COLORS)]
-        masks.append(m)
-    for k in range(n):  # later ellipses cover earlier ones: keep the visible parts
-        for later in masks[k + 1:]:
-            masks[k] = masks[k] & ~later
-    return image, masks
-
-
-def save_jpeg(path, image):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(image).save(path, quality=95)
-
-
-def rle(mask):
-    from pycocotools import mask as mask_utils
-
-    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": list(encoded["size"]), "counts": encoded["counts"].decode("ascii")}
-
-
-def write_sa1b(root, n=3, h=48, w=64, objects=2, seed=0):
-    rng = np.random.default_rng(seed)
-    truth = {}
-    for i in range(n):
-        image, masks = scene(rng, h, w, objects)
-        save_jpeg(os.path.join(root, f"sa_{i}.jpg"), image)
-        anns = [{"id": 100 * i + k, "segmentation": rle(m), "area": int(m.sum())} for k, m in enumerate(masks)]
-        with open(os.path.join(root, f"sa_{i}.json"), "w") as f:
-            json.dump({"image": {"image_id": i, "file_name": f"sa_{i}.jpg", "height": h, "width": w}, "annotations": anns}, f)
-        truth[f"sa_{i}"] = masks
-    return truth
-
+# -- a COCO dataset (the other formats: qsam2_ext.sam2.data.synthetic) --------------------------------------
 
 def write_coco(root, n=3, h=48, w=64, seed=0):
     """COCO images with one RLE instance, one polygon (a rectangle) instance and one crowd annotation each."""
@@ -131,40 +84,3 @@ def _rect(h, w, x0, y0, x1, y1):
     m = np.zeros((h, w), bool)
     m[y0:y1, x0:x1] = True
     return m
-
-
-def write_palette_png(path, ids):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    image = Image.fromarray(ids.astype(np.uint8), mode="P")
-    image.putpalette([0, 0, 0] + COLORS.flatten().tolist() + [0] * (256 - 1 - len(COLORS)) * 3)
-    image.save(path)
-
-
-def write_video(root, videos=2, frames=4, h=48, w=64, objects=2, seed=0, names=None):
-    """Ellipses drifting to the right; returns ``{video: (T, H, W) id maps}``."""
-    rng = np.random.default_rng(seed)
-    truth = {}
-    for v in range(videos):
-        name = f"video{v}"
-        centers = [(rng.uniform(0.3, 0.7) * h, rng.uniform(0.2, 0.5) * w) for _ in range(objects)]
-        maps = []
-        for t in range(frames):
-            image = rng.integers(90, 140, (h, w, 3)).astype(np.uint8)
-            ids = np.zeros((h, w), np.int64)
-            for k, (cy, cx) in enumerate(centers):
-                m = ellipse(h, w, cy, cx + 2 * t, 0.2 * h, 0.15 * w)
-                image[m] = COLORS[k]
-                ids[m] = k + 1
-            frame = names[t] if names else f"{t:05d}"
-            save_jpeg(os.path.join(root, "JPEGImages", name, f"{frame}.jpg"), image)
-            write_palette_png(os.path.join(root, "Annotations", name, f"{frame}.png"), ids)
-            maps.append(ids)
-        truth[name] = np.stack(maps)
-    return truth
-
-
-def write_folder(root, n=3, h=48, w=64, seed=0):
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        image, _ = scene(rng, h, w, 2)
-        save_jpeg(os.path.join(root, "sub" if i % 2 else "", f"img{i}.jpg"), image)

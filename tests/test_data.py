@@ -6,11 +6,12 @@ import os
 
 import numpy as np
 import pytest
-from helpers import rle, save_jpeg, write_coco, write_folder, write_palette_png, write_sa1b, write_video
+from helpers import write_coco
 from PIL import Image
 
 from qsam2_ext.sam2.data import BadSample, BadSampleLog, DatasetError, open_dataset
 from qsam2_ext.sam2.data.files import decode_segmentation
+from qsam2_ext.sam2.data.synthetic import rle, save_id_png, save_jpeg, write_folder, write_sa1b, write_video
 
 
 def test_sa1b_reads_rle_masks_exactly(tmp_path):
@@ -168,7 +169,7 @@ def test_video_inconsistencies(tmp_path):
 
 def test_video_clip_longer_than_video_is_rejected(tmp_path):
     write_video(tmp_path, videos=1, frames=2)
-    write_palette_png(str(tmp_path / "Annotations" / "video0" / "00000.png"), np.zeros((48, 64)))
+    save_id_png(str(tmp_path / "Annotations" / "video0" / "00000.png"), np.zeros((48, 64)))
     reader = open_dataset("video", str(tmp_path), clip_length=3)
     with pytest.raises(BadSample, match="fewer than the clip length"):
         reader.load(0, np.random.default_rng(0))

@@ -6,9 +6,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers import scene, tiny_model, write_video
+from helpers import tiny_model
 
 from qsam2_ext.sam2 import build_model, check_image_size, image_predictor
+from qsam2_ext.sam2.data.synthetic import scene, write_video
 from qsam2_ext.sam2.forward import ClipBatch, forward_clip
 
 SIZE = 64
@@ -53,7 +54,7 @@ def test_image_forward_equals_sam2_image_predictor(model):
 
 def test_video_forward_equals_sam2_video_predictor(model, tmp_path):
     """Frame 0 prompted with a point, frames 1-3 tracked through memory: the same logits as the predictor."""
-    truth = write_video(tmp_path, videos=1, frames=4, h=SIZE, w=SIZE, objects=1)
+    truth = write_video(tmp_path, videos=1, frames=4, height=SIZE, width=SIZE, objects=1)
     video = tiny_model(SIZE, video=True).eval()
     video.load_state_dict(model.state_dict())
     ys, xs = np.nonzero(truth["video0"][0] == 1)

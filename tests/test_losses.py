@@ -6,7 +6,14 @@ import torch
 
 from qsam2_ext.sam2.forward import ClipOutput, StepOutput
 from qsam2_ext.sam2.losses import (
-    LossWeights, bernoulli_kl, binarized_iou, dice_loss, focal_loss, loss_sums, supervised_terms, total_loss,
+    LossWeights,
+    bernoulli_kl,
+    binarized_iou,
+    dice_loss,
+    focal_loss,
+    loss_sums,
+    supervised_terms,
+    total_loss,
 )
 
 

@@ -4,8 +4,17 @@ import numpy as np
 import pytest
 
 from qsam2_ext.sam2.prompts import (
-    BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PADDING, POSITIVE, center_point, correction_click, grid_points,
-    jittered_box, sample_points, tight_box,
+    BOX_BOTTOM_RIGHT,
+    BOX_TOP_LEFT,
+    NEGATIVE,
+    PADDING,
+    POSITIVE,
+    center_point,
+    correction_click,
+    grid_points,
+    jittered_box,
+    sample_points,
+    tight_box,
 )
 
 

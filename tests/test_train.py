@@ -12,10 +12,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import WeightFakeQuantLinear, quantize_some, tiny_model, write_folder, write_sa1b, write_video
+from helpers import WeightFakeQuantLinear, quantize_some, tiny_model
 
 from qsam2_ext.io import atomic_write
 from qsam2_ext.sam2.data import BadSample, open_dataset
+from qsam2_ext.sam2.data.synthetic import write_folder, write_sa1b, write_video
 from qsam2_ext.train import TrainConfig, parameter_groups, train
 from qsam2_ext.train.data import StepSampler, TrainingSet, collate
 from qsam2_ext.train.optim import lr_factor, make_optimizer
@@ -200,7 +201,8 @@ def test_resume_refuses_other_settings(tmp_path):
 
 
 def _run_worker(out, data, *extra, torchrun=False):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun else [sys.executable]
+    torchrun_args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    launcher = [sys.executable] + (torchrun_args if torchrun else [])
     return subprocess.Popen(launcher + [WORKER, "--data", str(data), "--out", str(out), *extra], env=SUBPROCESS_ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

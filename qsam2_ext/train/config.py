@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+
 from ..sam2.data import POLICIES
 from ..sam2.losses import LossWeights
 
@@ -23,13 +24,13 @@ class TrainConfig:
     schedule: str = _opt("learning-rate decay after warm-up", default="cosine", choices=("cosine", "constant"))
     min_lr_ratio: float = _opt("final learning rate as a fraction of the peak (cosine)", default=0.1)
     grad_clip: float = _opt("clip the global gradient norm to this (0: off); SAM2 trains with 0.1", default=0.1)
-    amp: str = _opt("autocast: bf16 on GPU and off on CPU (auto), or forced", default="auto", choices=("auto", "bf16", "off"))
+    amp: str = _opt("autocast: bf16 on GPU and off on CPU (auto), or forced", "auto", ("auto", "bf16", "off"))
     seed: int = _opt("seed of data order, prompts and every step's randomness", default=0)
     checkpoint_every: int = _opt("write a checkpoint every N steps (and at the end)", default=100)
     clip_length: int = _opt("frames per sample: 1 trains on images, more on video clips (video data)", default=1)
     max_objects: int = _opt("objects per sample (random subset); random prompts per unlabeled image", default=8)
-    box_prob: float = _opt("probability that a step prompts frame 0 with jittered boxes rather than points", default=0.5)
-    mask_prob: float = _opt("probability that a step prompts frame 0 with ground-truth masks (checked first)", default=0.0)
+    box_prob: float = _opt("probability that a step prompts frame 0 with jittered boxes, not points", default=0.5)
+    mask_prob: float = _opt("probability that a step prompts frame 0 with true masks (drawn first)", default=0.0)
     points: int = _opt("positive points per object in a point prompt", default=1)
     negative_points: int = _opt("negative points per object in a point prompt", default=0)
     box_noise: float = _opt("box jitter as a fraction of the box side", default=0.1)
@@ -42,7 +43,7 @@ class TrainConfig:
     distill_mask: float = _opt("weight of the teacher mask/object-score KL (needs a teacher)", default=0.0)
     distill_features: float = _opt("weight of the teacher image-feature MSE (needs a teacher)", default=0.0)
     num_workers: int = _opt("data-loading processes per training process", default=2)
-    on_bad_sample: str = _opt("bad-sample policy: skip (report, use the next sample) or raise", default="skip", choices=POLICIES)
+    on_bad_sample: str = _opt("bad-sample policy: skip (report, use the next sample) or raise", "skip", POLICIES)
 
     # Fields a resumed run may change: they do not affect the weights it ends with.
     RESUMABLE = ("checkpoint_every", "num_workers")
@@ -52,7 +53,8 @@ class TrainConfig:
             value = getattr(self, f.name)
             if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"{f.name} must be an integer, got {value!r}")
-            if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if f.type == "float" and not (number and math.isfinite(value)):
                 raise ValueError(f"{f.name} must be a finite number, got {value!r}")
         positive = ("steps", "batch_size", "checkpoint_every", "clip_length", "max_objects", "points")
         for name in positive:
@@ -71,7 +73,7 @@ class TrainConfig:
             raise ValueError(f"amp must be auto, bf16 or off, got {self.amp!r}")
         if self.on_bad_sample not in POLICIES:
             raise ValueError(f"on_bad_sample must be one of {POLICIES}, got {self.on_bad_sample!r}")
-        self.loss_weights  # validates the weights
+        _ = self.loss_weights  # LossWeights validates the weights
 
     @property
     def loss_weights(self) -> LossWeights:
@@ -106,7 +108,8 @@ class TrainConfig:
         return cls(**{**data, **changes})
 
     def differences(self, other: "TrainConfig", ignore=()) -> list[str]:
-        return [f.name for f in fields(self) if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)]
+        return [f.name for f in fields(self)
+                if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)]
 
 
 def prompt_kinds(config: TrainConfig, labeled: bool) -> dict[str, float]:

@@ -51,7 +51,8 @@ def _prompt(mask: np.ndarray, kind: str, config: TrainConfig, rng: np.random.Gen
     return np.zeros((1, 2), np.float32), np.full(1, PADDING, np.int32)  # mask prompt: points unused
 
 
-def prepare(sample: Sample, kind: str, config: TrainConfig, image_size: int, transform, rng: np.random.Generator) -> dict:
+def prepare(sample: Sample, kind: str, config: TrainConfig, image_size: int, transform,
+            rng: np.random.Generator) -> dict:
     """Resize and normalise frames as SAM2's predictors do, resize masks, and sample frame-0 prompts."""
     frames = torch.stack([transform(f) for f in sample.frames])
     item = {"frames": frames, "kind": kind, "source": sample.source, "issues": list(sample.issues)}
@@ -64,7 +65,7 @@ def prepare(sample: Sample, kind: str, config: TrainConfig, image_size: int, tra
         visible = masks[0].flatten(1).any(1)
         for object_id, keep in zip(sample.object_ids, visible.tolist()):
             if not keep:
-                item["issues"].append(f"instance {object_id}: vanishes when resized to {image_size}x{image_size}, dropped")
+                item["issues"].append(f"instance {object_id}: vanishes at {image_size}x{image_size}, dropped")
         if not visible.any():
             raise BadSample(sample.source, f"every instance vanishes when resized to {image_size}x{image_size}")
         masks = masks[:, visible]

@@ -46,7 +46,8 @@ class CocoReader:
         self.problems: list[tuple[str, str]] = []
         unknown = sorted(set(annotations) - set(images))
         if unknown:
-            self.problems.append((annotation_file, f"annotations refer to {len(unknown)} unknown image ids, e.g. {unknown[0]}"))
+            reason = f"annotations refer to {len(unknown)} unknown image ids, e.g. {unknown[0]}"
+            self.problems.append((annotation_file, reason))
         if len(self.images) < len(images):
             log.info("%s: %d images without non-crowd annotations are not used", annotation_file,
                      len(images) - len(self.images))
@@ -65,7 +66,8 @@ class CocoReader:
         image = read_rgb(source)
         height, width = image.shape[:2]
         if (info.get("height", height), info.get("width", width)) != (height, width):
-            raise BadSample(source, f"annotations say {info.get('width')}x{info.get('height')}, image is {width}x{height}")
+            raise BadSample(source, f"annotations say {info.get('width')}x{info.get('height')}, "
+                                    f"image is {width}x{height}")
         annotations = self.annotations[int(info["id"])]
         masks, ids = [], []
         for i in choose(len(annotations), max_objects, rng):

@@ -52,7 +52,7 @@ def read_id_map(path: str) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as e:
         raise BadSample(path, f"unreadable annotation ({type(e).__name__}: {e})") from None
     if mode not in ("P", "L", "I", "I;16"):
-        raise BadSample(path, f"annotation must be an indexed (palette) or grayscale PNG of instance ids, got mode {mode}")
+        raise BadSample(path, f"annotation must be an indexed (palette) or grayscale PNG of ids, got mode {mode}")
     return _open(path, None).astype(np.int64)
 
 

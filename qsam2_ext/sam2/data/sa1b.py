@@ -33,7 +33,8 @@ class SA1BReader:
         self.problems = [(os.path.join(root, s + ".json"), "annotation without image") for s in sorted(jsons - stems)]
         self.problems += [(os.path.join(root, s), "image without annotation JSON") for s in sorted(stems - jsons)]
         if not self.stems:
-            raise DatasetError(f"no image with a matching annotation JSON in {root} (SA-1B layout: sa_1.jpg + sa_1.json)")
+            raise DatasetError(f"no image with a matching annotation JSON in {root} "
+                               "(SA-1B layout: sa_1.jpg + sa_1.json)")
 
     def __len__(self) -> int:
         return len(self.stems)

@@ -41,7 +41,8 @@ class VideoReader:
             if not os.path.isdir(folder):
                 raise DatasetError(f"video dataset needs {folder} (layout: JPEGImages/<video>/<frame>.jpg and "
                                    "Annotations/<video>/<frame>.png)")
-        if clip_length is not None and (isinstance(clip_length, bool) or not isinstance(clip_length, int) or clip_length < 1):
+        if clip_length is not None and (isinstance(clip_length, bool) or not isinstance(clip_length, int)
+                                        or clip_length < 1):
             raise ValueError(f"clip_length must be a positive integer or None, got {clip_length!r}")
         self.root, self.clip_length = root, clip_length
         self.videos: list[tuple[str, list[str], list[str]]] = []  # (name, frame paths, annotation paths)
@@ -56,7 +57,8 @@ class VideoReader:
             frames, masks = _stems(frame_dir, (".jpg", ".jpeg")), _stems(mask_dir, (".png",))
             if not frames or frames.keys() != masks.keys():
                 missing = sorted(frames.keys() ^ masks.keys())
-                reason = "no JPEG frame" if not frames else f"frames and annotations differ ({len(missing)} unpaired, e.g. {missing[0]})"
+                reason = ("no JPEG frame" if not frames else
+                          f"frames and annotations differ ({len(missing)} unpaired, e.g. {missing[0]})")
                 self.problems.append((frame_dir, reason))
                 continue
             order = frame_order(list(frames))
