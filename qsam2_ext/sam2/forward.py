@@ -48,12 +48,15 @@ class ClipBatch:
     def num_objects(self) -> int:
         return self.object_sample.shape[0]
 
+    def _map(self, fn) -> "ClipBatch":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return ClipBatch(**{k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in values.items()})
+
     def to(self, device) -> "ClipBatch":
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in moved.items():
-            if isinstance(value, torch.Tensor):
-                moved[name] = value.to(device, non_blocking=True)
-        return ClipBatch(**moved)
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> "ClipBatch":  # called by DataLoader(pin_memory=True)
+        return self._map(torch.Tensor.pin_memory)
 
 
 @dataclass

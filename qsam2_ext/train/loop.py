@@ -178,7 +178,7 @@ def _train(model, dataset, config, out_dir, teacher, resume, progress, ctx) -> d
         record = {"step": step + 1, "loss": float(reduced.sum()), **dict(zip(terms, reduced.tolist())),
                   "lr": lrs,
                   "grad_norm": None if grad_norm is None else float(grad_norm),
-                  "objects": int(objects), "seconds": time.perf_counter() - started}
+                  "objects": int(objects), "seconds": time.perf_counter() - started, "time": time.time()}
         if ctx.is_main:
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
