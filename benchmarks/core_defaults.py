@@ -28,7 +28,7 @@ from qsam2_ext.core import (
     vrc_solve,
     weight_matrix,
 )
-from qsam2_ext.sam2 import HieraPaddingMasks, build_model
+from qsam2_ext.sam2 import build_model, padding_masks, row_mask
 from qsam2_ext.sam2.images import PHOTOS, photo_batch
 
 LAM_RELS = [1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
@@ -77,7 +77,7 @@ def main():
               "device": "cpu", "torch": torch.__version__}
 
     # ---- VRC lam_rel: float error and weight-only MinMax PTQ fidelity on held-out photos ---------------------
-    with HieraPaddingMasks(enc) as masks, VRCCalibration.for_model(enc, row_masks=masks) as cal, torch.no_grad():
+    with padding_masks(), VRCCalibration.for_model(enc, row_masks=row_mask) as cal, torch.no_grad():
         for img in calib:
             enc(img[None])
     layers = {n: m for n, m in enc.named_modules() if is_linear_like(m)}
@@ -130,7 +130,7 @@ def main():
         h.remove()
 
     alpha_a = {}
-    for bits in (4, 8):
+    for bits in BITS:
         errs = {}
         for a in ALPHAS:
             num = den = 0.0

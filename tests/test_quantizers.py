@@ -185,3 +185,11 @@ def test_bad_options():
     with pytest.raises(ValueError, match="channels"):
         qa(torch.randn(2, 5))
     assert int(qa.num_batches) == 0  # nothing was recorded by the rejected call
+
+
+def test_several_training_forwards_before_one_backward():
+    # SAM2 video clips and multi-image batches run a layer several times per optimizer step.
+    q = LSCQuantizer(4, ActivationGranularity()).train()
+    x1, x2 = torch.randn(8, 4, requires_grad=True), torch.randn(8, 4, requires_grad=True)
+    (q(x1).sum() + q(x2).sum()).backward()
+    assert q.alpha.grad is not None and x1.grad is not None

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from qsam2_ext.core import VRCCalibration, is_linear_like
-from qsam2_ext.sam2 import HieraPaddingMasks, build_model
+from qsam2_ext.sam2 import build_model, padding_masks, row_mask
 
 # Linear layers of the Hiera trunk, per size (sam2 1.1 configs), plus the neck's four 1x1 convs.
 TRUNK_LINEARS = {"t": 51, "s": 67, "b+": 99, "l": 195}
@@ -26,7 +26,7 @@ def test_vrc_handles_every_linear_of_real_encoders(size):
     images = _images(3)
     with torch.no_grad():
         before = enc(images[0])["vision_features"]
-    with HieraPaddingMasks(enc) as masks, VRCCalibration.for_model(enc, row_masks=masks) as calib, torch.no_grad():
+    with padding_masks(), VRCCalibration.for_model(enc, row_masks=row_mask) as calib, torch.no_grad():
         for img in images:
             enc(img)
     reports = calib.apply(lam_rel=1e-2)
@@ -59,7 +59,7 @@ def test_padded_rows_are_excluded_on_a_real_hiera_block(tiny, block_index):
     ]
     layers = {"qkv": block.attn.qkv, "proj": block.attn.proj}
     images = torch.randn(2, 3, 256, 256)
-    with HieraPaddingMasks(tiny) as masks, VRCCalibration(layers, row_masks=masks) as calib, torch.no_grad():
+    with padding_masks(), VRCCalibration(layers, row_masks=row_mask) as calib, torch.no_grad():
         tiny.image_encoder(images)
     for h in hooks:
         h.remove()

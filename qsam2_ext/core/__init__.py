@@ -27,3 +27,7 @@ __all__ = [
     "fake_quantize", "input_rows", "is_linear_like", "make_quantizer", "observing", "pack_codes",
     "packed_length", "quantize", "center_step", "unpack_codes", "vrc_report", "vrc_solve", "weight_matrix",
 ]
+
+from .modules import FakeQuantConv2d, FakeQuantized, FakeQuantLinear, fake_quantized  # noqa: E402
+
+__all__ += ["FakeQuantConv2d", "FakeQuantLinear", "FakeQuantized", "fake_quantized"]

@@ -89,3 +89,11 @@ def fake_quantize(
         codes = _straight_through(torch.floor(u).clamp_(qmin, qmax), u)
         return (codes + 0.5) * step + center
     raise ValueError(f"ste must be 'clip' or 'round', got {ste!r}")
+
+
+def fake_quantize_per_token(x: torch.Tensor, bits: int, dim: int = -1) -> torch.Tensor:
+    """Dynamic quantize-dequantize: each token (slice along ``dim``) on its own grid spanning its min..max."""
+    lo, hi = x.amin(dim=dim, keepdim=True), x.amax(dim=dim, keepdim=True)
+    hi = torch.maximum(hi, lo + torch.finfo(x.dtype).tiny)  # constant token: any positive step reproduces it
+    center, step = center_step(lo, hi, bits)
+    return dequantize(quantize(x, center, step, bits), center, step).to(x.dtype)

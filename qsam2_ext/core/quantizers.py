@@ -123,7 +123,8 @@ class FakeQuantizer(nn.Module):
                 f"{type(self).__name__} has no activation statistics yet: run forwards in train() mode or "
                 "inside qsam2_ext.core.observing(model) before evaluating"
             )
-        return [getattr(self, name) for name in batch]
+        # copies: the graph of this forward must not see later in-place EMA updates (several forwards per step)
+        return [getattr(self, name).clone() for name in batch]
 
 
 def _check_momentum(momentum: float) -> float:
@@ -141,9 +142,15 @@ class LSCQuantizer(FakeQuantizer):
     Centering on ``mu`` makes the grid asymmetric where the data are (post-GELU inputs, shifted channels).
     """
 
-    # Defaults chosen by measurement (benchmarks/lsc_defaults.py; figures in the README).
+    # Defaults, measured (benchmarks/core_defaults.py; table in benchmarks/results/core_defaults.md):
+    # * weights: the MSE-optimal alpha of this grid for Gaussian data (1.48, 2.05, 2.53, 3.94). Measured optima
+    #   lie on either side: SAM2's random-init weights are uniform (1.25/1.5/1.75/2) and heavy-tailed trained
+    #   weights are Laplace-like (1.63/2.56/3.46/6.88); the Gaussian value costs little on both.
+    # * activations: the optimum on SAM2 encoder layer inputs of real photos (per tensor, EMA statistics).
+    # * momentum: 0.8 tracked pooled statistics best over one pass of 18 single-photo batches, 0.9 next; QAT
+    #   runs far longer than one pass, where the larger average is worth its lag.
     DEFAULT_ALPHA_WEIGHT = {2: 1.5, 3: 2.0, 4: 2.5, 8: 4.0}
-    DEFAULT_ALPHA_ACTIVATION = {2: 1.5, 3: 2.0, 4: 2.5, 8: 4.0}
+    DEFAULT_ALPHA_ACTIVATION = {2: 2.0, 3: 2.5, 4: 3.0, 8: 5.0}
     DEFAULT_MOMENTUM = 0.9
 
     def __init__(

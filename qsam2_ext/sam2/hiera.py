@@ -4,24 +4,26 @@
 it into windows. ``attn.qkv`` then sees all-zero rows at padded positions and ``attn.proj`` sees attention
 outputs there (garbage rows that ``window_unpartition`` later crops). Calibration statistics must skip both.
 
-The masks are computed from geometry, not from the data: a forward pre-hook on each block partitions a grid of
-ones exactly as the block partitions its input (with sam2's own ``window_partition``); at stage transitions
+The masks are computed from geometry, not from the data: before each block runs, a grid of ones is partitioned
+exactly as the block partitions its input (with sam2's own ``window_partition``); at stage transitions
 (q-pooling) the ``attn.proj`` rows live on the pooled grid with the pooled window size, exactly as the block
 unpartitions them. The MLP and the transition ``proj`` act on the unpadded grid and need no mask.
+
+While ``padding_masks()`` is active (it nests), a process-wide forward pre-hook records the masks of every Hiera
+block that runs, whatever model it belongs to, so calibration observers attached by any route (``VRCCalibration``,
+``quantize_(model, vrc_config(step="prepare"))``) find them with ``row_mask(layer)``. Outside calibration no hook
+is installed and SAM2 runs untouched.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+import threading
+import weakref
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
-
-
-def _hiera_block_type():
-    from sam2.modeling.backbones.hieradet import MultiScaleBlock
-
-    return MultiScaleBlock
 
 
 def _valid_windows(batch: int, height: int, width: int, window: int, device) -> torch.Tensor:
@@ -37,41 +39,58 @@ def block_row_masks(block: nn.Module, x: torch.Tensor) -> dict[nn.Module, torch.
     if block.window_size <= 0:
         return {}
     batch, height, width = x.shape[:3]
-    masks = {block.attn.qkv: _valid_windows(batch, height, width, block.window_size, x.device)}
+    qkv = _valid_windows(batch, height, width, block.window_size, x.device)
+    proj = qkv
     if block.q_stride:
         sh, sw = block.q_stride
-        pooled = _valid_windows(batch, height // sh, width // sw, block.window_size // sh, x.device)
-        masks[block.attn.proj] = pooled
-    else:
-        masks[block.attn.proj] = masks[block.attn.qkv]
-    return masks
+        proj = _valid_windows(batch, height // sh, width // sw, block.window_size // sh, x.device)
+    return {block.attn.qkv: qkv, block.attn.proj: proj}
 
 
-class HieraPaddingMasks:
-    """Context manager giving, for a Hiera attention Linear, the validity mask of its current input rows.
+_lock = threading.Lock()
+_users = 0
+_handle = None
+_masks: "weakref.WeakKeyDictionary[nn.Module, torch.Tensor]" = weakref.WeakKeyDictionary()
 
-    Use it as the ``row_masks`` callable of ``qsam2_ext.core.VRCCalibration``; layers it does not know get None.
-    """
 
-    def __init__(self, model: nn.Module):
-        block_type = _hiera_block_type()
-        self.blocks = [m for m in model.modules() if isinstance(m, block_type)]
-        self._masks: dict[int, torch.Tensor] = {}
-        self._handles: list = []
+def _record(module: nn.Module, args) -> None:
+    from sam2.modeling.backbones.hieradet import MultiScaleBlock
 
-    def _pre_hook(self, block, args):
-        for layer, mask in block_row_masks(block, args[0]).items():
-            self._masks[id(layer)] = mask
+    if isinstance(module, MultiScaleBlock):
+        _masks.update(block_row_masks(module, args[0]))
 
-    def __enter__(self) -> "HieraPaddingMasks":
-        self._handles = [b.register_forward_pre_hook(self._pre_hook) for b in self.blocks]
-        return self
 
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        self._masks.clear()
+def acquire() -> None:
+    """Start recording Hiera padding masks (reference counted; pair with ``release``)."""
+    global _users, _handle
+    with _lock:
+        if _users == 0:
+            _handle = torch.nn.modules.module.register_module_forward_pre_hook(_record)
+        _users += 1
 
-    def __call__(self, module: nn.Module) -> Optional[torch.Tensor]:
-        return self._masks.get(id(module))
+
+def release() -> None:
+    global _users, _handle
+    with _lock:
+        if _users == 0:
+            return
+        _users -= 1
+        if _users == 0:
+            _handle.remove()
+            _handle = None
+            _masks.clear()
+
+
+@contextlib.contextmanager
+def padding_masks() -> Iterator[None]:
+    """Record Hiera padding masks during the forwards run inside this block."""
+    acquire()
+    try:
+        yield
+    finally:
+        release()
+
+
+def row_mask(layer: nn.Module) -> Optional[torch.Tensor]:
+    """The mask recorded for ``layer``'s current input (consumed: a mask serves one forward), or None."""
+    return _masks.pop(layer, None)

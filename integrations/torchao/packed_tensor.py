@@ -1,0 +1,136 @@
+"""``QSAM2PackedTensor``: a torchao tensor subclass holding truly packed 2/3/4/8-bit weights.
+
+Storage per weight row: ``ceil(K * bits / 8)`` bytes of codes (``qsam2_ext.core.packing`` layout) plus one
+``(center, step)`` pair per row or per group, in ``scale dtype``. The value of code ``q`` is
+``(q + 1/2) * step + center``: the same grid, and the same floating-point expression, as the fake quantizer that
+learned it, so converted and fake-quantized layers agree exactly when the grid is stored in float32.
+
+An optional activation grid rides along: static (``act_center``/``act_step``: the clip learned in QAT, per tensor
+or per input channel) or dynamic per token (``act_bits`` alone). ``F.linear`` / ``F.conv2d`` on this weight
+quantize-dequantize the input accordingly, then run the float op on the dequantized weight (the reference path;
+fused kernels are a separate concern).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+import torch
+from torch.nn import functional as F
+from torchao.utils import TorchAOBaseTensor, fill_defaults
+
+from qsam2_ext.core import dequantize, pack_codes, quantize, unpack_codes
+from qsam2_ext.core.grid import fake_quantize_per_token
+
+aten = torch.ops.aten
+
+
+class QSAM2PackedTensor(TorchAOBaseTensor):
+    tensor_data_names = ["packed", "center", "step"]
+    tensor_attribute_names = ["bits", "weight_shape", "dtype"]
+    optional_tensor_data_names = ["act_center", "act_step"]
+    optional_tensor_attribute_names = ["act_bits"]
+
+    def __new__(cls, packed, center, step, bits, weight_shape, dtype, act_center=None, act_step=None, act_bits=None):
+        return torch.Tensor._make_wrapper_subclass(
+            cls, tuple(weight_shape), dtype=dtype, device=packed.device, requires_grad=False
+        )
+
+    def __init__(self, packed, center, step, bits, weight_shape, dtype, act_center=None, act_step=None, act_bits=None):
+        super().__init__()
+        self.packed, self.center, self.step = packed, center, step
+        self.bits = int(bits)
+        self.weight_shape = tuple(int(d) for d in weight_shape)
+        self.act_center, self.act_step = act_center, act_step
+        self.act_bits = None if act_bits is None else int(act_bits)
+
+    @classmethod
+    def from_codes(
+        cls,
+        codes: torch.Tensor,
+        center: torch.Tensor,
+        step: torch.Tensor,
+        bits: int,
+        dtype: torch.dtype,
+        scale_dtype: torch.dtype,
+        act_bits: Optional[int] = None,
+        act_grid: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> "QSAM2PackedTensor":
+        """Pack signed codes shaped like the weight, with a grid of shape ``(out, groups)``."""
+        rows = codes.reshape(codes.shape[0], -1)
+        act_center, act_step = (None, None) if act_grid is None else (g.to(scale_dtype) for g in act_grid)
+        return cls(
+            pack_codes(rows, bits), center.to(scale_dtype), step.to(scale_dtype), bits, codes.shape, dtype,
+            act_center, act_step, act_bits,
+        )
+
+    def codes(self) -> torch.Tensor:
+        """The signed int8 codes, shaped like the weight."""
+        return unpack_codes(self.packed, self.bits, self.row_length()).reshape(self.weight_shape)
+
+    def dequantize(self, output_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        out, groups = self.center.shape
+        codes = self.codes().reshape(out, groups, -1)
+        w = dequantize(codes, self.center.unsqueeze(-1), self.step.unsqueeze(-1))
+        return w.reshape(self.weight_shape).to(output_dtype or self.dtype)
+
+    def quantize_input(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        """Quantize-dequantize a layer input with the static learned grid, per token, or not at all."""
+        if self.act_bits is None:
+            return x
+        if self.act_center is None:
+            return fake_quantize_per_token(x, self.act_bits, dim=channel_dim)
+        center, step = self.act_center.to(torch.float32), self.act_step.to(torch.float32)
+        if center.ndim:  # per channel: broadcast along the channel dim
+            shape = [1] * x.ndim
+            shape[channel_dim] = -1
+            center, step = center.reshape(shape), step.reshape(shape)
+        xf = x.float()
+        return dequantize(quantize(xf, center, step, self.act_bits), center, step).to(x.dtype)
+
+    def describe(self) -> str:
+        groups = self.center.shape[1]
+        granularity = "per-channel" if groups == 1 else f"group_size={self.row_length() // groups}"
+        acts = "none" if self.act_bits is None else f"{self.act_bits}-bit {'dynamic per-token' if self.act_center is None else 'static'}"
+        return f"QSAM2Packed(bits={self.bits}, {granularity}, inputs={acts})"
+
+    def row_length(self) -> int:
+        k = 1
+        for d in self.weight_shape[1:]:
+            k *= d
+        return k
+
+    def storage_bytes(self) -> int:
+        """Bytes actually held: packed codes plus grids (and the activation grid, if any)."""
+        tensors = [self.packed, self.center, self.step, self.act_center, self.act_step]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def _stable_hash_for_caching(self) -> str:
+        h = hashlib.sha256()
+        for t in (self.packed, self.center, self.step, self.act_center, self.act_step):
+            if t is not None:
+                h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(repr((self.bits, self.weight_shape, self.dtype, self.act_bits)).encode())
+        return h.hexdigest()
+
+
+implements = QSAM2PackedTensor.implements
+implements_torch_function = QSAM2PackedTensor.implements_torch_function
+
+
+@implements(aten.linear.default)
+@implements_torch_function(F.linear)
+def _linear(func, types, args, kwargs):
+    x, weight, bias = args[0], args[1], args[2] if len(args) > 2 else None
+    return F.linear(weight.quantize_input(x, -1), weight.dequantize(x.dtype), bias)
+
+
+@implements(aten.conv2d.default)
+@implements_torch_function(F.conv2d)
+def _conv2d(func, types, args, kwargs):
+    x, weight, bias, stride, padding, dilation, groups = fill_defaults(args, 7, [None, [1, 1], [0, 0], [1, 1], 1])
+    return F.conv2d(weight.quantize_input(x, 1), weight.dequantize(x.dtype), bias, stride, padding, dilation, groups)
+
+
+torch.serialization.add_safe_globals([QSAM2PackedTensor])
