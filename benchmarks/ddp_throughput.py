@@ -6,8 +6,9 @@
 For each process count it launches ``torchrun --standalone --nproc_per_node=N`` on this file (worker mode) on the
 same synthetic SA-1B-layout data (coloured ellipses, written once), keeping the batch per process fixed (weak
 scaling), and reads images/s from the run's log: ``(steps - warmup) * global batch`` over the wall time between
-the log records of step ``warmup`` and the last step. Without a GPU it falls back to CPU processes (gloo) and a
-smaller default setting. Writes ``<out>/results.json`` and ``<out>/results.md``.
+the log records of step ``warmup`` and the last step. Without a GPU it falls back to CPU processes (gloo) of one
+thread each, and the project's small ``qsam2_mini`` model. Writes ``<out>/results.json`` and
+``<out>/results.md``.
 """
 
 from __future__ import annotations
@@ -49,12 +50,12 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process (GPU) counts to compare")
-    p.add_argument("--model", default="sam2.1_hiera_t")
+    p.add_argument("--model", default="sam2.1_hiera_t" if cuda else "configs/qsam2/qsam2_mini.yaml")
     p.add_argument("--image-size", type=int, default=1024 if cuda else 256)
     p.add_argument("--override", action="append", default=[], help="extra Hydra override of the SAM2 config")
-    p.add_argument("--per-process-batch", type=int, default=4 if cuda else 1)
-    p.add_argument("--steps", type=int, default=30 if cuda else 6)
-    p.add_argument("--warmup", type=int, default=5 if cuda else 2, help="steps left out of the timing")
+    p.add_argument("--per-process-batch", type=int, default=4 if cuda else 2)
+    p.add_argument("--steps", type=int, default=30 if cuda else 12)
+    p.add_argument("--warmup", type=int, default=5 if cuda else 3, help="steps left out of the timing")
     p.add_argument("--max-objects", type=int, default=8)
     p.add_argument("--images", type=int, default=64, help="synthetic images to write")
     p.add_argument("--num-workers", type=int, default=4 if cuda else 1)
@@ -70,26 +71,32 @@ def main() -> None:
     if cuda and max(args.procs) > torch.cuda.device_count():
         p.error(f"{max(args.procs)} processes need as many GPUs; this machine has {torch.cuda.device_count()}")
 
-    from qsam2_ext.sam2.data.synthetic import write_sa1b
+    from qsam2_ext.sam2.synthetic import write_image_split
 
     data = os.path.join(args.out, "data")
     if not os.path.isdir(data):
-        write_sa1b(data, n=args.images, height=args.image_size * 3 // 4, width=args.image_size, objects=4)
-    device = torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores, gloo)"
+        write_image_split(data, args.images, seed=0, size=args.image_size)
+    device = torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores, 1 thread per process, gloo)"
     runs = []
     for procs in args.procs:
         run_dir = os.path.join(args.out, f"run_{procs}")
-        if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
-            os.remove(os.path.join(run_dir, "checkpoint.pt"))
-        if os.path.exists(os.path.join(run_dir, "log.jsonl")):
-            os.remove(os.path.join(run_dir, "log.jsonl"))
+        for old in ("checkpoint.pt", "log.jsonl"):  # a fresh run each time
+            if os.path.exists(os.path.join(run_dir, old)):
+                os.remove(os.path.join(run_dir, old))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
                    os.path.abspath(__file__), "--worker", "--data", data, "--run-dir", run_dir,
                    "--model", args.model, "--image-size", str(args.image_size), "--steps", str(args.steps),
                    "--per-process-batch", str(args.per_process_batch), "--num-workers", str(args.num_workers),
                    "--max-objects", str(args.max_objects)] + [f"--override={o}" for o in args.override]
+        env = dict(os.environ)
+        # the checkout's root on the path: its Hydra search-path plugin (hydra_plugins/) is not found through an
+        # editable install, and qsam2_mini is only reachable through it
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        if not cuda:  # one thread per process, as torchrun sets for several: spinning OpenMP threads on a busy
+            env["OMP_NUM_THREADS"] = "1"  # machine slow a step down by 10-30x and would swamp the comparison
         print(f"{procs} process(es): {' '.join(command)}", flush=True)
-        subprocess.run(command, check=True)
+        subprocess.run(command, check=True, env=env)
         batch = args.per_process_batch * procs
         ips, step_s = images_per_second(os.path.join(run_dir, "log.jsonl"), args.warmup, batch)
         runs.append({"procs": procs, "global_batch": batch, "images_per_s": ips, "median_step_s": step_s})

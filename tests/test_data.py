@@ -6,12 +6,11 @@ import os
 
 import numpy as np
 import pytest
-from helpers import write_coco
+from helpers import rle, save_id_png, save_jpeg, write_coco, write_folder, write_sa1b, write_video
 from PIL import Image
 
 from qsam2_ext.sam2.data import BadSample, BadSampleLog, DatasetError, open_dataset
 from qsam2_ext.sam2.data.files import decode_segmentation
-from qsam2_ext.sam2.data.synthetic import rle, save_id_png, save_jpeg, write_folder, write_sa1b, write_video
 
 
 def test_sa1b_reads_rle_masks_exactly(tmp_path):

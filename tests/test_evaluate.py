@@ -6,13 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, tiny_model, write_coco
+from helpers import TINY, save_id_png, tiny_model, write_coco, write_folder, write_sa1b, write_video
 
 from qsam2_ext import cli
 from qsam2_ext.evaluate import evaluate, format_table, predict_masks, track
 from qsam2_ext.sam2 import image_predictor
 from qsam2_ext.sam2.data import BadSample, open_dataset
-from qsam2_ext.sam2.data.synthetic import save_id_png, write_folder, write_sa1b, write_video
 from qsam2_ext.sam2.metrics import mask_iou
 
 MODEL_ARGS = ["--image-size", "64"] + [f"--override={o}" for o in TINY]
@@ -145,3 +144,23 @@ def test_cli_reports_bad_input_clearly(tmp_path, capsys):
     assert "SA-1B folder not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["eval", "--format", "pascal", "--data", str(tmp_path)])
+
+
+def test_cli_trains_and_evaluates_the_project_model_on_video(tmp_path, capsys):
+    """qsam2_mini (hidden width 128, not SAM2.1's 256) on the project's generated clips: video-clip training with
+    distillation from the float model, then J&F of the trained checkpoint through the video predictor."""
+    from qsam2_ext.sam2.synthetic import write_video_split
+
+    write_video_split(str(tmp_path / "clips"), 2, seed=0, frames=4, size=64)
+    model = ["--model", "configs/qsam2/qsam2_mini.yaml", "--image-size", "64"]
+    data = ["--format", "video", "--data", str(tmp_path / "clips")]
+    assert cli.main(["train", *model, *data, "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "2",
+                     "--clip-length", "3", "--distill-mask", "1", "--distill-features", "1", "--num-workers", "0",
+                     "--no-progress"]) == 0
+    log = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    assert len(log) == 2 and log[-1]["distill_mask"] >= 0 and log[-1]["focal"] >= 0
+    capsys.readouterr()
+    assert cli.main(["eval", *model, *data, "--checkpoint", str(tmp_path / "run" / "model.pt"), "--no-progress",
+                     "--out", str(tmp_path / "eval.json")]) == 0
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert results["results"]["sequences"] == 2 and 0 <= results["results"]["J&F"] <= 1

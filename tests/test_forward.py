@@ -6,10 +6,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import scene, tiny_model, write_video
 
 from qsam2_ext.sam2 import build_model, check_image_size, image_predictor
-from qsam2_ext.sam2.data.synthetic import scene, write_video
 from qsam2_ext.sam2.forward import ClipBatch, forward_clip
 
 SIZE = 64

@@ -12,11 +12,10 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import WeightFakeQuantLinear, quantize_some, tiny_model
+from helpers import WeightFakeQuantLinear, quantize_some, tiny_model, write_folder, write_sa1b, write_video
 
 from qsam2_ext.io import atomic_write
 from qsam2_ext.sam2.data import BadSample, open_dataset
-from qsam2_ext.sam2.data.synthetic import write_folder, write_sa1b, write_video
 from qsam2_ext.train import TrainConfig, parameter_groups, train
 from qsam2_ext.train.data import StepSampler, TrainingSet, collate
 from qsam2_ext.train.optim import lr_factor, make_optimizer
