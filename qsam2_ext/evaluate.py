@@ -35,12 +35,6 @@ VIDEO_PROMPTS = ("mask", "point", "box")
 CHUNK = 16  # prompts per predictor call: bounds the (chunk, 3, H, W) float masks held at full resolution
 
 
-def _tqdm(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="sample", disable=not enabled)
-
-
 def predict_masks(predictor, kind: str, prompts: np.ndarray) -> np.ndarray:
     """``(K, H, W)`` bool masks for ``K`` points ``(K, 2)`` or boxes ``(K, 4)`` on the predictor's current image."""
     height, width = predictor._orig_hw[-1]
@@ -70,57 +64,56 @@ def _summary(records: list[dict], prompts: Sequence[str]) -> dict:
     return out
 
 
+def _samples(dataset, indices, bad: BadSampleLog, progress: bool):
+    """The usable samples among ``indices``, with a progress bar; bad ones and dropped instances are reported."""
+    from tqdm.auto import tqdm
+
+    for index in tqdm(indices, desc="eval", unit="sample", disable=not progress):
+        try:
+            sample = dataset.load(index)
+        except BadSample as e:
+            bad.report(e.source, e.reason)
+            continue
+        for issue in sample.issues:
+            bad.report(sample.source, issue)
+        yield index, sample
+
+
 def _evaluate_images(model, dataset, prompts, samples, bad, progress) -> dict:
     predictor = image_predictor(model)
     records = []
-    with _tqdm(len(samples), progress, "eval") as bar:
-        for index in samples:
-            try:
-                sample = dataset.load(index)
-            except BadSample as e:
-                bad.report(e.source, e.reason)
-                continue
-            finally:
-                bar.update(1)
-            for issue in sample.issues:
-                bad.report(sample.source, issue)
-            gt = sample.masks[0]
-            predictor.set_image(sample.frames[0])
-            for kind in prompts:
-                pred = predict_masks(predictor, kind, _instance_prompts(kind, gt))
-                records += [{"source": sample.source, "instance": i, "prompt": kind, "iou": mask_iou(p, g)}
-                            for i, p, g in zip(sample.object_ids, pred, gt)]
+    for _, sample in _samples(dataset, samples, bad, progress):
+        gt = sample.masks[0]
+        predictor.set_image(sample.frames[0])
+        for kind in prompts:
+            pred = predict_masks(predictor, kind, _instance_prompts(kind, gt))
+            records += [{"source": sample.source, "instance": i, "prompt": kind, "iou": mask_iou(p, g)}
+                        for i, p, g in zip(sample.object_ids, pred, gt)]
     return {"metric": "mIoU", "results": _summary(records, prompts), "instances": records}
 
 
 def _evaluate_agreement(model, reference, dataset, prompts, samples, bad, progress, grid) -> dict:
     predictor, teacher = image_predictor(model), image_predictor(reference)
     records, empty = [], 0
-    with _tqdm(len(samples), progress, "eval") as bar:
-        for index in samples:
-            try:
-                sample = dataset.load(index)
-            except BadSample as e:
-                bad.report(e.source, e.reason)
-                continue
-            finally:
-                bar.update(1)
-            image = sample.frames[0]
-            predictor.set_image(image)
-            teacher.set_image(image)
-            points = grid_points(*image.shape[:2], grid)
-            targets = predict_masks(teacher, "point", points)
-            keep = targets.reshape(len(targets), -1).any(1)
-            empty += int((~keep).sum())  # a prompt whose reference mask is empty has no box and no target
-            points, targets = points[keep], targets[keep]
-            for kind in prompts:
-                if kind == "point":
-                    prompt_targets, pred = targets, predict_masks(predictor, "point", points)
-                else:
-                    boxes = _instance_prompts("box", targets)
-                    prompt_targets, pred = predict_masks(teacher, "box", boxes), predict_masks(predictor, "box", boxes)
-                records += [{"source": sample.source, "instance": i, "prompt": kind, "iou": mask_iou(p, t)}
-                            for i, (p, t) in enumerate(zip(pred, prompt_targets))]
+    for _, sample in _samples(dataset, samples, bad, progress):
+        image = sample.frames[0]
+        predictor.set_image(image)
+        teacher.set_image(image)
+        points = grid_points(*image.shape[:2], grid)
+        targets = predict_masks(teacher, "point", points)
+        keep = targets.reshape(len(targets), -1).any(1)
+        empty += int((~keep).sum())  # a prompt whose reference mask is empty has no box and no target
+        if not keep.any():
+            continue
+        points, targets = points[keep], targets[keep]
+        for kind in prompts:
+            if kind == "point":
+                prompt_targets, pred = targets, predict_masks(predictor, "point", points)
+            else:
+                boxes = _instance_prompts("box", targets)
+                prompt_targets, pred = predict_masks(teacher, "box", boxes), predict_masks(predictor, "box", boxes)
+            records += [{"source": sample.source, "instance": i, "prompt": kind, "iou": mask_iou(p, t)}
+                        for i, (p, t) in enumerate(zip(pred, prompt_targets))]
     return {"metric": "mIoU vs reference", "results": _summary(records, prompts), "instances": records,
             "empty_reference_masks": empty}
 
@@ -175,21 +168,14 @@ def _evaluate_video(model, dataset, prompt, samples, bad, progress) -> dict:
     if not hasattr(model, "propagate_in_video"):
         raise TypeError("video evaluation needs a SAM2VideoPredictor: build it with build_model(..., video=True)")
     sequences = {}
-    with _tqdm(len(samples), progress, "eval") as bar:
-        for index in samples:
-            try:
-                sample = dataset.load(index)
-                if sample.num_frames < 3:
-                    raise BadSample(sample.source, f"{sample.num_frames} frames: J&F needs 3 or more")
-            except BadSample as e:
-                bad.report(e.source, e.reason)
-                continue
-            finally:
-                bar.update(1)
-            scores = sequence_jf(track(model, sample, prompt), sample.masks)
-            sequences[dataset.name(index)] = {**scores, "object_ids": sample.object_ids}
-    results = dataset_jf(sequences) if sequences else {"J": None, "F": None, "J&F": None, "objects": 0, "sequences": 0}
-    return {"metric": "J&F", "results": results, "sequences": sequences}
+    for index, sample in _samples(dataset, samples, bad, progress):
+        if sample.num_frames < 3:
+            bad.report(sample.source, f"{sample.num_frames} frames: J&F needs 3 or more")
+            continue
+        scores = sequence_jf(track(model, sample, prompt), sample.masks)
+        sequences[dataset.name(index)] = {**scores, "object_ids": sample.object_ids}
+    empty = {"J": None, "F": None, "J&F": None, "objects": 0, "sequences": 0}
+    return {"metric": "J&F", "results": dataset_jf(sequences) if sequences else empty, "sequences": sequences}
 
 
 @torch.inference_mode()

@@ -137,6 +137,22 @@ def test_mask_image_size_mismatch_is_rejected(tmp_path):
     (tmp_path / "sa_0.json").write_text(json.dumps(record))
     with pytest.raises(BadSample, match="bad segmentation"):
         open_dataset("sa1b", str(tmp_path)).load(0)
+    record["image"]["height"] = 50
+    (tmp_path / "sa_0.json").write_text(json.dumps(record))
+    with pytest.raises(BadSample, match="JSON says 64x50, image is 64x48"):
+        open_dataset("sa1b", str(tmp_path)).load(0)
+
+
+def test_coco_image_size_mismatch_is_rejected(tmp_path):
+    write_coco(tmp_path, n=2)
+    data = json.loads((tmp_path / "instances.json").read_text())
+    data["images"][1]["width"] = 80
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    reader = open_dataset("coco", str(tmp_path / "images"), annotations=str(tmp_path / "instances.json"))
+    reader.load(0)
+    with pytest.raises(BadSample, match="annotations say 80x48, image is 64x48") as err:
+        reader.load(1)
+    assert err.value.source.endswith("001.jpg")
 
 
 def test_empty_instance_is_dropped_and_reported(tmp_path):

@@ -55,15 +55,21 @@ def test_coco_and_prompt_choice(model, tmp_path):
 def test_agreement_with_a_reference_on_unlabeled_images(model, tmp_path):
     write_folder(tmp_path, n=2)
     dataset = open_dataset("folder", str(tmp_path))
-    with torch.no_grad():  # random heads often predict "no object": give the reference masks to agree on
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(10.0)
     same = evaluate(model, dataset, reference=copy.deepcopy(model), grid=3, progress=False)
     for kind in ("point", "box"):
         assert same["results"][kind]["mIoU"] == pytest.approx(1.0)  # a model agrees with itself
         assert same["results"][kind]["instances"] + same["empty_reference_masks"] == 2 * 9
+        assert same["results"][kind]["instances"] > 0
     other = tiny_model(64, seed=1).eval()
     differs = evaluate(other, dataset, reference=model, grid=3, progress=False)
     assert differs["results"]["point"]["mIoU"] < 0.99
+    blind = copy.deepcopy(model)
+    with torch.no_grad():  # zero hypernetwork outputs: every mask logit is 0, so every mask is empty
+        for mlp in blind.sam_mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.zero_()
+            mlp.layers[-1].bias.zero_()
+    nothing = evaluate(model, dataset, reference=blind, grid=2, progress=False)
+    assert nothing["empty_reference_masks"] == 2 * 4 and nothing["results"]["box"] == {"mIoU": None, "instances": 0}
     with pytest.raises(ValueError, match="reference"):
         evaluate(model, dataset, progress=False)
 

@@ -57,7 +57,7 @@ def prepare(sample: Sample, kind: str, config: TrainConfig, image_size: int, tra
     frames = torch.stack([transform(f) for f in sample.frames])
     item = {"frames": frames, "kind": kind, "source": sample.source, "issues": list(sample.issues)}
     if not sample.labeled:  # random positive points, each prompting whatever lies there
-        coords = rng.uniform(0, image_size, (config.max_objects, 1, 2)).astype(np.float32).round()
+        coords = rng.integers(0, image_size, (config.max_objects, 1, 2)).astype(np.float32)
         item.update(masks=None, coords=coords, labels=np.full((config.max_objects, 1), POSITIVE, np.int32))
     else:
         masks = torch.from_numpy(sample.masks).float()
@@ -76,6 +76,7 @@ def prepare(sample: Sample, kind: str, config: TrainConfig, image_size: int, tra
 
 
 def collate(items: list[dict]) -> ClipBatch:
+    """One batch from prepared items: frames frame-major, objects flattened, prompts padded to one length."""
     num_frames = items[0]["frames"].shape[0]
     images = torch.stack([it["frames"] for it in items], dim=1).flatten(0, 1)  # (T * B, 3, S, S), frame-major
     counts = [len(it["coords"]) for it in items]

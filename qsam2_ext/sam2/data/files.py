@@ -28,10 +28,15 @@ def pycocotools_mask():
     return mask
 
 
-def _open(path: str, convert: Optional[str]) -> np.ndarray:
+ID_MODES = ("P", "L", "I", "I;16")  # indexed (palette) or grayscale: pixel values are the ids themselves
+
+
+def _open(path: str, convert: Optional[str] = None, modes: Optional[tuple] = None) -> np.ndarray:
     Image = _pil()
     try:
         with Image.open(path) as image:
+            if modes is not None and image.mode not in modes:
+                raise BadSample(path, f"must be an indexed (palette) or grayscale PNG of ids, not mode {image.mode}")
             image.load()
             return np.array(image.convert(convert) if convert else image)  # a writable copy
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -45,15 +50,7 @@ def read_rgb(path: str) -> np.ndarray:
 
 def read_id_map(path: str) -> np.ndarray:
     """``(H, W)`` integer instance ids from an indexed (palette) or grayscale PNG; 0 is background."""
-    Image = _pil()
-    try:
-        with Image.open(path) as image:
-            mode = image.mode
-    except (OSError, ValueError, SyntaxError) as e:
-        raise BadSample(path, f"unreadable annotation ({type(e).__name__}: {e})") from None
-    if mode not in ("P", "L", "I", "I;16"):
-        raise BadSample(path, f"annotation must be an indexed (palette) or grayscale PNG of ids, got mode {mode}")
-    return _open(path, None).astype(np.int64)
+    return _open(path, modes=ID_MODES).astype(np.int64)
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:

@@ -13,7 +13,8 @@ from .sample import BadSample, DatasetError, Sample
 
 
 class SA1BReader:
-    """``{"image": {"file_name", "height", "width"}, "annotations": [{"id", "segmentation": RLE}, ...]}`` per image.
+    """``{"image": {"height", "width"}, "annotations": [{"id", "segmentation": RLE}, ...]}`` per image, paired
+    with the image of the same name.
 
     Images without a JSON (and JSONs without an image) are listed in ``problems`` and not used.
     """
@@ -26,12 +27,14 @@ class SA1BReader:
         if not os.path.isdir(root):
             raise DatasetError(f"SA-1B folder not found: {root}")
         names = os.listdir(root)
-        stems = {os.path.splitext(n)[0] for n in names if n.lower().endswith((".jpg", ".jpeg"))}
-        jsons = {os.path.splitext(n)[0] for n in names if n.endswith(".json")}
+        images = {os.path.splitext(n)[0]: n for n in names if n.lower().endswith((".jpg", ".jpeg"))}
+        stems, jsons = set(images), {os.path.splitext(n)[0] for n in names if n.endswith(".json")}
         self.root = root
         self.stems = sorted(stems & jsons)
+        self.images = {s: os.path.join(root, images[s]) for s in self.stems}
         self.problems = [(os.path.join(root, s + ".json"), "annotation without image") for s in sorted(jsons - stems)]
-        self.problems += [(os.path.join(root, s), "image without annotation JSON") for s in sorted(stems - jsons)]
+        self.problems += [(os.path.join(root, images[s]), "image without annotation JSON")
+                          for s in sorted(stems - jsons)]
         if not self.stems:
             raise DatasetError(f"no image with a matching annotation JSON in {root} "
                                "(SA-1B layout: sa_1.jpg + sa_1.json)")
@@ -42,10 +45,6 @@ class SA1BReader:
     def source(self, index: int) -> str:
         return os.path.join(self.root, self.stems[index] + ".json")
 
-    def _image_path(self, stem: str, info: dict) -> str:
-        path = os.path.join(self.root, info.get("file_name", stem + ".jpg"))
-        return path if os.path.exists(path) else os.path.join(self.root, stem + ".jpg")
-
     def load(self, index: int, rng: Optional[np.random.Generator] = None, max_objects: Optional[int] = None) -> Sample:
         source = self.source(index)
         try:
@@ -54,7 +53,7 @@ class SA1BReader:
             info, annotations = record["image"], record["annotations"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise BadSample(source, f"unreadable annotation JSON ({type(e).__name__}: {e})") from None
-        image_path = self._image_path(self.stems[index], info)
+        image_path = self.images[self.stems[index]]
         image = read_rgb(image_path)
         height, width = image.shape[:2]
         if (info.get("height", height), info.get("width", width)) != (height, width):
