@@ -37,18 +37,28 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--on-bad-sample", choices=POLICIES, default="skip", help="skip (report and go on) or raise")
 
 
-def _build(args, checkpoint: Optional[str], video: bool):
+def _build(args, checkpoint: Optional[str], video: bool, quantized: bool = False):
+    """The model of ``--model`` with ``checkpoint``: a float one through build_sam2, or packed Q-SAM2 weights loaded
+    into the freshly built float model (the torchao integration's ``load_quantized``)."""
     from .sam2.models import build_model
 
-    return build_model(args.model, checkpoint, video=video, image_size=args.image_size, overrides=args.override)
+    model = build_model(args.model, None if quantized else checkpoint, video=video, image_size=args.image_size,
+                        overrides=args.override)
+    if quantized:
+        from . import load_quantized
+
+        load_quantized(model, checkpoint)
+    return model
 
 
 def run_eval(args) -> int:
     from .evaluate import evaluate, format_table
 
     dataset = open_dataset(args.format, args.data, annotations=args.annotations)
+    if args.quantized and not args.checkpoint:
+        raise ValueError("--quantized needs the quantized --checkpoint")
     device = args.device or _default_device()
-    model = _build(args, args.checkpoint, dataset.video).to(device)
+    model = _build(args, args.checkpoint, dataset.video, args.quantized).to(device)
     reference = None
     if not dataset.labeled:
         reference = _build(args, args.reference_checkpoint, False).to(device)
@@ -65,6 +75,8 @@ def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a SAM2 model: mIoU (point/box prompts) or J&F (video)")
     _add_model_args(p)
     _add_data_args(p)
+    p.add_argument("--quantized", action="store_true",
+                   help="the checkpoint holds Q-SAM2 packed weights (qsam2_ext.save_quantized), for this --model")
     p.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=PROMPTS, help="image prompt kinds")
     p.add_argument("--video-prompt", default="mask", choices=VIDEO_PROMPTS, help="how each video object is prompted")
     p.add_argument("--reference-checkpoint",
