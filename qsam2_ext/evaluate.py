@@ -208,6 +208,10 @@ def evaluate(
         raise ValueError(f"grid must be a positive integer, got {grid!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    if getattr(dataset, "clip_length", None) is not None:
+        raise ValueError("J&F scores whole sequences: open the video dataset without clip_length")
+    if out is not None:  # fail now, not after the evaluation
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     bad = BadSampleLog(on_bad_sample)
     bad.report_all(dataset.problems)
     samples = range(len(dataset) if limit is None else min(limit, len(dataset)))

@@ -85,6 +85,8 @@ def test_video_j_and_f(tmp_path):
     assert results["results"]["J&F"] == pytest.approx(objects_mean) and all(0 <= v <= 1 for v in jf)
     with pytest.raises(TypeError, match="SAM2VideoPredictor"):
         evaluate(tiny_model(64), dataset, progress=False)
+    with pytest.raises(ValueError, match="whole sequences"):
+        evaluate(video, open_dataset("video", str(tmp_path), clip_length=3), progress=False)
 
 
 def test_tracking_a_perfect_mask_prompt_through_the_predictor(tmp_path):
