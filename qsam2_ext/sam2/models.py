@@ -27,20 +27,48 @@ def config_path(config: str) -> str:
     return SAM2_CONFIGS.get(config, config)
 
 
+def check_image_size(image_size: int) -> int:
+    """SAM2's input side must be a multiple of 32: Hiera tiles its 8x8 window position embedding over the
+    stride-4 grid, and the mask decoder needs the stride-16 embedding to be whole."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32 or image_size % 32:
+        raise ValueError(f"image_size must be a positive multiple of 32, got {image_size!r}")
+    return image_size
+
+
 def build_model(
     config: str,
     checkpoint: Optional[str] = None,
     *,
     device: str = "cpu",
     video: bool = False,
+    image_size: Optional[int] = None,
     overrides: Sequence[str] = (),
 ) -> nn.Module:
     """``build_sam2(config, checkpoint)`` (or the video predictor) with ``config`` a short name or a path.
 
     Without a checkpoint the weights keep their default initialisation (no download is ever attempted).
+    ``image_size`` (default: the config's 1024) sets the square input side; the memory attention's RoPE
+    tables follow the token count by themselves, and ``image_predictor`` adapts the image predictor.
     """
     require_sam2()
     from sam2.build_sam import build_sam2, build_sam2_video_predictor
 
+    overrides = list(overrides)
+    if image_size is not None:
+        overrides.append(f"++model.image_size={check_image_size(image_size)}")
     builder = build_sam2_video_predictor if video else build_sam2
-    return builder(config_path(config), checkpoint, device=device, hydra_overrides_extra=list(overrides))
+    return builder(config_path(config), checkpoint, device=device, hydra_overrides_extra=overrides)
+
+
+def image_predictor(model: nn.Module, **kwargs):
+    """``SAM2ImagePredictor(model)`` that works at the model's own input size.
+
+    The predictor hard-codes the backbone feature sizes of a 1024 input; they are the image side over the
+    backbone strides 4, 8 and 16.
+    """
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor(model, **kwargs)
+    size = model.image_size
+    predictor._bb_feat_sizes = [(size // s, size // s) for s in (4, 8, 16)]
+    return predictor

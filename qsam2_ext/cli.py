@@ -1,0 +1,161 @@
+"""The ``qsam2`` command: ``qsam2 eval`` and ``qsam2 train`` (one argparse sub-command each).
+
+A new sub-command is a function adding its parser in ``SUBCOMMANDS``; its parser's ``run`` default does the work.
+Under torchrun, launch training as ``torchrun --nproc_per_node=N -m qsam2_ext.cli train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import logging
+import sys
+from typing import Optional, Sequence
+
+from .evaluate import PROMPTS, VIDEO_PROMPTS
+from .sam2.data import FORMATS, POLICIES, BadSample, DatasetError, open_dataset
+
+log = logging.getLogger("qsam2_ext.cli")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="sam2.1_hiera_t",
+                   help="SAM2 config: a short name (sam2.1_hiera_t/s/b+/l) or a config path")
+    g.add_argument("--checkpoint", help="SAM2 checkpoint ({'model': state_dict}); default: random initialisation")
+    g.add_argument("--image-size", type=int, help="square input side (a multiple of 32); default: the config's 1024")
+    g.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra Hydra override of the SAM2 config (repeatable)")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--format", required=True, choices=FORMATS, help="dataset layout")
+    g.add_argument("--data", required=True, help="dataset root (COCO: the image folder)")
+    g.add_argument("--annotations", help="COCO instances JSON")
+    g.add_argument("--on-bad-sample", choices=POLICIES, default="skip", help="skip (report and go on) or raise")
+
+
+def _build(args, checkpoint: Optional[str], video: bool, quantized: bool = False):
+    """The model of ``--model`` with ``checkpoint``: a float one through build_sam2, or packed Q-SAM2 weights loaded
+    into the freshly built float model (the torchao integration's ``load_quantized``)."""
+    from .sam2.models import build_model
+
+    model = build_model(args.model, None if quantized else checkpoint, video=video, image_size=args.image_size,
+                        overrides=args.override)
+    if quantized:
+        from . import load_quantized
+
+        load_quantized(model, checkpoint)
+    return model
+
+
+def run_eval(args) -> int:
+    from .evaluate import evaluate, format_table
+
+    dataset = open_dataset(args.format, args.data, annotations=args.annotations)
+    if args.quantized and not args.checkpoint:
+        raise ValueError("--quantized needs the quantized --checkpoint")
+    device = args.device or _default_device()
+    model = _build(args, args.checkpoint, dataset.video, args.quantized).to(device)
+    reference = None
+    if not dataset.labeled:
+        reference = _build(args, args.reference_checkpoint, False).to(device)
+    results = evaluate(model, dataset, prompts=args.prompts, video_prompt=args.video_prompt, reference=reference,
+                       grid=args.grid, limit=args.limit, on_bad_sample=args.on_bad_sample,
+                       progress=not args.no_progress, out=args.out)
+    print(format_table(results))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a SAM2 model: mIoU (point/box prompts) or J&F (video)")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--quantized", action="store_true",
+                   help="the checkpoint holds Q-SAM2 packed weights (qsam2_ext.save_quantized), for this --model")
+    p.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=PROMPTS, help="image prompt kinds")
+    p.add_argument("--video-prompt", default="mask", choices=VIDEO_PROMPTS, help="how each video object is prompted")
+    p.add_argument("--reference-checkpoint",
+                   help="unlabeled data: the reference (float) model's checkpoint, same config; default: random")
+    p.add_argument("--grid", type=int, default=4, help="unlabeled data: point prompts per image side")
+    p.add_argument("--limit", type=int, help="evaluate the first N samples only")
+    p.add_argument("--device", help="default: cuda if available, else cpu")
+    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_eval)
+
+
+def _config_args(p: argparse.ArgumentParser, config_cls, skip: Sequence[str]) -> None:
+    """One ``--option`` per TrainConfig field (but ``skip``), with its type, default and help."""
+    g = p.add_argument_group("training")
+    for f in dataclasses.fields(config_cls):
+        if f.name in skip:
+            continue
+        g.add_argument("--" + f.name.replace("_", "-"), dest=f"cfg_{f.name}", metavar=f.name.upper(),
+                       type={"int": int, "float": float}.get(f.type, str), choices=f.metadata.get("choices"),
+                       default=f.default, help=f"{f.metadata['help']} (default: {f.default})")
+
+
+def run_train(args) -> int:
+    from .train import TrainConfig, train
+
+    settings = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
+    config = TrainConfig(**settings, on_bad_sample=args.on_bad_sample)
+    dataset = open_dataset(args.format, args.data, annotations=args.annotations,
+                           clip_length=config.clip_length if config.clip_length > 1 else None)
+    model = _build(args, args.checkpoint, False)
+    teacher = copy.deepcopy(model) if config.loss_weights.distills else None  # the float model, before any change
+    summary = train(model, dataset, config, args.out, teacher=teacher, resume=args.resume,
+                    progress=not args.no_progress)
+    if summary["last"]:
+        print(f"step {summary['last']['step']}: loss {summary['last']['loss']:.4g}; model in {summary['model']}")
+    return 0
+
+
+def add_train(sub) -> None:
+    from .train import TrainConfig
+
+    p = sub.add_parser("train", help="train or fine-tune SAM2 (the shared QAT loop; torchrun for several processes)")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, model.pt")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _config_args(p, TrainConfig, skip=("on_bad_sample",))  # a data option here
+    p.set_defaults(run=run_train)
+
+
+SUBCOMMANDS = (add_eval, add_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qsam2", description="Q-SAM2 quantization tools for SAM2")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("qsam2_ext").setLevel(logging.INFO)  # sam2 logs every image embedding at INFO on the root
+    try:
+        return args.run(args)
+    except (DatasetError, BadSample, ValueError, FileExistsError, FileNotFoundError) as e:
+        print(f"qsam2 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

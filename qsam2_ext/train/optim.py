@@ -1,0 +1,48 @@
+"""Optimizer with separate parameter groups for weights and quantizer parameters, and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..core import FakeQuantizer
+from .config import TrainConfig
+
+
+def parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``(weights, quantizer parameters)``: the trainable parameters of ``FakeQuantizer`` submodules (LSC/PACT
+    alpha, LSQ step) and every other trainable parameter. Frozen parameters (``requires_grad=False``) are in neither."""
+    quantizer_ids = {id(p) for m in model.modules() if isinstance(m, FakeQuantizer) for p in m.parameters()}
+    weights, quantizer = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (quantizer if id(p) in quantizer_ids else weights).append(p)
+    return weights, quantizer
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    weights, quantizer = parameter_groups(model)
+    if not weights and not quantizer:
+        raise ValueError("the model has no trainable parameter")
+    groups = [
+        {"name": "weights", "params": weights, "lr": config.lr, "weight_decay": config.weight_decay},
+        {"name": "quantizer", "params": quantizer, "lr": config.quantizer_lr, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]])
+
+
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """Multiplier of the peak learning rates at ``step``: linear warm-up, then constant or cosine decay."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return 1.0
+    span = max(config.steps - config.warmup_steps, 1)
+    progress = min((step - config.warmup_steps) / span, 1.0)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
