@@ -2,6 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+# CI machines have 2 cores and often neighbours: one intra-op thread avoids oversubscription, which made the
+# suite several times slower under load (tests measure numerics, never speed).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -30,7 +30,7 @@ def test_three_bit_layout_is_little_endian_24_bit_groups():
     u = np.array([1, 2, 3, 4, 5, 6, 7, 0])
     word = sum(int(c) << (3 * i) for i, c in enumerate(u))
     expected = [word & 0xFF, (word >> 8) & 0xFF, (word >> 16) & 0xFF]
-    codes = torch.tensor([u - 4], dtype=torch.int8)
+    codes = torch.from_numpy(u[None] - 4).to(torch.int8)
     assert pack_codes(codes, 3).tolist() == [expected]
 
 

@@ -267,9 +267,11 @@ def test_load_rejects_mismatched_or_malformed_checkpoints(tmp_path):
         qsam2_ext.load_quantized(Net(), tmp_path / "bare.pt")
     with pytest.raises(FileNotFoundError):
         qsam2_ext.load_quantized(Net(), tmp_path / "absent.pt")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        qsam2_ext.save_quantized(net, tmp_path / "no" / "dir" / "q.pt")
-    assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
+    (tmp_path / "taken.pt").mkdir()
+    with pytest.raises(OSError):  # the target is a directory: the rename fails, nothing is left behind
+        qsam2_ext.save_quantized(net, tmp_path / "taken.pt")
+    assert not list(tmp_path.glob(".*tmp"))
+    assert qsam2_ext.save_quantized(net, tmp_path / "new" / "dir" / "q.pt").is_file()  # parents are created
 
 
 def test_compile_fullgraph_and_export():

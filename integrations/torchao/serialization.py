@@ -9,12 +9,13 @@ freshly built *float* model: ``load_state_dict(sd, assign=True)`` swaps each flo
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Union
 
 import torch
 from torch import nn
+
+from qsam2_ext.io import atomic_write
 
 from .packed_tensor import QSAM2PackedTensor
 
@@ -28,20 +29,6 @@ def _register_safetensors() -> None:
     if QSAM2PackedTensor.__name__ not in utils.ALLOWED_TENSORS_SUBCLASSES:
         utils.ALLOWED_TENSORS_SUBCLASSES.append(QSAM2PackedTensor.__name__)
     utils.ALLOWED_CLASSES[QSAM2PackedTensor.__name__] = QSAM2PackedTensor
-
-
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_quantized(model_or_state_dict: Union[nn.Module, Mapping[str, torch.Tensor]], path: PathLike) -> Path:
@@ -59,9 +46,9 @@ def save_quantized(model_or_state_dict: Union[nn.Module, Mapping[str, torch.Tens
         # a "." in every key, and SAM2Base has top-level parameters such as "no_mem_embed")
         tensors, metadata = flatten_tensor_state_dict({_PREFIX + k: v for k, v in sd.items()})
         tensors = {k: v.contiguous() for k, v in tensors.items()}
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     else:
-        _atomic_write(path, lambda tmp: torch.save({"model": sd}, tmp))
+        atomic_write(path, lambda tmp: torch.save({"model": sd}, tmp))
     return path
 
 

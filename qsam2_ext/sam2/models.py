@@ -20,6 +20,30 @@ def require_sam2():
         import sam2  # noqa: F401  (initialises sam2's Hydra config search path)
     except ImportError as e:  # pragma: no cover - sam2 is a core dependency
         raise ImportError("qsam2_ext needs Meta's `sam2` package: pip install sam2==1.1.0") from e
+    _expose_our_configs()
+
+
+def _expose_our_configs() -> None:
+    """Make ``configs/qsam2/...`` resolvable by ``build_sam2``.
+
+    Hydra finds our search-path plugin by scanning the ``hydra_plugins`` namespace package, which editable
+    installs do not expose, and sam2 fixes its search path when imported. So register the plugin by hand and,
+    if the search path lacks it, initialise sam2's Hydra context again exactly as ``import sam2`` does.
+    """
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.qsam2_ext import QSAM2ConfigSearchPath
+
+    hydra = GlobalHydra.instance()
+    if hydra.is_initialized():
+        providers = {e.provider for e in hydra.config_loader().get_search_path().get_path()}
+        if "qsam2_ext" in providers:
+            return
+    Plugins.instance().register(QSAM2ConfigSearchPath)
+    hydra.clear()
+    initialize_config_module("sam2", version_base="1.2")
 
 
 def config_path(config: str) -> str:
