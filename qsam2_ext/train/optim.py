@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from torch import nn
@@ -11,10 +12,19 @@ from ..core import FakeQuantizer
 from .config import TrainConfig
 
 
+def _quantizer_types() -> tuple[type, ...]:
+    """Our fake quantizers, and torchao's when torchao is loaded (its range-learning QAT learns scales and zero
+    points that belong with the quantizer parameters, not with the weights and their decay)."""
+    torchao_qat = sys.modules.get("torchao.quantization.qat.fake_quantizer")
+    return (FakeQuantizer,) + ((torchao_qat.FakeQuantizerBase,) if torchao_qat is not None else ())
+
+
 def parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """``(weights, quantizer parameters)``: the trainable parameters of ``FakeQuantizer`` submodules (LSC/PACT
-    alpha, LSQ step) and every other trainable parameter. Frozen parameters (``requires_grad=False``) are in neither."""
-    quantizer_ids = {id(p) for m in model.modules() if isinstance(m, FakeQuantizer) for p in m.parameters()}
+    """``(weights, quantizer parameters)``: the trainable parameters of fake-quantizer submodules (LSC/PACT
+    alpha, LSQ step, torchao's learned scales) and every other trainable parameter. Frozen parameters
+    (``requires_grad=False``) are in neither."""
+    types = _quantizer_types()
+    quantizer_ids = {id(p) for m in model.modules() if isinstance(m, types) for p in m.parameters()}
     weights, quantizer = [], []
     for p in model.parameters():
         if p.requires_grad:

@@ -1,0 +1,292 @@
+"""Segmentation accuracy of quantization methods on the embedded default model (qsam2_mini), against its float self.
+
+    python benchmarks/accuracy.py                      # GPUs: the full run (all methods x W2A4/W2A8/W3A8/W4A8)
+    python benchmarks/accuracy.py --reduced            # CPU: fewer steps, images, clips and seeds
+
+Every row starts from the same float checkpoint, quantizes the image encoder with one method (see
+``accuracy_methods.py`` for the targeted layers and each method), trains the QAT methods with the project's loop
+for the same steps on the same labeled synthetic data (seed 0 split; prompts and order from the row's seed), then
+evaluates the packed model on the held-out split (seed 1000): box and point mIoU through ``SAM2ImagePredictor``
+and J&F through ``SAM2VideoPredictor`` (first-frame masks). Rows run in parallel worker processes spread over the
+GPUs. Writes ``<out>/accuracy.json``, ``<out>/accuracy.md`` and, with matplotlib, ``<out>/accuracy.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from accuracy_methods import METHODS, PTQ, quantize  # noqa: E402
+
+from qsam2_ext.io import atomic_write, write_json  # noqa: E402
+
+BITS = {"W2A4": (2, 4), "W2A8": (2, 8), "W3A8": (3, 8), "W4A8": (4, 8)}
+SEEDED = ("W2A4", "W2A8")  # the rows with several seeds (mean ± std)
+TRAIN_SEED, HELD_OUT_SEED = 0, 1000
+
+
+@dataclass(frozen=True)
+class Job:
+    method: str
+    bits: str  # a BITS key, or "FP"
+    seed: int
+
+
+@dataclass(frozen=True)
+class Setup:
+    config: str
+    checkpoint: str
+    splits: dict  # train / images / clips folders
+    steps: int
+    batch_size: int
+    lr: float
+    quantizer_lr: float
+    calibration_images: int
+    workers_per_job: int
+
+
+def _write_splits(data: str, train_images: int, eval_images: int, eval_clips: int) -> dict:
+    from qsam2_ext.sam2.synthetic import write_image_split, write_video_split
+
+    splits = {"train": os.path.join(data, f"train_{train_images}"), "images": os.path.join(data, f"eval_{eval_images}"),
+              "clips": os.path.join(data, f"clips_{eval_clips}")}
+    for key, count, seed, write in (("train", train_images, TRAIN_SEED, write_image_split),
+                                    ("images", eval_images, HELD_OUT_SEED, write_image_split),
+                                    ("clips", eval_clips, HELD_OUT_SEED, write_video_split)):
+        if not os.path.isdir(splits[key]):
+            tmp = splits[key] + ".partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            write(tmp, count, seed)
+            os.replace(tmp, splits[key])
+    return splits
+
+
+def _calibration_batches(dataset, count: int, image_size: int, device) -> list[torch.Tensor]:
+    from sam2.utils.transforms import SAM2Transforms
+
+    transform = SAM2Transforms(resolution=image_size, mask_threshold=0.0)
+    images = [transform(dataset.load(i).frames[0]) for i in range(count)]
+    return [torch.stack(images[i:i + 4]).to(device) for i in range(0, count, 4)]
+
+
+def run_job(job: Job, setup: Setup) -> dict:
+    """One row: build, quantize (and train), evaluate images and clips. Runs in a worker process."""
+    import logging
+
+    from qsam2_ext import load_quantized, storage_report
+    from qsam2_ext.evaluate import evaluate
+    from qsam2_ext.sam2.data import open_dataset
+    from qsam2_ext.sam2.models import build_model
+    from qsam2_ext.train import TrainConfig, train
+
+    logging.getLogger().setLevel(logging.WARNING)  # sam2 logs every predictor call at INFO
+    device, splits = _DEVICE, setup.splits
+    started = time.time()
+    torch.manual_seed(job.seed)
+    model = build_model(setup.config, setup.checkpoint, device=str(device))
+    train_set = open_dataset("sa1b", splits["train"])
+    batches = _calibration_batches(train_set, setup.calibration_images, model.image_size, device)
+    config = TrainConfig(steps=setup.steps, batch_size=setup.batch_size, lr=setup.lr,
+                         quantizer_lr=setup.quantizer_lr, warmup_steps=max(1, setup.steps // 20), seed=job.seed,
+                         num_workers=setup.workers_per_job, checkpoint_every=setup.steps, grad_clip=1.0)
+
+    def train_fn(m):
+        with tempfile.TemporaryDirectory() as run_dir:
+            train(m, train_set, config, run_dir, device=str(device), progress=False)
+
+    if job.method != "fp":
+        bits, act_bits = BITS[job.bits]
+        quantize(model, job.method, bits, act_bits, batches, train_fn)
+    quantize_seconds = time.time() - started
+    images = evaluate(model, open_dataset("sa1b", splits["images"]), progress=False)
+    video = build_model(setup.config, None if job.method != "fp" else setup.checkpoint, device=str(device),
+                        video=True)
+    if job.method != "fp":
+        load_quantized(video, model.state_dict())
+    clips = evaluate(video, open_dataset("video", splits["clips"]), progress=False)
+    size = storage_report(model)
+    return {**asdict(job), "box_mIoU": images["results"]["box"]["mIoU"],
+            "point_mIoU": images["results"]["point"]["mIoU"], "J&F": clips["results"]["J&F"],
+            "model_bytes": size["model_bytes"], "packed_bytes": size["packed_bytes"],
+            "packed_as_bf16_bytes": size["packed_as_bf16_bytes"], "quantize_seconds": quantize_seconds,
+            "seconds": time.time() - started, "device": str(device)}
+
+
+_DEVICE = torch.device("cpu")
+
+
+def _init_worker(devices, threads: int) -> None:
+    """Each worker process takes one device from the queue (workers are spread evenly over the GPUs)."""
+    import warnings
+
+    global _DEVICE
+    warnings.filterwarnings("ignore")
+    _DEVICE = torch.device(devices.get())
+    torch.set_num_threads(threads)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean ± std over seeds per (method, bits); relative numbers against the float model."""
+    fp = next(r for r in rows if r["method"] == "fp")
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["bits"]), []).append(r)
+    table = []
+    for (method, bits), rs in groups.items():
+        entry = {"method": method, "bits": bits, "seeds": len(rs), "model_MB": rs[0]["model_bytes"] / 1e6}
+        for metric in ("box_mIoU", "point_mIoU", "J&F"):
+            values = [r[metric] for r in rs]
+            entry[metric] = statistics.fmean(values)
+            entry[metric + "_std"] = statistics.stdev(values) if len(values) > 1 else None
+            entry[metric + "_of_fp"] = entry[metric] / fp[metric]
+        table.append(entry)
+    order = {m: i for i, m in enumerate(METHODS)}
+    return sorted(table, key=lambda e: (list(BITS).index(e["bits"]) if e["bits"] in BITS else -1,
+                                        order[e["method"]]))
+
+
+def markdown(table: list[dict], meta: dict) -> str:
+    def cell(e, metric):
+        std = e[metric + "_std"]
+        return f"{100 * e[metric]:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+    lines = [f"Accuracy of quantization methods on {meta['model']} (held-out synthetic split: "
+             f"{meta['eval_images']} images, {meta['eval_clips']} clips); {meta['device']}; QAT: {meta['steps']} "
+             f"steps of batch {meta['batch_size']}. Quantized: every Linear and 1x1 Conv2d of the image encoder.", "",
+             "| bits | method | seeds | box mIoU | point mIoU | J&F | box % of FP | model MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for e in table:
+        lines.append(f"| {e['bits']} | {e['method']} | {e['seeds']} | {cell(e, 'box_mIoU')} | "
+                     f"{cell(e, 'point_mIoU')} | {cell(e, 'J&F')} | {100 * e['box_mIoU_of_fp']:.1f} | "
+                     f"{e['model_MB']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: list[dict], path: str) -> Optional[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fp = next(e for e in table if e["method"] == "fp")
+    for ax, metric in zip(axes, ("box_mIoU", "J&F")):
+        for method in METHODS[1:]:
+            points = [(b, e[metric], e[metric + "_std"] or 0) for b in BITS for e in table
+                      if e["method"] == method and e["bits"] == b]
+            if points:
+                ax.errorbar([p[0] for p in points], [p[1] for p in points], [p[2] for p in points],
+                            marker="o", capsize=3, label=method)
+        ax.axhline(fp[metric], color="k", linestyle="--", label="float")
+        ax.set_title(metric)
+        ax.set_xlabel("weights / activations")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    return path
+
+
+def main() -> None:
+    from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, default_checkpoint
+
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reduced", action="store_true", help="the small CPU version")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--bits", nargs="+", choices=list(BITS), default=list(BITS))
+    p.add_argument("--seeds", type=int, help="seeds of the W2A4/W2A8 QAT rows (default 3; reduced 1)")
+    p.add_argument("--steps", type=int, help="QAT steps (default 300; reduced 10)")
+    p.add_argument("--batch-size", type=int, help="QAT images per step (default 32; reduced 4)")
+    p.add_argument("--lr", type=float, default=1e-4, help="QAT learning rate of the weights")
+    p.add_argument("--quantizer-lr", type=float, default=1e-3, help="QAT learning rate of quantizer parameters")
+    p.add_argument("--train-images", type=int, default=4000)
+    p.add_argument("--eval-images", type=int, help="held-out images (default 200; reduced 16)")
+    p.add_argument("--eval-clips", type=int, help="held-out clips (default 20; reduced 4)")
+    p.add_argument("--calibration-images", type=int, default=16)
+    p.add_argument("--jobs", type=int, help="parallel rows (default: 4 per GPU; CPU 1)")
+    p.add_argument("--model", default=DEFAULT_MODEL_CONFIG)
+    p.add_argument("--checkpoint", default=None, help="default: the embedded default model's")
+    p.add_argument("--data", default="out/accuracy_data")
+    p.add_argument("--out", default="out/accuracy")
+    args = p.parse_args()
+    small = args.reduced
+    seeds = args.seeds or (1 if small else 3)
+    steps = args.steps or (10 if small else 300)
+    batch_size = args.batch_size or (4 if small else 32)
+    eval_images = args.eval_images or (16 if small else 200)
+    eval_clips = args.eval_clips or (4 if small else 20)
+    train_images = 64 if small else args.train_images
+    gpus = torch.cuda.device_count() if cuda else 0
+    jobs_parallel = args.jobs or (4 * gpus if gpus else 1)
+    checkpoint = args.checkpoint or default_checkpoint()
+    if not os.path.isfile(checkpoint):
+        p.error(f"checkpoint {checkpoint} does not exist")
+
+    splits = _write_splits(args.data, train_images, eval_images, eval_clips)
+    setup = Setup(args.model, checkpoint, splits, steps, batch_size, args.lr, args.quantizer_lr,
+                  args.calibration_images, 2 if gpus else 0)
+    jobs = [Job("fp", "FP", 0)]
+    for bits in args.bits:
+        for method in args.methods:
+            if method == "fp":
+                continue
+            n = 1 if method in PTQ or bits not in SEEDED else seeds
+            jobs += [Job(method, bits, seed) for seed in range(n)]
+    print(f"{len(jobs)} rows, {jobs_parallel} at a time", flush=True)
+    started = time.time()
+    rows = []
+    os.makedirs(args.out, exist_ok=True)
+    partial = open(os.path.join(args.out, "rows.jsonl"), "w")  # rows as they finish, should the run be cut short
+    ctx = torch.multiprocessing.get_context("spawn")
+    devices = ctx.Queue()
+    for i in range(jobs_parallel):
+        devices.put(f"cuda:{i % gpus}" if gpus else "cpu")
+    threads = max(1, (os.cpu_count() or 1) // jobs_parallel // (2 if gpus else 1))
+    with ProcessPoolExecutor(jobs_parallel, mp_context=ctx, initializer=_init_worker,
+                             initargs=(devices, threads)) as pool:
+        futures = {pool.submit(run_job, job, setup): job for job in jobs}
+        for future in as_completed(futures):
+            row = future.result()
+            rows.append(row)
+            partial.write(json.dumps(row) + "\n")
+            partial.flush()
+            print(f"[{time.time() - started:5.0f} s] {row['bits']} {row['method']} seed {row['seed']}: "
+                  f"box {row['box_mIoU']:.3f} point {row['point_mIoU']:.3f} J&F {row['J&F']:.3f}", flush=True)
+    partial.close()
+    table = summarize(rows)
+    meta = {"model": os.path.basename(args.model), "checkpoint": checkpoint,
+            "device": torch.cuda.get_device_name(0) + f" x{gpus}" if gpus else f"CPU ({os.cpu_count()} cores)",
+            "torch": torch.__version__, "steps": steps, "batch_size": batch_size, "lr": args.lr,
+            "quantizer_lr": args.quantizer_lr, "train_images": train_images, "eval_images": eval_images,
+            "eval_clips": eval_clips, "calibration_images": args.calibration_images, "seeds": seeds,
+            "seconds": time.time() - started, "command": " ".join(["python", "benchmarks/accuracy.py"] + sys.argv[1:])}
+    write_json(os.path.join(args.out, "accuracy.json"), {"meta": meta, "table": table, "rows": rows})
+    text = markdown(table, meta)
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(os.path.join(args.out, "accuracy.md"), write)
+    plot(table, os.path.join(args.out, "accuracy.png"))
+    print(text)
+    print(f"{len(rows)} rows in {meta['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The quantization methods the accuracy benchmark compares, applied to a SAM2 model's image encoder.
+
+Targeted layers: every ``nn.Linear`` and 1x1 ``nn.Conv2d`` under ``image_encoder`` (Hiera trunk: qkv, proj, mlp,
+stage-transition proj; FPN neck convs). The patch embedding, prompt encoder, mask decoder and memory modules stay
+float: the paper quantizes the image encoder, and the memory path is shared by every row, so J&F measures what a
+quantized encoder does to tracking. ``bits``/``act_bits`` are the weights / inputs of the targeted layers.
+
+Every method is built from the package's public pieces (``vrc_config``, ``qsam2_config``, torchao's ``QATConfig``)
+and ends in the same packed inference model, so all rows are evaluated the same way. Calibration (VRC Grams,
+activation statistics, first-batch initialisation of LSQ/PACT) uses the same images for every method; QAT
+methods get the same ``train`` callable (same data, steps, learning rates and losses).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+PTQ = ("minmax_ptq", "vrc_minmax_ptq")
+QAT = ("ste_minmax_qat", "lsq_qat", "pact_qat", "torchao_qat", "lsc_qat", "qsam2")
+METHODS = ("fp",) + PTQ + QAT
+# method -> (core quantizer, VRC first, trained)
+_PLAN = {
+    "minmax_ptq": ("minmax", False, False),
+    "vrc_minmax_ptq": ("minmax", True, False),
+    "ste_minmax_qat": ("minmax", False, True),
+    "lsq_qat": ("lsq", False, True),
+    "pact_qat": ("pact", False, True),
+    "lsc_qat": ("lsc", False, True),  # ablation: Q-SAM2 without VRC
+    "qsam2": ("lsc", True, True),
+}
+
+
+def targeted(module: nn.Module, fqn: str) -> bool:
+    from qsam2_ext.core.calibration import is_linear_like
+
+    return fqn.startswith("image_encoder.") and is_linear_like(module)
+
+
+def _encode(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for images in batches:
+            model.image_encoder(images)
+
+
+def apply_vrc(model: nn.Module, batches, lam_rel: Optional[float] = None) -> None:
+    from torchao.quantization import quantize_
+
+    from qsam2_ext import vrc_config
+
+    kwargs = {} if lam_rel is None else {"lam_rel": lam_rel}
+    quantize_(model, vrc_config(step="prepare", **kwargs), filter_fn=targeted)
+    _encode(model, batches)
+    quantize_(model, vrc_config(step="convert", **kwargs), filter_fn=targeted)
+
+
+def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], batches: list,
+             train: Callable[[nn.Module], None], lam_rel: Optional[float] = None, **options) -> None:
+    """Quantize ``model`` in place with ``method``; ``options`` go to ``qsam2_config`` (alpha_init, momentum...)."""
+    if method == "fp":
+        return
+    if method == "torchao_qat":
+        return _torchao_qat(model, bits, act_bits, batches, train)
+    from torchao.quantization import quantize_
+
+    from qsam2_ext import qsam2_config
+    from qsam2_ext.core import observing
+
+    core, vrc, trained = _PLAN[method]
+    if vrc:
+        apply_vrc(model, batches, lam_rel)
+    quantize_(model, qsam2_config(bits, act_bits, method=core, step="prepare", **options), filter_fn=targeted)
+    with observing(model):  # activation statistics, LSQ/PACT first-batch initialisation
+        _encode(model, batches)
+    if trained:
+        train(model)
+    quantize_(model, qsam2_config(bits, act_bits, method=core, step="convert", **options), filter_fn=targeted)
+
+
+def _torchao_qat(model, bits, act_bits, batches, train) -> None:
+    """torchao's own range-learning QAT (per-channel weight scales learned; inputs fake-quantized per token, as
+    torchao does), converted by our handler from the scales torchao learned. torchao's QAT swaps nn.Linear only:
+    the neck's 1x1 convs stay float in this row."""
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig, initialize_fake_quantizers
+
+    from qsam2_ext import QSAM2Config
+
+    dtype = getattr(torch, f"int{bits}")
+    weight = IntxFakeQuantizeConfig(dtype, "per_channel", is_dynamic=False, range_learning=True)
+    act = None if act_bits is None else IntxFakeQuantizeConfig(getattr(torch, f"int{act_bits}"), "per_token",
+                                                                 is_symmetric=False)
+    linear = lambda m, fqn: targeted(m, fqn) and isinstance(m, nn.Linear)  # noqa: E731
+    quantize_(model, QATConfig(activation_config=act, weight_config=weight, step="prepare"), filter_fn=linear)
+    initialize_fake_quantizers(model.image_encoder, (batches[0],))
+    train(model)
+    quantize_(model, QATConfig(QSAM2Config(bits=bits, act_bits=act_bits), step="convert"), filter_fn=linear)
