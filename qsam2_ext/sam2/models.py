@@ -14,6 +14,16 @@ SAM2_CONFIGS = {
     "sam2.1_hiera_l": "configs/sam2.1/sam2.1_hiera_l.yaml",
 }
 
+# The embedded default: the project's own small trained SAM2 (see configs/qsam2/qsam2_mini.yaml).
+DEFAULT_MODEL_CONFIG = "configs/qsam2/qsam2_mini.yaml"
+
+
+def default_checkpoint() -> str:
+    """Path of the embedded default model's checkpoint (official format, shipped as package data)."""
+    from importlib.resources import files
+
+    return str(files("qsam2_ext.sam2") / "checkpoints" / "qsam2_mini.pt")
+
 
 def require_sam2():
     try:
