@@ -167,13 +167,14 @@ def _write_jpeg(path: str, image: np.ndarray) -> None:
     Image.fromarray(image).save(path, quality=95)
 
 
-def write_image_split(root: str, count: int, seed: int, size: int = 256) -> str:
-    """Write ``count`` scenes in the SA-1B layout under ``root``; returns ``root``."""
+def write_image_split(root: str, count: int, seed: int, size: int = 256, start: int = 0) -> str:
+    """Write scenes ``start .. start + count - 1`` in the SA-1B layout under ``root``; returns ``root``.
+    (``start`` lets several processes write one split in parts.)"""
     from pycocotools import mask as mask_utils
 
     os.makedirs(root, exist_ok=True)
     photos = _photos()
-    for index in range(count):
+    for index in range(start, start + count):
         image, masks = render_scene(seed, index, size, photos)
         name = f"synth_{index:06d}"
         annotations = []
@@ -191,13 +192,13 @@ def write_image_split(root: str, count: int, seed: int, size: int = 256) -> str:
     return root
 
 
-def write_video_split(root: str, count: int, seed: int, frames: int = 8, size: int = 256) -> str:
-    """Write ``count`` clips in the DAVIS layout under ``root``; returns ``root``."""
+def write_video_split(root: str, count: int, seed: int, frames: int = 8, size: int = 256, start: int = 0) -> str:
+    """Write clips ``start .. start + count - 1`` in the DAVIS layout under ``root``; returns ``root``."""
     from PIL import Image
 
     photos = _photos()
     palette = [0, 0, 0] + [int(c) for c in np.random.default_rng(0).integers(64, 256, size=255 * 3)]
-    for index in range(count):
+    for index in range(start, start + count):
         images, id_maps = render_clip(seed, index, frames, size, photos)
         video = f"clip_{index:05d}"
         for sub in ("JPEGImages", "Annotations"):

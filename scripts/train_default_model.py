@@ -1,0 +1,147 @@
+"""Retrain the embedded default model, qsam2_mini, from random initialisation on the project's synthetic data.
+
+    python scripts/train_default_model.py --out runs/qsam2_mini        # one H100/H200 GPU, under 10 minutes
+
+1. Data: the synthetic generator (``qsam2_ext.sam2.synthetic``) writes the training split from seed 0 (images in
+   the SA-1B layout, clips in the DAVIS layout) and the held-out split from seed 1000, in parallel processes.
+   Scenes are a pure function of (seed, index), so the same command writes the same files everywhere.
+2. Image-mode training with the project's loop (boxes and points, SAM2's losses), then video-clip training from
+   those weights (frame 0 prompted by a mask, box or point; the next frames through SAM2's memory).
+3. Held-out evaluation through SAM2's predictors: box and point mIoU, J&F (first-frame masks).
+4. ``<out>/qsam2_mini.pt`` ({"model": state_dict}, float32) and ``<out>/qsam2_mini.json`` (metrics, settings,
+   command). ``--install`` copies both next to the config, where ``default_checkpoint()`` finds them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
+
+from qsam2_ext.evaluate import evaluate
+from qsam2_ext.io import atomic_write, write_json
+from qsam2_ext.sam2.data import open_dataset
+from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, build_model, default_checkpoint
+from qsam2_ext.sam2.synthetic import write_image_split, write_video_split
+from qsam2_ext.train import TrainConfig, train
+
+TRAIN_SEED, HELD_OUT_SEED = 0, 1000
+
+
+def _write_split(kind: str, root: str, count: int, seed: int, processes: int) -> str:
+    """One split written by ``processes`` workers, each a contiguous range of scene indices."""
+    if os.path.isdir(root):
+        return root
+    write = write_image_split if kind == "images" else write_video_split
+    part = -(-count // processes)
+    tmp = root + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with ProcessPoolExecutor(processes) as pool:
+        jobs = [pool.submit(write, tmp, min(part, count - start), seed, start=start)
+                for start in range(0, count, part)]
+        for job in jobs:
+            job.result()
+    os.replace(tmp, root)  # a split is there completely or not at all
+    return root
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="run folder (training logs, checkpoint, metrics)")
+    p.add_argument("--data", help="where the generated splits live (default: <out>/data); reused if present")
+    p.add_argument("--train-images", type=int, default=20000)
+    p.add_argument("--train-clips", type=int, default=2000)
+    p.add_argument("--eval-images", type=int, default=200)
+    p.add_argument("--eval-clips", type=int, default=30)
+    p.add_argument("--image-steps", type=int, default=4000)
+    p.add_argument("--video-steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=32, help="images per image-mode step")
+    p.add_argument("--clip-batch-size", type=int, default=8, help="clips per video-mode step")
+    p.add_argument("--clip-length", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0, help="training seed (data order, prompts, initialisation)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data processes")
+    p.add_argument("--install", action="store_true", help="copy the result to the package's default checkpoint")
+    args = p.parse_args()
+    started = time.time()
+    cuda = torch.cuda.is_available()
+    data = args.data or os.path.join(args.out, "data")
+    splits = {
+        "train_images": _write_split("images", os.path.join(data, "train_images"), args.train_images, TRAIN_SEED,
+                                     args.workers),
+        "train_clips": _write_split("clips", os.path.join(data, "train_clips"), args.train_clips, TRAIN_SEED,
+                                    args.workers),
+        "eval_images": _write_split("images", os.path.join(data, "eval_images"), args.eval_images, HELD_OUT_SEED,
+                                    args.workers),
+        "eval_clips": _write_split("clips", os.path.join(data, "eval_clips"), args.eval_clips, HELD_OUT_SEED,
+                                   args.workers),
+    }
+    data_seconds = time.time() - started
+
+    torch.manual_seed(args.seed)  # the initial weights
+    model = build_model(DEFAULT_MODEL_CONFIG)
+    common = dict(lr=args.lr, weight_decay=0.05, min_lr_ratio=0.05, grad_clip=1.0, seed=args.seed,
+                  num_workers=args.workers, checkpoint_every=500)
+    image_config = TrainConfig(steps=args.image_steps, batch_size=args.batch_size, warmup_steps=200,
+                               max_objects=8, box_prob=0.5, **common)
+    video_config = TrainConfig(steps=args.video_steps, batch_size=args.clip_batch_size, warmup_steps=50,
+                               clip_length=args.clip_length, max_objects=3, mask_prob=0.3, box_prob=0.5,
+                               **{**common, "lr": args.lr / 3})
+    stages = {}
+    for name, config, dataset in (
+        ("image", image_config, open_dataset("sa1b", splits["train_images"])),
+        ("video", video_config, open_dataset("video", splits["train_clips"], clip_length=args.clip_length)),
+    ):
+        t0 = time.time()
+        summary = train(model, dataset, config, os.path.join(args.out, f"train_{name}"), resume=True,
+                        progress=False)
+        stages[name] = {"config": config.to_dict(), "seconds": time.time() - t0, "last": summary["last"]}
+        print(f"{name} stage: {config.steps} steps in {stages[name]['seconds']:.0f} s, "
+              f"final loss {summary['last'].get('loss', float('nan')):.4f}", flush=True)
+
+    ckpt = os.path.join(args.out, "qsam2_mini.pt")
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    atomic_write(ckpt, lambda tmp: torch.save({"model": state}, tmp))
+
+    t0 = time.time()
+    device = "cuda" if cuda else "cpu"
+    image_model = build_model(DEFAULT_MODEL_CONFIG, ckpt, device=device)
+    images = evaluate(image_model, open_dataset("sa1b", splits["eval_images"]), progress=False)
+    video_model = build_model(DEFAULT_MODEL_CONFIG, ckpt, device=device, video=True)
+    clips = evaluate(video_model, open_dataset("video", splits["eval_clips"]), progress=False)
+    metrics = {
+        "box_mIoU": images["results"]["box"]["mIoU"], "point_mIoU": images["results"]["point"]["mIoU"],
+        "instances": images["results"]["box"]["instances"], "J&F": clips["results"]["J&F"],
+        "J": clips["results"]["J"], "F": clips["results"]["F"], "objects": clips["results"]["objects"],
+    }
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    report = {
+        "config": DEFAULT_MODEL_CONFIG, "held_out": metrics,
+        "data": {"train_seed": TRAIN_SEED, "held_out_seed": HELD_OUT_SEED, **{k: v for k, v in vars(args).items()
+                                                                             if k.startswith(("train_", "eval_"))}},
+        "stages": stages, "seconds": {"data": data_seconds, "evaluation": time.time() - t0,
+                                       "total": time.time() - started},
+        "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores)",
+        "torch": torch.__version__, "commit": commit,
+        "command": "python scripts/train_default_model.py " + " ".join(sys.argv[1:]),
+        "parameters": sum(v.numel() for v in state.values()), "checkpoint_bytes": os.path.getsize(ckpt),
+    }
+    write_json(os.path.join(args.out, "qsam2_mini.json"), report)
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+    print(f"total {report['seconds']['total']:.0f} s; checkpoint {ckpt} ({report['checkpoint_bytes'] / 1e6:.1f} MB)")
+    if args.install:
+        target = default_checkpoint()
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(ckpt, target)
+        shutil.copyfile(os.path.join(args.out, "qsam2_mini.json"), os.path.splitext(target)[0] + ".json")
+
+
+if __name__ == "__main__":
+    main()
