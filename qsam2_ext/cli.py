@@ -23,8 +23,8 @@ log = logging.getLogger("qsam2_ext.cli")
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="sam2.1_hiera_t",
-                   help="SAM2 config: a short name (sam2.1_hiera_t/s/b+/l) or a config path")
+    g.add_argument("--model", help="SAM2 config: a short name (sam2.1_hiera_t/s/b+/l) or a config path; default: "
+                   "sam2.1_hiera_t, or with --quantized the config stored in the checkpoint by qsam2 quantize")
     g.add_argument("--checkpoint", help="SAM2 checkpoint ({'model': state_dict}); default: random initialisation")
     g.add_argument("--image-size", type=int, help="square input side (a multiple of 32); default: the config's 1024")
     g.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
@@ -44,8 +44,8 @@ def _build(args, checkpoint: Optional[str], video: bool, quantized: bool = False
     into the freshly built float model (the torchao integration's ``load_quantized``)."""
     from .sam2.models import build_model
 
-    model = build_model(args.model, None if quantized else checkpoint, video=video, image_size=args.image_size,
-                        overrides=args.override)
+    model = build_model(args.model or "sam2.1_hiera_t", None if quantized else checkpoint, video=video,
+                        image_size=args.image_size, overrides=args.override)
     if quantized:
         from . import load_quantized
 
@@ -59,6 +59,12 @@ def run_eval(args) -> int:
     dataset = open_dataset(args.format, args.data, annotations=args.annotations)
     if args.quantized and not args.checkpoint:
         raise ValueError("--quantized needs the quantized --checkpoint")
+    if args.quantized and args.model is None:  # written by qsam2 quantize: the file names its config
+        from . import read_metadata
+
+        meta = read_metadata(args.checkpoint)
+        args.model = meta.get("model")
+        args.image_size = args.image_size or meta.get("image_size")
     device = args.device or _default_device()
     model = _build(args, args.checkpoint, dataset.video, args.quantized).to(device)
     reference = None

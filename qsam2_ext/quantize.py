@@ -40,10 +40,11 @@ class Data:
         from .sam2.data import open_dataset
         from .sam2.synthetic import write_image_split
 
-        if self.path is None:
-            self.path = write_image_split(os.path.join(bundled_root, f"scenes_{start}"), count, BUNDLED_SEED,
-                                          size=image_size, start=start)
-        return open_dataset(self.format, self.path, annotations=self.annotations)
+        path = self.path
+        if path is None:
+            path = write_image_split(os.path.join(bundled_root, f"scenes_{start}"), count, BUNDLED_SEED,
+                                     size=image_size, start=start)
+        return open_dataset(self.format, path, annotations=self.annotations)
 
 
 @dataclass
@@ -52,9 +53,9 @@ class QuantizeJob:
     model: Optional[str] = None  # SAM2 config; default: the recipe's
     checkpoint: Optional[str] = None  # official format; default: the embedded model's, for the default config only
     image_size: Optional[int] = None  # default: the recipe's, else the config's
-    calibration: Data = None
-    training: Data = None  # default: the calibration data
-    evaluation: Data = None
+    calibration: Optional[Data] = None  # default: bundled images
+    training: Optional[Data] = None  # default: the calibration data
+    evaluation: Optional[Data] = None  # default: bundled images
     evaluate: bool = True
     steps: Optional[int] = None  # QAT steps; default: the recipe's (0: post-training quantization)
     out: str = "out/quantize"
@@ -94,8 +95,6 @@ def _calibration_batches(dataset, count: int, batch_size: int, image_size: int, 
     from sam2.utils.transforms import SAM2Transforms
     from tqdm.auto import tqdm
 
-    if len(dataset) < count:
-        raise ValueError(f"calibration needs {count} images (recipe calibration.images); the data has {len(dataset)}")
     transforms = SAM2Transforms(resolution=image_size, mask_threshold=0.0)
     for start in tqdm(range(0, count, batch_size), desc="calibrate", unit="batch", disable=not progress):
         indices = range(start, min(start + batch_size, count))
@@ -136,13 +135,18 @@ def run(job: QuantizeJob) -> dict:
         load_checkpoint(model, checkpoint)
     plans = recipe.resolve(model, qat=steps > 0)  # raises before anything changes
     image_size = model.image_size
-    train_config = spec.training.train_config(steps=max(steps, 1), num_workers=0, checkpoint_every=max(steps, 1))
+    # one checkpoint (in a temporary folder); no loader processes unless the recipe asks (small jobs, 2 cores)
+    train_config = spec.training.train_config(steps=max(steps, 1), checkpoint_every=max(steps, 1),
+                                              num_workers=spec.training.options.get("num_workers", 0))
     with tempfile.TemporaryDirectory(prefix="qsam2-data-") as bundled:
         calibration_count = max(spec.calibration.images, train_config.batch_size)  # bundled: enough for QAT too
         calibration = job.calibration.open(bundled, 0, calibration_count, image_size)
         train_data = calibration if job.training is None else job.training.open(bundled, 0, calibration_count,
                                                                                 image_size)
         evaluation = job.evaluation.open(bundled, EVAL_START, EVAL_COUNT, image_size) if job.evaluate else None
+        if len(calibration) < spec.calibration.images:
+            raise ValueError(f"calibration needs {spec.calibration.images} images (recipe calibration.images); "
+                             f"the calibration data has {len(calibration)}")
         float_model = copy.deepcopy(model)  # reference for the report, teacher for distillation
         teacher = float_model if train_config.loss_weights.distills else None
         if steps > 0:

@@ -119,7 +119,8 @@ def _mb(n: int) -> str:
 
 def _markdown(data: dict) -> str:
     lines = [f"# qsam2 quantize: {data['recipe']}", "",
-             f"Model `{data['model']}` ({data['image_size']}²) from `{data['checkpoint']}`, recipe `{data['recipe_path']}`"
+             f"Model `{data['model']}` ({data['image_size']}²) from `{data['checkpoint']}`, "
+             f"recipe `{data['recipe_path']}`"
              f", on {data['device']}: {data['quantized_layers']} of {data['layers']} target layers quantized, "
              f"{data['vrc_layers']} calibrated with VRC, {data['qat_steps']} QAT steps. "
              f"Quantized model: `{data['model_path']}` (load it with `qsam2_ext.load_quantized(path)`).", ""]
@@ -140,9 +141,10 @@ def _markdown(data: dict) -> str:
         f"; the quantized layers take {packed['packed_ratio_vs_bf16']:.3f}× their bf16 size")
     lines += ["## Size", "", "| | size |", "|---|---:|",
               f"| float (as loaded) | {_mb(s['float_bytes'])} |", f"| float in bf16 | {_mb(s['float_bf16_bytes'])} |",
-              f"| quantized (in memory) | {_mb(s['quantized_bytes'])} |", f"| quantized file | {_mb(s['file_bytes'])} |",
-              "", f"The quantized model is {s['float_bytes'] / s['quantized_bytes']:.2f}× smaller than the float one as "
-              f"loaded{ratio} (layers the recipe keeps in float stay in the checkpoint's dtype).", ""]
+              f"| quantized (in memory) | {_mb(s['quantized_bytes'])} |",
+              f"| quantized file | {_mb(s['file_bytes'])} |", "",
+              f"The quantized model is {s['float_bytes'] / s['quantized_bytes']:.2f}× smaller than the float one "
+              f"as loaded{ratio} (layers the recipe keeps in float stay in the checkpoint's dtype).", ""]
     lines += ["## Time", "", "| step | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in data["times_s"].items()]
     if ev is not None:

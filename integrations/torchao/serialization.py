@@ -71,7 +71,8 @@ def read_metadata(path: PathLike) -> dict:
         with safe_open(str(path), "pt") as f:
             text = (f.metadata() or {}).get(_METADATA)
     else:
-        text = torch.load(path, map_location="cpu", weights_only=True).get(_METADATA)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        text = ckpt.get(_METADATA) if isinstance(ckpt, dict) else None
     return json.loads(text) if text else {}
 
 

@@ -72,4 +72,5 @@ def load_recipe(name_or_path: str) -> Recipe:
     return Recipe(name, load_located(path, recipe_path), path)
 
 
-__all__ = ["DEFAULT_RECIPE", "LayerPlan", "explain", "Recipe", "RecipeError", "list_recipes", "load_recipe", "recipe_path"]
+__all__ = ["DEFAULT_RECIPE", "LayerPlan", "Recipe", "RecipeError", "explain", "list_recipes", "load_recipe",
+           "recipe_path"]

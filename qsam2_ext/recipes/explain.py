@@ -16,7 +16,8 @@ def _group(p: LayerPlan) -> str:
 def explain(recipe: Recipe, plans: list[LayerPlan]) -> str:
     rows = [("module", "type", "in->out", "method", "W", "A", "group", "VRC", "rule")]
     for p in plans:
-        quant = ("float", "-", "-") if p.skip else (p.method, str(p.bits), "-" if p.act_bits is None else str(p.act_bits))
+        act = "-" if p.act_bits is None else str(p.act_bits)
+        quant = ("float", "-", "-") if p.skip else (p.method, str(p.bits), act)
         rows.append((p.fqn, p.module_type, f"{p.in_features}->{p.out_features}", *quant, _group(p),
                      "yes" if p.vrc else "-", "-" if p.rule is None else f"#{p.rule}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

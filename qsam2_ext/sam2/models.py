@@ -108,7 +108,7 @@ def read_checkpoint(path: str) -> Mapping[str, torch.Tensor]:
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a file that is not a checkpoint
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), Mapping):
-        found = sorted(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
+        found = list(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} is not in the official SAM2 checkpoint format (a dict with a 'model' state "
                          f"dict); found {found}")
     return ckpt["model"]
