@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from accuracy_methods import METHODS, PTQ, quantize  # noqa: E402
+from accuracy_methods import ABLATIONS, METHODS, PTQ, quantize  # noqa: E402
 
 from qsam2_ext.io import atomic_write, write_json  # noqa: E402
 
@@ -42,6 +42,11 @@ class Job:
     method: str
     bits: str  # a BITS key, or "FP"
     seed: int
+    ablation: str = ""  # an ABLATIONS key (Q-SAM2 only)
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} ({self.ablation})" if self.ablation else self.method
 
 
 @dataclass(frozen=True)
@@ -106,18 +111,18 @@ def run_job(job: Job, setup: Setup) -> dict:
         with tempfile.TemporaryDirectory() as run_dir:
             train(m, train_set, config, run_dir, device=str(device), progress=False)
 
-    if job.method != "fp":
+    if job.bits in BITS:
         bits, act_bits = BITS[job.bits]
-        quantize(model, job.method, bits, act_bits, batches, train_fn)
+        quantize(model, job.method, bits, act_bits, batches, train_fn, **ABLATIONS.get(job.ablation, {}))
+    else:
+        quantize(model, job.method, None, None, batches, train_fn)
     quantize_seconds = time.time() - started
     images = evaluate(model, open_dataset("sa1b", splits["images"]), progress=False)
-    video = build_model(setup.config, None if job.method != "fp" else setup.checkpoint, device=str(device),
-                        video=True)
-    if job.method != "fp":
-        load_quantized(video, model.state_dict())
+    video = build_model(setup.config, device=str(device), video=True)
+    load_quantized(video, model.state_dict())  # packed or float weights alike
     clips = evaluate(video, open_dataset("video", splits["clips"]), progress=False)
     size = storage_report(model)
-    return {**asdict(job), "box_mIoU": images["results"]["box"]["mIoU"],
+    return {**asdict(job), "label": job.label, "box_mIoU": images["results"]["box"]["mIoU"],
             "point_mIoU": images["results"]["point"]["mIoU"], "J&F": clips["results"]["J&F"],
             "model_bytes": size["model_bytes"], "packed_bytes": size["packed_bytes"],
             "packed_as_bf16_bytes": size["packed_as_bf16_bytes"], "quantize_seconds": quantize_seconds,
@@ -142,10 +147,10 @@ def summarize(rows: list[dict]) -> list[dict]:
     fp = next(r for r in rows if r["method"] == "fp")
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["method"], r["bits"]), []).append(r)
+        groups.setdefault((r["label"], r["bits"]), []).append(r)
     table = []
-    for (method, bits), rs in groups.items():
-        entry = {"method": method, "bits": bits, "seeds": len(rs), "model_MB": rs[0]["model_bytes"] / 1e6}
+    for (label, bits), rs in groups.items():
+        entry = {"method": label, "bits": bits, "seeds": len(rs), "model_MB": rs[0]["model_bytes"] / 1e6}
         for metric in ("box_mIoU", "point_mIoU", "J&F"):
             values = [r[metric] for r in rs]
             entry[metric] = statistics.fmean(values)
@@ -154,7 +159,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         table.append(entry)
     order = {m: i for i, m in enumerate(METHODS)}
     return sorted(table, key=lambda e: (list(BITS).index(e["bits"]) if e["bits"] in BITS else -1,
-                                        order[e["method"]]))
+                                        order[e["method"].split(" ")[0]], e["method"]))
 
 
 def markdown(table: list[dict], meta: dict) -> str:
@@ -209,6 +214,8 @@ def main() -> None:
     p.add_argument("--reduced", action="store_true", help="the small CPU version")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--bits", nargs="+", choices=list(BITS), default=list(BITS))
+    p.add_argument("--ablations", action="store_true",
+                   help="only the W2A4 Q-SAM2 ablations (alpha init, momentum, VRC lam_rel) and the controls")
     p.add_argument("--seeds", type=int, help="seeds of the W2A4/W2A8 QAT rows (default 3; reduced 1)")
     p.add_argument("--steps", type=int, help="QAT steps (default 300; reduced 10)")
     p.add_argument("--batch-size", type=int, help="QAT images per step (default 32; reduced 4)")
@@ -241,9 +248,15 @@ def main() -> None:
     setup = Setup(args.model, checkpoint, splits, steps, batch_size, args.lr, args.quantizer_lr,
                   args.calibration_images, 2 if gpus else 0)
     jobs = [Job("fp", "FP", 0)]
-    for bits in args.bits:
+    if args.ablations:
+        jobs += [Job("fp_trained", "FP", seed) for seed in range(seeds)]
+        jobs += [Job("qsam2", "W2A4", seed, name) for name in ABLATIONS for seed in range(seeds)]
+    for bits in [] if args.ablations else args.bits:
         for method in args.methods:
             if method == "fp":
+                continue
+            if method == "fp_trained":
+                jobs += [Job(method, "FP", seed) for seed in range(seeds)] if bits == args.bits[0] else []
                 continue
             n = 1 if method in PTQ or bits not in SEEDED else seeds
             jobs += [Job(method, bits, seed) for seed in range(n)]
@@ -265,7 +278,7 @@ def main() -> None:
             rows.append(row)
             partial.write(json.dumps(row) + "\n")
             partial.flush()
-            print(f"[{time.time() - started:5.0f} s] {row['bits']} {row['method']} seed {row['seed']}: "
+            print(f"[{time.time() - started:5.0f} s] {row['bits']} {row['label']} seed {row['seed']}: "
                   f"box {row['box_mIoU']:.3f} point {row['point_mIoU']:.3f} J&F {row['J&F']:.3f}", flush=True)
     partial.close()
     table = summarize(rows)

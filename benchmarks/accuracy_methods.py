@@ -20,7 +20,13 @@ from torch import nn
 
 PTQ = ("minmax_ptq", "vrc_minmax_ptq")
 QAT = ("ste_minmax_qat", "lsq_qat", "pact_qat", "torchao_qat", "lsc_qat", "qsam2")
-METHODS = ("fp",) + PTQ + QAT
+METHODS = ("fp", "fp_trained") + PTQ + QAT  # fp_trained: the float model given the QAT methods' training (control)
+# Q-SAM2 ablations (options of qsam2_config, or VRC's lam_rel) around the defaults
+ABLATIONS = {
+    "alpha=1.0": {"alpha_init": 1.0}, "alpha=2.5": {"alpha_init": 2.5},
+    "momentum=0.5": {"momentum": 0.5}, "momentum=0.99": {"momentum": 0.99},
+    "lam_rel=1e-3": {"lam_rel": 1e-3}, "lam_rel=1e-1": {"lam_rel": 1e-1},
+}
 # method -> (core quantizer, VRC first, trained)
 _PLAN = {
     "minmax_ptq": ("minmax", False, False),
@@ -61,6 +67,8 @@ def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], 
     """Quantize ``model`` in place with ``method``; ``options`` go to ``qsam2_config`` (alpha_init, momentum...)."""
     if method == "fp":
         return
+    if method == "fp_trained":
+        return train(model)
     if method == "torchao_qat":
         return _torchao_qat(model, bits, act_bits, batches, train)
     from torchao.quantization import quantize_
