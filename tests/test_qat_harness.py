@@ -40,3 +40,17 @@ def test_qat_through_the_loop_then_packed_evaluation(tmp_path):
     results = json.loads(out.read_text())
     assert results["results"]["point"]["instances"] == 4 and 0 <= results["results"]["box"]["mIoU"] <= 1
     assert cli.main(args[:-6] + ["--quantized"]) == 2  # no checkpoint: a clear error
+
+
+def test_torchao_range_learning_scales_train_in_the_quantizer_group():
+    from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig, initialize_fake_quantizers
+    from torchao.quantization.qat.fake_quantizer import FakeQuantizerBase
+
+    net = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    weight = IntxFakeQuantizeConfig(torch.int4, "per_channel", is_dynamic=False, range_learning=True)
+    quantize_(net, QATConfig(weight_config=weight, step="prepare"))
+    initialize_fake_quantizers(net, (torch.randn(2, 16),))
+    weights, quantizer = parameter_groups(net)
+    learned = {id(p) for m in net.modules() if isinstance(m, FakeQuantizerBase) for p in m.parameters()}
+    assert learned and {id(p) for p in quantizer} == learned
+    assert {id(p) for p in weights} == {id(p) for p in net.parameters()} - learned

@@ -1,0 +1,72 @@
+"""The accuracy benchmark's methods (benchmarks/accuracy_methods.py) on the embedded default model: each one ends in
+a packed model of the targeted layers only, loadable into a fresh video build with identical outputs, and an 8-bit
+MinMax PTQ stays close to the float encoder."""
+
+import os
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from accuracy_methods import METHODS, quantize, targeted  # noqa: E402
+
+import qsam2_ext  # noqa: E402
+from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, build_model, default_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def batches():
+    from qsam2_ext.sam2.images import PHOTOS, photo_batch
+
+    return [photo_batch(PHOTOS[:2], 256), photo_batch(PHOTOS[2:4], 256)]
+
+
+def _one_step(model):
+    """A real optimisation step through the model's quantizers (what the benchmark's training loop does)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    opt = torch.optim.SGD(params, lr=1e-3)
+    model.train()
+    images = torch.randn(1, 3, 256, 256)
+    loss = model.image_encoder(images)["vision_features"].square().mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    model.eval()
+    assert any(not torch.equal(a, b) for a, b in zip(before, params))
+
+
+def _packed(model):
+    return {name for name, m in model.named_modules()
+            if isinstance(getattr(m, "weight", None), qsam2_ext.QSAM2PackedTensor)}
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("fp", "fp_trained")])
+def test_each_method_packs_exactly_the_targeted_layers(method, batches):
+    model = build_model(DEFAULT_MODEL_CONFIG, default_checkpoint()).eval()
+    quantize(model, method, 2, 8, batches, _one_step)
+    wanted = {name for name, m in model.named_modules() if targeted(m, name)}
+    if method == "torchao_qat":  # torchao's QAT swaps Linear layers only
+        wanted = {name for name in wanted if isinstance(model.get_submodule(name), nn.Linear)}
+    assert _packed(model) == wanted
+    x = batches[0][:1]
+    with torch.no_grad():
+        out = model.image_encoder(x)["vision_features"]
+        fresh = build_model(DEFAULT_MODEL_CONFIG, video=True)
+        qsam2_ext.load_quantized(fresh, model.state_dict())
+        torch.testing.assert_close(fresh.image_encoder(x)["vision_features"], out, rtol=0, atol=0)
+    assert torch.isfinite(out).all()
+
+
+def test_eight_bit_minmax_ptq_stays_close_to_the_float_encoder(batches):
+    reference = build_model(DEFAULT_MODEL_CONFIG, default_checkpoint()).eval()
+    model = build_model(DEFAULT_MODEL_CONFIG, default_checkpoint()).eval()
+    quantize(model, "minmax_ptq", 8, 8, batches, _one_step)
+    x = batches[1]
+    with torch.no_grad():
+        want = reference.image_encoder(x)["vision_features"]
+        got = model.image_encoder(x)["vision_features"]
+    sqnr = 10 * torch.log10(want.square().sum() / (got - want).square().sum())
+    assert sqnr > 25, f"{sqnr:.1f} dB"
