@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 
 .PHONY: run test
 run: $(VENV)/.installed
-	$(VENV)/bin/python benchmarks/core_defaults.py --model sam2.1_hiera_t --size 256 --out out/core_defaults
+	$(VENV)/bin/qsam2 quantize --out out/quantize
 
 # Slow tests (hiera_l repeats of the hiera_t/s/b+ checks) are opt-in: make test PYTEST_ARGS="-m ''".
 # pytest exits 5 when it collects no test (e.g. a -k filter that matches nothing): not a failure here.

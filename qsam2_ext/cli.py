@@ -1,4 +1,5 @@
-"""The ``qsam2`` command: ``qsam2 eval`` and ``qsam2 train`` (one argparse sub-command each).
+"""The ``qsam2`` command: ``qsam2 quantize``, ``qsam2 eval``, ``qsam2 train`` and ``qsam2 recipe list|explain``
+(one argparse sub-command each).
 
 A new sub-command is a function adding its parser in ``SUBCOMMANDS``; its parser's ``run`` default does the work.
 Under torchrun, launch training as ``torchrun --nproc_per_node=N -m qsam2_ext.cli train ...``.
@@ -10,6 +11,7 @@ import argparse
 import copy
 import dataclasses
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -21,8 +23,8 @@ log = logging.getLogger("qsam2_ext.cli")
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="sam2.1_hiera_t",
-                   help="SAM2 config: a short name (sam2.1_hiera_t/s/b+/l) or a config path")
+    g.add_argument("--model", help="SAM2 config: a short name (sam2.1_hiera_t/s/b+/l) or a config path; default: "
+                   "sam2.1_hiera_t, or with --quantized the config stored in the checkpoint by qsam2 quantize")
     g.add_argument("--checkpoint", help="SAM2 checkpoint ({'model': state_dict}); default: random initialisation")
     g.add_argument("--image-size", type=int, help="square input side (a multiple of 32); default: the config's 1024")
     g.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
@@ -42,8 +44,8 @@ def _build(args, checkpoint: Optional[str], video: bool, quantized: bool = False
     into the freshly built float model (the torchao integration's ``load_quantized``)."""
     from .sam2.models import build_model
 
-    model = build_model(args.model, None if quantized else checkpoint, video=video, image_size=args.image_size,
-                        overrides=args.override)
+    model = build_model(args.model or "sam2.1_hiera_t", None if quantized else checkpoint, video=video,
+                        image_size=args.image_size, overrides=args.override)
     if quantized:
         from . import load_quantized
 
@@ -57,6 +59,12 @@ def run_eval(args) -> int:
     dataset = open_dataset(args.format, args.data, annotations=args.annotations)
     if args.quantized and not args.checkpoint:
         raise ValueError("--quantized needs the quantized --checkpoint")
+    if args.quantized and args.model is None:  # written by qsam2 quantize: the file names its config
+        from . import read_metadata
+
+        meta = read_metadata(args.checkpoint)
+        args.model = meta.get("model")
+        args.image_size = args.image_size or meta.get("image_size")
     device = args.device or _default_device()
     model = _build(args, args.checkpoint, dataset.video, args.quantized).to(device)
     reference = None
@@ -129,7 +137,82 @@ def add_train(sub) -> None:
     p.set_defaults(run=run_train)
 
 
-SUBCOMMANDS = (add_eval, add_train)
+def run_quantize(args) -> int:
+    from .quantize import Data, QuantizeJob, run
+
+    def data(prefix):
+        path = getattr(args, f"{prefix}_data")
+        if path is None:
+            return None
+        return Data(path, getattr(args, f"{prefix}_format"), getattr(args, f"{prefix}_annotations"))
+
+    job = QuantizeJob(recipe=args.recipe, model=args.model, checkpoint=args.checkpoint, image_size=args.image_size,
+                      calibration=data("calib"), training=data("train"), evaluation=data("eval"),
+                      evaluate=not args.no_eval, steps=args.steps, out=args.out, device=args.device,
+                      progress=not args.no_progress)
+    result = run(job)
+    ev = result["evaluation"]
+    if ev is not None:
+        def pct(value):
+            return "-" if value is None else f"{100 * value:.2f}"
+
+        for kind, q in ev["quantized"]["results"].items():
+            f = ev["float"]["results"][kind]["mIoU"] if "float" in ev else None
+            print(f"{kind:>5} mIoU: float {pct(f)}, quantized {pct(q['mIoU'])}")
+    print(f"wrote {result['model_path']} and {os.path.join(args.out, 'report.md')}")
+    return 0
+
+
+def add_quantize(sub) -> None:
+    from .recipes import DEFAULT_RECIPE
+
+    p = sub.add_parser("quantize", help="calibrate (VRC), optionally QAT, convert and save a quantized SAM2 + report",
+                       description="With no arguments: the embedded default model, its recipe and bundled images.")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, help="shipped recipe name or YAML path (qsam2 recipe list)")
+    p.add_argument("--model", help="SAM2 config (short name or path); default: the recipe's")
+    p.add_argument("--checkpoint", help="official-format checkpoint; default: the embedded model's (default config)")
+    p.add_argument("--image-size", type=int, help="square input side; default: the recipe's, else the config's")
+    for prefix, what in (("calib", "calibration images"), ("train", "QAT data (default: the calibration data)"),
+                         ("eval", "evaluation data")):
+        g = p.add_argument_group(what)
+        g.add_argument(f"--{prefix}-data", help=f"{what}: dataset root; default: bundled generated images"
+                       if prefix != "train" else "dataset root")
+        g.add_argument(f"--{prefix}-format", choices=FORMATS, default="sa1b", help="dataset layout")
+        g.add_argument(f"--{prefix}-annotations", help="COCO instances JSON")
+    p.add_argument("--steps", type=int, help="QAT steps (0: post-training quantization); default: the recipe's")
+    p.add_argument("--no-eval", action="store_true", help="skip the float vs quantized evaluation")
+    p.add_argument("--out", default="out/quantize", help="output folder (model, report.md, report.json, masks.png)")
+    p.add_argument("--device", help="default: cuda if available, else cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=run_quantize)
+
+
+def run_recipe(args) -> int:
+    from .recipes import explain, list_recipes, load_recipe
+
+    if args.action == "list":
+        for name in list_recipes():
+            print(f"{name:<24} {load_recipe(name).spec.description}")
+        return 0
+    if not args.name:
+        raise ValueError("recipe explain needs a recipe NAME or PATH")
+    recipe = load_recipe(args.name)
+    from .sam2.models import build_model
+
+    model = build_model(args.model or recipe.spec.model, image_size=recipe.spec.image_size)
+    print(explain(recipe, recipe.resolve(model)))
+    return 0
+
+
+def add_recipe(sub) -> None:
+    p = sub.add_parser("recipe", help="list the shipped recipes, or explain one layer by layer")
+    p.add_argument("action", choices=("list", "explain"))
+    p.add_argument("name", nargs="?", help="explain: shipped recipe name or YAML path")
+    p.add_argument("--model", help="explain against this SAM2 config instead of the recipe's model")
+    p.set_defaults(run=run_recipe)
+
+
+SUBCOMMANDS = (add_quantize, add_eval, add_train, add_recipe)
 
 
 def build_parser() -> argparse.ArgumentParser:

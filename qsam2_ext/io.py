@@ -18,9 +18,10 @@ def atomic_path(path: str) -> Iterator[str]:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the result should look like any other written file
     try:
         yield tmp
+        # mkstemp creates 0600 (and some writers recreate the file): make it look like any other written file
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

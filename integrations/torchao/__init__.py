@@ -13,13 +13,14 @@ from . import qat, vrc  # noqa: F401  (registers the handlers)
 from .configs import QSAM2Config, VRCConfig, qsam2_config, vrc_config
 from .packed_tensor import QSAM2PackedTensor
 from .session import check_ready
-from .serialization import load_quantized, read_quantized, save_quantized, storage_report
+from .serialization import load_quantized, read_metadata, read_quantized, save_quantized, storage_report
 from .vrc import vrc_reports
 
 # let torchao.core.config.config_from_dict resolve our configs (it only searches an allow-list of modules)
 ALLOWED_AO_MODULES.add(__name__)
 
 __all__ = [
-    "QSAM2Config", "QSAM2PackedTensor", "VRCConfig", "check_ready", "load_quantized", "qsam2_config", "read_quantized",
+    "QSAM2Config", "QSAM2PackedTensor", "VRCConfig", "check_ready", "load_quantized", "qsam2_config", "read_metadata",
+    "read_quantized",
     "save_quantized", "storage_report", "vrc_config", "vrc_reports",
 ]

@@ -18,6 +18,7 @@ from qsam2_ext.core import (
     FakeQuantized,
     WeightGranularity,
     code_range,
+    effective_group_size,
     fake_quantized,
     make_quantizer,
     quantize,
@@ -34,7 +35,8 @@ _SESSION = "_qsam2_session"
 def _group_size(layer: nn.Module, group_size: Optional[int]) -> Optional[int]:
     """``group_size`` if it divides the inputs per output channel, else per output channel (documented fallback)."""
     in_size = layer.weight[0].numel()
-    if group_size is None or in_size % group_size == 0:
+    effective = effective_group_size(in_size, group_size)
+    if effective == group_size:
         return group_size
     log.info("%s: group_size %d does not divide %d inputs; using per-output-channel grids", describe(layer), group_size, in_size)
     return None

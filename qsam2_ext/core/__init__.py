@@ -5,7 +5,7 @@ build on it.
 """
 
 from .calibration import VRCCalibration, apply_vrc, input_rows, is_linear_like, weight_matrix
-from .granularity import ActivationGranularity, WeightGranularity
+from .granularity import ActivationGranularity, WeightGranularity, effective_group_size
 from .grid import SUPPORTED_BITS, center_step, code_range, dequantize, fake_quantize, quantize
 from .packing import pack_codes, packed_length, unpack_codes
 from .quantizers import (
@@ -25,7 +25,7 @@ __all__ = [
     "LSCQuantizer", "LSQQuantizer", "MinMaxQuantizer", "PACTQuantizer", "QUANTIZERS", "SUPPORTED_BITS",
     "VRCCalibration", "VRCReport", "WeightGranularity", "apply_vrc", "code_range", "dequantize",
     "fake_quantize", "input_rows", "is_linear_like", "make_quantizer", "observing", "pack_codes",
-    "packed_length", "quantize", "center_step", "unpack_codes", "vrc_report", "vrc_solve", "weight_matrix",
+    "packed_length", "quantize", "center_step", "effective_group_size", "unpack_codes", "vrc_report", "vrc_solve", "weight_matrix",
 ]
 
 from .modules import FakeQuantConv2d, FakeQuantized, FakeQuantLinear, fake_quantized  # noqa: E402

@@ -14,6 +14,12 @@ from typing import Optional
 import torch
 
 
+def effective_group_size(in_size: int, group_size: Optional[int]) -> Optional[int]:
+    """``group_size`` if it divides the ``in_size`` inputs per output channel, else ``None`` (per output channel):
+    the documented fallback for e.g. Hiera-B+/L widths 112/144/224/288, so no model is left half quantized."""
+    return group_size if group_size is None or in_size % group_size == 0 else None
+
+
 @dataclass(frozen=True)
 class WeightGranularity:
     """Per output channel (``group_size=None``) or per group of ``group_size`` inputs within each channel."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import os
+from typing import Mapping, Optional, Sequence
 
+import torch
 from torch import nn
 
 # Short names of the packaged SAM2.1 configs (the names of the official checkpoints without ``.pt``).
@@ -91,7 +93,46 @@ def build_model(
     if image_size is not None:
         overrides.append(f"++model.image_size={check_image_size(image_size)}")
     builder = build_sam2_video_predictor if video else build_sam2
-    return builder(config_path(config), checkpoint, device=device, hydra_overrides_extra=overrides)
+    model = builder(config_path(config), None, device=device, hydra_overrides_extra=overrides)
+    if checkpoint is not None:  # loaded here (not by build_sam2) for errors that list what does not match
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def read_checkpoint(path: str) -> Mapping[str, torch.Tensor]:
+    """The state dict of an official-format SAM2 checkpoint (``{"model": state_dict}``), with clear errors."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a file that is not a checkpoint
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), Mapping):
+        found = list(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not in the official SAM2 checkpoint format (a dict with a 'model' state "
+                         f"dict); found {found}")
+    return ckpt["model"]
+
+
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise, listing them, if keys or shapes of ``state_dict`` do not match ``model`` (nothing is loaded)."""
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
+    shapes = sorted(f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+                    if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape))
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{source} does not match the model config: {len(missing)} missing keys {missing[:5]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:5]}, {len(shapes)} shape mismatches {shapes[:3]}"
+        )
+
+
+def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
+    """Load an official-format float checkpoint into ``model`` after checking that it matches."""
+    state_dict = read_checkpoint(path)
+    check_state_dict(model, state_dict, path)
+    model.load_state_dict(state_dict, strict=True)
+    return model
 
 
 def image_predictor(model: nn.Module, **kwargs):
