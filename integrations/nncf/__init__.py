@@ -1,0 +1,8 @@
+"""NNCF adapter: Q-SAM2 inside NNCF 3.4 pipelines (VRC as an ``Algorithm``, LSC as NNCF hooks, save/restore with
+``nncf.torch.get_config`` / ``load_from_config``, recipes, OpenVINO export). Needs the ``nncf`` extra.
+"""
+
+from . import _nncf  # noqa: F401  (fails with an install hint when NNCF is missing)
+from .vrc import VRCAlgorithm, calibrate_vrc
+
+__all__ = ["VRCAlgorithm", "calibrate_vrc"]
