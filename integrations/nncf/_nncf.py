@@ -57,3 +57,17 @@ from nncf.common.quantization.quantizer_propagation.structs import QuantizationT
 # ops whose output is their input rearranged: a quantizer before them quantizes what comes after them
 AGNOSTIC_METATYPES = tuple(DEFAULT_PT_QUANT_TRAIT_TO_OP_DICT[QuantizationTrait.QUANTIZATION_AGNOSTIC])
 LINEAR_METATYPES = (metatypes.PTLinearMetatype, metatypes.PTConv2dMetatype)
+
+
+def build_graph(model, example_input):
+    """NNCF's graph of an NNCF-wrapped model (hooks included)."""
+    return GraphModelWrapper(model, example_input).build_graph()
+
+
+def set_quantizer_bits(quantizer: "BaseQuantizer", bits: int) -> None:
+    """Re-target one of NNCF's own quantizers to ``bits`` the way NNCF's low-bit HW spaces define them
+    (``q4_w``/``q2_w``/``q4_tn``: full range, no narrowing); kept in its spec so ``get_config`` round-trips."""
+    if bits != quantizer.num_bits:
+        quantizer._narrow_range = quantizer._qspec.narrow_range = False
+        quantizer._qspec.num_bits = bits
+        quantizer.num_bits = bits
