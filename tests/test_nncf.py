@@ -195,3 +195,42 @@ def test_bake_reproduces_fake_quant_and_restores(quantized, bits, act_bits):
     assert torch.equal(restored.eval()(x), expected)
     with pytest.raises(ValueError, match="no Q-SAM2 weight quantizer"):
         qn.bake(restored)
+
+
+# ------------------------------------------------------------------------------------------------ SAM2 rows
+@pytest.mark.parametrize("method,bits,act_bits", [("qsam2", 2, 8), ("nncf", 2, 4)])
+def test_prepare_train_finish_on_a_small_sam2(tmp_path, method, bits, act_bits):
+    """The benchmark's entry points on a real (shrunk) SAM2: prepare through NNCF, the shared loop, finish,
+    evaluate-ready image model and a video model rebuilt through NNCF's save/restore."""
+    from helpers import tiny_model, write_sa1b
+    from nncf.torch.quantization.layers import BaseQuantizer
+
+    from qsam2_ext.sam2.data import open_dataset
+    from qsam2_ext.train import TrainConfig, parameter_groups, train
+
+    write_sa1b(tmp_path / "data", n=2, objects=2)
+    model = tiny_model(64)
+    batches = [torch.randn(2, 3, 64, 64) for _ in range(2)]
+    qn.prepare_nncf_qat(model, batches, bits, act_bits, method=method)
+    hooks = dict(qn._nncf.get_hook_storage(model.image_encoder).named_hooks())
+    layers = [n for n, m in model.named_modules() if qn.image_encoder_layers(m, n)]
+    if method == "qsam2":
+        weight_hooks = [h for h in hooks.values() if isinstance(h, qn.QSAM2FakeQuantize) and h.is_weight]
+        assert len(weight_hooks) == len(layers) and all(h.quantizer.bits == bits for h in weight_hooks)
+        assert not any(isinstance(h, BaseQuantizer) for h in hooks.values())  # keep_nncf=False
+    else:
+        nncf_q = [h for h in hooks.values() if isinstance(h, BaseQuantizer)]
+        assert sorted({h.num_bits for h in nncf_q}) == sorted({bits, act_bits})
+        assert sum(h.num_bits == bits for h in nncf_q) == len(layers)  # one weight quantizer per target layer
+    _, quantizer = parameter_groups(model)
+    before = [p.detach().clone() for p in quantizer]
+    assert before
+    config = TrainConfig(steps=2, batch_size=2, lr=1e-4, quantizer_lr=1e-2, num_workers=0)
+    train(model, open_dataset("sa1b", str(tmp_path / "data")), config, str(tmp_path / "run"), progress=False)
+    assert any(not torch.equal(p, b) for p, b in zip(quantizer, before))  # quantizer parameters learned
+    qn.finish_nncf_qat(model)
+    with torch.no_grad():
+        expected = model.image_encoder(batches[0])["vision_features"]
+    video = qn.transplant(model, tiny_model(64, video=True, seed=1))
+    with torch.no_grad():
+        assert torch.equal(video.eval().image_encoder(batches[0])["vision_features"], expected)

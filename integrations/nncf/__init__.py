@@ -5,10 +5,18 @@
 from . import _nncf  # noqa: F401  (fails with an install hint when NNCF is missing)
 from .bake import ALLOWED_MODULES, bake, restore, save
 from .hooks import QSAM2FakeQuantize, QSAM2WeightDecompressor
+from .pipeline import finish_nncf_qat, image_encoder_layers, nncf_ptq, prepare_nncf_qat, transplant
 from .qat import attach_qsam2, retarget_nncf
 from .vrc import VRCAlgorithm, calibrate_vrc
 
 __all__ = [
     "ALLOWED_MODULES", "QSAM2FakeQuantize", "QSAM2WeightDecompressor", "VRCAlgorithm", "attach_qsam2", "bake",
-    "calibrate_vrc", "restore", "retarget_nncf", "save",
+    "calibrate_vrc", "finish_nncf_qat", "image_encoder_layers", "nncf_ptq", "prepare_nncf_qat", "restore",
+    "retarget_nncf", "save", "transplant",
 ]
+
+# NNCF's learned quantizer ranges train in the loop's quantizer parameter group (no weight decay)
+from qsam2_ext.train import optim as _optim  # noqa: E402
+
+if _nncf.BaseQuantizer not in _optim.EXTRA_QUANTIZER_TYPES:
+    _optim.EXTRA_QUANTIZER_TYPES.append(_nncf.BaseQuantizer)

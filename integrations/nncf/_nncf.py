@@ -18,7 +18,7 @@ if not nncf.__version__.startswith("3.4."):  # pragma: no cover - the pin guards
     raise ImportError(f"qsam2_ext.integrations.nncf is written against NNCF 3.4.x, found {nncf.__version__}")
 
 # public
-from nncf import Dataset, IgnoredScope, ModelType, TargetDevice  # noqa: E402,F401
+from nncf import Dataset, IgnoredScope, InternalError, ModelType, TargetDevice  # noqa: E402,F401
 from nncf.parameters import StripFormat  # noqa: E402,F401
 from nncf.torch import get_config, load_from_config  # noqa: E402,F401
 
@@ -71,3 +71,11 @@ def set_quantizer_bits(quantizer: "BaseQuantizer", bits: int) -> None:
         quantizer._narrow_range = quantizer._qspec.narrow_range = False
         quantizer._qspec.num_bits = bits
         quantizer.num_bits = bits
+
+
+def const_input(node, port: int, graph):
+    """The constant (parameter) node feeding ``node``'s ``port``, through quantizers; None for activations."""
+    try:
+        return get_const_node(node, port, graph)
+    except InternalError:  # NNCF raises when the port is fed by a non-constant subgraph
+        return None

@@ -33,7 +33,7 @@ def find_targets(model: nn.Module, graph, select: Optional[Select] = None) -> li
     modules = dict(model.named_modules())
     targets = []
     for node in graph.get_nodes_by_metatypes(N.LINEAR_METATYPES):
-        const = N.get_const_node(node, 1, graph)
+        const = N.const_input(node, 1, graph)
         name = getattr(getattr(const, "layer_attributes", None), "name", None)
         if name is None or not name.endswith(".weight"):
             continue  # a functional call on a computed weight: not a module's layer
@@ -69,7 +69,7 @@ def nncf_quantizers(model: nn.Module, graph) -> dict[str, tuple[str, set[tuple[s
         hook_type, op, port = N.decode_hook_name(name)
         if hook_type == "pre_hooks":
             node = graph.get_node_by_name(op)
-            kind = "weight" if N.get_const_node(node, port, graph) is not None else "activation"
+            kind = "weight" if N.const_input(node, port, graph) is not None else "activation"
             result[name] = (kind, {(op, port)})
         else:
             node = graph.get_node_by_name(op)

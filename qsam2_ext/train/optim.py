@@ -12,11 +12,17 @@ from ..core import FakeQuantizer
 from .config import TrainConfig
 
 
+# Host-framework quantizer classes whose parameters belong with the quantizer parameters (adapters register
+# theirs on import, e.g. NNCF's BaseQuantizer with its learned scale), so this module imports no framework.
+EXTRA_QUANTIZER_TYPES: list[type] = []
+
+
 def _quantizer_types() -> tuple[type, ...]:
     """Our fake quantizers, and torchao's when torchao is loaded (its range-learning QAT learns scales and zero
     points that belong with the quantizer parameters, not with the weights and their decay)."""
     torchao_qat = sys.modules.get("torchao.quantization.qat.fake_quantizer")
-    return (FakeQuantizer,) + ((torchao_qat.FakeQuantizerBase,) if torchao_qat is not None else ())
+    torchao_types = (torchao_qat.FakeQuantizerBase,) if torchao_qat is not None else ()
+    return (FakeQuantizer, *EXTRA_QUANTIZER_TYPES, *torchao_types)
 
 
 def parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
