@@ -234,3 +234,34 @@ def test_prepare_train_finish_on_a_small_sam2(tmp_path, method, bits, act_bits):
     video = qn.transplant(model, tiny_model(64, video=True, seed=1))
     with torch.no_grad():
         assert torch.equal(video.eval().image_encoder(batches[0])["vision_features"], expected)
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+def test_quantize_with_recipe_maps_layer_plans_to_nncf(tmp_path):
+    from helpers import tiny_model
+
+    from qsam2_ext.recipes import RecipeError, load_recipe
+
+    model = tiny_model(64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [torch.randn(1, 3, 64, 64) for _ in range(2)]
+    with pytest.raises(ValueError, match="outside image_encoder"):
+        qn.quantize_with_recipe(model, "sam2.1_hiera_t_w2a8", batches)
+    recipe = load_recipe("sam2.1_hiera_t_w2a8")
+    q = qn.quantize_with_recipe(model, recipe, batches, outside="float")
+    planned = {p.fqn[len("image_encoder."):]: p for p in recipe.resolve(model)
+               if not p.skip and p.fqn.startswith("image_encoder.")}
+    hooks = [(n, h) for n, h in qn._nncf.get_hook_storage(q.image_encoder).named_hooks()
+             if isinstance(h, qn.QSAM2FakeQuantize)]
+    weights = {qn._nncf.decode_hook_name(n)[1][: -len(".weight")]: h for n, h in hooks if h.is_weight}
+    assert set(weights) == set(planned) and all(h.quantizer.bits == 2 for h in weights.values())
+    assert all(h.quantizer.bits == 8 for _, h in hooks if not h.is_weight)
+    # VRC ran (recipe: calibration.vrc over the encoder) before NNCF's PTQ: quantized weights moved
+    assert not torch.equal(q.image_encoder.trunk.blocks[0].attn.qkv.weight, before["image_encoder.trunk.blocks.0.attn.qkv.weight"])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the input model is untouched
+    with torch.no_grad():
+        assert torch.isfinite(q.image_encoder(batches[0])["vision_features"]).all()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: sam2.1_hiera_t_w2a8\nrules:\n  - match: image_encoder.trunk.blocks.0.attn.qkvv\n    bits: 4\n")
+    with pytest.raises(RecipeError, match="matches no layer"):
+        qn.quantize_with_recipe(model, str(bad), batches, outside="float")

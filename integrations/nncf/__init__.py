@@ -7,11 +7,12 @@ from .bake import ALLOWED_MODULES, bake, restore, save
 from .hooks import QSAM2FakeQuantize, QSAM2WeightDecompressor
 from .pipeline import finish_nncf_qat, image_encoder_layers, nncf_ptq, prepare_nncf_qat, transplant
 from .qat import attach_qsam2, retarget_nncf
+from .recipe import quantize_with_recipe
 from .vrc import VRCAlgorithm, calibrate_vrc
 
 __all__ = [
     "ALLOWED_MODULES", "QSAM2FakeQuantize", "QSAM2WeightDecompressor", "VRCAlgorithm", "attach_qsam2", "bake",
-    "calibrate_vrc", "finish_nncf_qat", "image_encoder_layers", "nncf_ptq", "prepare_nncf_qat", "restore",
+    "calibrate_vrc", "finish_nncf_qat", "image_encoder_layers", "nncf_ptq", "prepare_nncf_qat", "quantize_with_recipe", "restore",
     "retarget_nncf", "save", "transplant",
 ]
 
