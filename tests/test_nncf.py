@@ -265,3 +265,24 @@ def test_quantize_with_recipe_maps_layer_plans_to_nncf(tmp_path):
     bad.write_text("extends: sam2.1_hiera_t_w2a8\nrules:\n  - match: image_encoder.trunk.blocks.0.attn.qkvv\n    bits: 4\n")
     with pytest.raises(RecipeError, match="matches no layer"):
         qn.quantize_with_recipe(model, str(bad), batches, outside="float")
+
+
+# ------------------------------------------------------------------------------------------------ export
+def test_hooks_see_the_same_tensors_under_export_tracing(quantized):
+    model, _, _ = _lsc(quantized[1], 4, 8)
+    x = _data(1)[0]
+    with observing(model), torch.no_grad():
+        model(x)
+    qn.bake(model)
+    assert qn.check_hook_tensors(model, x) == 6  # 3 decompressors + 3 input quantizers, each once
+
+
+def test_openvino_export_matches_torch(quantized):
+    pytest.importorskip("openvino")
+    model, _, _ = _lsc(quantized[1], 4, 8)
+    x = _data(1)[0]
+    with observing(model), torch.no_grad():
+        model(x)
+    qn.bake(model)
+    _, report = qn.export_openvino(model, x)
+    assert report["hook_calls_checked"] == 6 and report["max_rel_diff_vs_torch"] < 1e-5

@@ -4,6 +4,7 @@
 
 from . import _nncf  # noqa: F401  (fails with an install hint when NNCF is missing)
 from .bake import ALLOWED_MODULES, bake, restore, save
+from .export import check_hook_tensors, export_openvino
 from .hooks import QSAM2FakeQuantize, QSAM2WeightDecompressor
 from .pipeline import finish_nncf_qat, image_encoder_layers, nncf_ptq, prepare_nncf_qat, transplant
 from .qat import attach_qsam2, retarget_nncf
@@ -12,8 +13,8 @@ from .vrc import VRCAlgorithm, calibrate_vrc
 
 __all__ = [
     "ALLOWED_MODULES", "QSAM2FakeQuantize", "QSAM2WeightDecompressor", "VRCAlgorithm", "attach_qsam2", "bake",
-    "calibrate_vrc", "finish_nncf_qat", "image_encoder_layers", "nncf_ptq", "prepare_nncf_qat", "quantize_with_recipe", "restore",
-    "retarget_nncf", "save", "transplant",
+    "calibrate_vrc", "check_hook_tensors", "export_openvino", "finish_nncf_qat", "image_encoder_layers", "nncf_ptq",
+    "prepare_nncf_qat", "quantize_with_recipe", "restore", "retarget_nncf", "save", "transplant",
 ]
 
 # NNCF's learned quantizer ranges train in the loop's quantizer parameter group (no weight decay)
