@@ -286,3 +286,13 @@ def test_openvino_export_matches_torch(quantized):
     qn.bake(model)
     _, report = qn.export_openvino(model, x)
     assert report["hook_calls_checked"] == 6 and report["max_rel_diff_vs_torch"] < 1e-5
+
+
+def test_decompressor_keeps_int8_codes_when_they_do_not_pair_up():
+    from qsam2_ext.core import LSCQuantizer, WeightGranularity
+
+    w = torch.randn(3, 5)
+    hook = qn.QSAM2FakeQuantize(LSCQuantizer(2, WeightGranularity.for_weight(w)))
+    dec, stored = qn.hooks.decompressor_for(hook, w)
+    assert not dec.packed and stored.dtype == torch.int8 and stored.shape == w.shape
+    assert torch.equal(dec(stored), hook(w))

@@ -93,12 +93,10 @@ class QSAM2WeightDecompressor(nn.Module, StatefulModuleInterface):
         code_range(bits)  # validates bits
         self.bits, self.weight_shape, self.grid_shape = bits, [int(d) for d in weight_shape], [int(d) for d in grid_shape]
         self.dtype = dtype
+        # two codes per byte when they fit in 4 bits and pair up (NNCF's packing needs an even count)
+        self.packed = bits <= 4 and torch.Size(self.weight_shape).numel() % 2 == 0
         self.register_buffer("center", torch.zeros(self.grid_shape))
         self.register_buffer("step", torch.ones(self.grid_shape))
-
-    @property
-    def packed(self) -> bool:
-        return self.bits <= 4
 
     def pack(self, codes: torch.Tensor) -> torch.Tensor:
         """Storage of int8 ``codes`` shaped like the weight (what the hooked parameter holds after baking)."""
