@@ -77,14 +77,23 @@ def main() -> None:
     p.add_argument("--quantizer-lr", type=float, default=1e-3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="out/fidelity")
+    p.add_argument("--resume", action="store_true", help="keep the rows already in <out>/rows.jsonl, run the rest")
     args = p.parse_args()
     torch.manual_seed(0)
     calibration = [photo_batch(PHOTOS[i:i + 2], args.size).to(args.device) for i in range(0, 8, 2)]
     held_out = photo_batch(PHOTOS[8:12], args.size).to(args.device)
+    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
     rows, started = [], time.time()
     os.makedirs(args.out, exist_ok=True)
-    partial = open(os.path.join(args.out, "rows.jsonl"), "w")  # rows as they finish, should the run be cut short
+    rows_path = os.path.join(args.out, "rows.jsonl")  # rows as they finish, should the run be cut short
+    if args.resume and os.path.exists(rows_path):
+        with open(rows_path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    done = {(r["model"], r["bits"], r["method"]) for r in rows}
+    partial = open(rows_path, "a" if args.resume else "w")
     for name in args.models:
+        if all((name, b, m) in done for b in args.bits for m in args.methods):
+            continue
         torch.manual_seed(0)
         float_model = build_model(name, image_size=args.size, device=args.device).eval()
         with torch.no_grad():
@@ -92,22 +101,24 @@ def main() -> None:
         train = distiller(float_model, calibration, args.steps, args.lr, args.quantizer_lr)
         for bits in args.bits:
             for method in args.methods:
+                if (name, bits, method) in done:
+                    continue
                 t0 = time.time()
                 model = copy.deepcopy(float_model)
                 quantize(model, method, *BITS[bits], calibration, train)
                 with torch.no_grad():
                     db = sqnr_db(reference, features(model, held_out))
                 rows.append({"model": name, "bits": bits, "method": method, "sqnr_db": db,
-                             "seconds": time.time() - t0})
+                             "seconds": time.time() - t0, "device": device})
                 partial.write(json.dumps(rows[-1]) + "\n")
                 partial.flush()
                 print(f"{name} {bits} {method}: {db:.2f} dB ({time.time() - t0:.0f} s)", flush=True)
     meta = {"size": args.size, "steps": args.steps, "lr": args.lr, "quantizer_lr": args.quantizer_lr,
-            "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)", "torch": torch.__version__, "seconds": time.time() - started,
+            "device": sorted({r.get("device", device) for r in rows}), "torch": torch.__version__, "seconds": time.time() - started,
             "command": " ".join(["python", "benchmarks/fidelity.py"] + sys.argv[1:])}
     write_json(os.path.join(args.out, "fidelity.json"), {"meta": meta, "rows": rows})
     lines = [f"Image-encoder SQNR (dB, FPN outputs vs float; higher is better) on random-init SAM2.1 at "
-             f"{args.size}², 4 held-out photos; QAT: {args.steps} feature-distillation steps; {meta['device']}.", "",
+             f"{args.size}², 4 held-out photos; QAT: {args.steps} feature-distillation steps; {', '.join(meta['device'])}.", "",
              "| model | bits | " + " | ".join(args.methods) + " |", "|---|---|" + "---:|" * len(args.methods)]
     for name in args.models:
         for bits in args.bits:

@@ -8,6 +8,9 @@
 """
 
 from torchao.core.config import ALLOWED_AO_MODULES
+from torchao.quantization.qat.fake_quantizer import FakeQuantizerBase
+
+from qsam2_ext.train.optim import register_quantizer_type
 
 from . import qat, vrc  # noqa: F401  (registers the handlers)
 from .configs import QSAM2Config, VRCConfig, qsam2_config, vrc_config
@@ -18,6 +21,8 @@ from .vrc import vrc_reports
 
 # let torchao.core.config.config_from_dict resolve our configs (it only searches an allow-list of modules)
 ALLOWED_AO_MODULES.add(__name__)
+# torchao's range-learning QAT scales train in the shared loop's quantizer parameter group
+register_quantizer_type(FakeQuantizerBase)
 
 __all__ = [
     "QSAM2Config", "QSAM2PackedTensor", "VRCConfig", "check_ready", "load_quantized", "qsam2_config", "read_metadata",

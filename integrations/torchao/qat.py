@@ -14,13 +14,11 @@ from torch import nn
 from torchao.quantization import register_quantize_module_handler
 
 from qsam2_ext.core import (
-    ActivationGranularity,
     FakeQuantized,
-    WeightGranularity,
     code_range,
     effective_group_size,
     fake_quantized,
-    make_quantizer,
+    layer_quantizers,
     quantize,
 )
 
@@ -44,15 +42,8 @@ def _group_size(layer: nn.Module, group_size: Optional[int]) -> Optional[int]:
 
 def _quantizers(layer: nn.Module, config: QSAM2Config):
     """The weight quantizer and (with ``act_bits``) input quantizer ``config`` asks for on ``layer``."""
-    granularity = WeightGranularity.for_weight(layer.weight, _group_size(layer, config.group_size))
-    weight_q = make_quantizer(config.method, config.bits, granularity, **config.weight_options())
-    input_q = None
-    if config.act_bits is not None:
-        channel_dim = 1 if isinstance(layer, nn.Conv2d) else -1
-        channels = layer.weight.shape[1] * (layer.groups if isinstance(layer, nn.Conv2d) else 1)
-        act = ActivationGranularity(channels if config.act_per_channel else None, channel_dim)
-        input_q = make_quantizer(config.method, config.act_bits, act, **config.input_options())
-    return weight_q.to(layer.weight.device), input_q if input_q is None else input_q.to(layer.weight.device)
+    return layer_quantizers(layer, config.method, config.bits, config.act_bits, _group_size(layer, config.group_size),
+                            config.act_per_channel, config.weight_options(), config.input_options())
 
 
 def _pack(layer: nn.Module, codes, center, step, bits, config: QSAM2Config, act_bits, act_grid) -> nn.Module:

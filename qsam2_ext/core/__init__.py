@@ -28,6 +28,6 @@ __all__ = [
     "packed_length", "quantize", "center_step", "effective_group_size", "unpack_codes", "vrc_report", "vrc_solve", "weight_matrix",
 ]
 
-from .modules import FakeQuantConv2d, FakeQuantized, FakeQuantLinear, fake_quantized  # noqa: E402
+from .modules import FakeQuantConv2d, FakeQuantized, FakeQuantLinear, fake_quantized, layer_quantizers  # noqa: E402
 
-__all__ += ["FakeQuantConv2d", "FakeQuantLinear", "FakeQuantized", "fake_quantized"]
+__all__ += ["FakeQuantConv2d", "FakeQuantLinear", "FakeQuantized", "fake_quantized", "layer_quantizers"]

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .quantizers import FakeQuantizer
+from .granularity import ActivationGranularity, WeightGranularity
+from .quantizers import FakeQuantizer, make_quantizer
 
 
 class FakeQuantized:
@@ -93,3 +94,27 @@ def fake_quantized(layer: nn.Module, weight_quantizer: FakeQuantizer, input_quan
     if isinstance(layer, nn.Conv2d):
         return FakeQuantConv2d.from_float(layer, weight_quantizer, input_quantizer)
     raise TypeError(f"cannot fake-quantize a {type(layer).__name__}: only nn.Linear and nn.Conv2d")
+
+
+def layer_quantizers(
+    layer: nn.Module,
+    method: str,
+    bits: int,
+    act_bits: Optional[int] = None,
+    group_size: Optional[int] = None,
+    act_per_channel: bool = False,
+    weight_options: Optional[dict] = None,
+    input_options: Optional[dict] = None,
+) -> tuple[FakeQuantizer, Optional[FakeQuantizer]]:
+    """The weight quantizer and (with ``act_bits``) input quantizer of a Linear / Conv2d layer; every host
+    framework adapter builds its quantizers here, so torchao and NNCF quantize the same tensors the same way.
+    ``group_size`` must divide the inputs per output channel (adapters apply ``effective_group_size`` first)."""
+    granularity = WeightGranularity.for_weight(layer.weight, group_size)
+    weight_q = make_quantizer(method, bits, granularity, **(weight_options or {}))
+    input_q = None
+    if act_bits is not None:
+        conv = isinstance(layer, nn.Conv2d)
+        channels = layer.weight.shape[1] * (layer.groups if conv else 1)
+        act = ActivationGranularity(channels if act_per_channel else None, 1 if conv else -1)
+        input_q = make_quantizer(method, act_bits, act, **(input_options or {})).to(layer.weight.device)
+    return weight_q.to(layer.weight.device), input_q

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
 from torch import nn
@@ -12,11 +11,19 @@ from ..core import FakeQuantizer
 from .config import TrainConfig
 
 
+# Host-framework quantizer classes whose parameters belong with the quantizer parameters, not with the weights
+# and their decay (torchao's range-learning scales, NNCF's learned ranges). The adapters register theirs when
+# imported, so this module imports no framework.
+EXTRA_QUANTIZER_TYPES: list[type] = []
+
+
+def register_quantizer_type(cls: type) -> None:
+    if cls not in EXTRA_QUANTIZER_TYPES:
+        EXTRA_QUANTIZER_TYPES.append(cls)
+
+
 def _quantizer_types() -> tuple[type, ...]:
-    """Our fake quantizers, and torchao's when torchao is loaded (its range-learning QAT learns scales and zero
-    points that belong with the quantizer parameters, not with the weights and their decay)."""
-    torchao_qat = sys.modules.get("torchao.quantization.qat.fake_quantizer")
-    return (FakeQuantizer,) + ((torchao_qat.FakeQuantizerBase,) if torchao_qat is not None else ())
+    return (FakeQuantizer, *EXTRA_QUANTIZER_TYPES)
 
 
 def parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
