@@ -28,9 +28,9 @@ from typing import Optional
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from accuracy_methods import ABLATIONS, METHODS, PTQ, quantize  # noqa: E402
+from accuracy_methods import ABLATIONS, METHODS, NNCF, PTQ, quantize  # noqa: E402
 
-from qsam2_ext.io import atomic_write, write_json  # noqa: E402
+from qsam2_ext.io import atomic_write, write_json, write_text  # noqa: E402
 
 BITS = {"W2A4": (2, 4), "W2A8": (2, 8), "W3A8": (3, 8), "W4A8": (4, 8)}
 SEEDED = ("W2A4", "W2A8")  # the rows with several seeds (mean ± std)
@@ -119,7 +119,12 @@ def run_job(job: Job, setup: Setup) -> dict:
     quantize_seconds = time.time() - started
     images = evaluate(model, open_dataset("sa1b", splits["images"]), progress=False)
     video = build_model(setup.config, device=str(device), video=True)
-    load_quantized(video, model.state_dict())  # packed or float weights alike
+    if job.method in NNCF:
+        from qsam2_ext.integrations.nncf import transplant
+
+        transplant(model, video)  # through NNCF's get_config / load_from_config
+    else:
+        load_quantized(video, model.state_dict())  # packed or float weights alike
     clips = evaluate(video, open_dataset("video", splits["clips"]), progress=False)
     size = storage_report(model)
     return {**asdict(job), "label": job.label, "box_mIoU": images["results"]["box"]["mIoU"],
@@ -212,7 +217,8 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reduced", action="store_true", help="the small CPU version")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=[m for m in METHODS if m not in NNCF],
+                   help="methods (the NNCF rows need the nncf extra: name them)")
     p.add_argument("--bits", nargs="+", choices=list(BITS), default=list(BITS))
     p.add_argument("--ablations", action="store_true",
                    help="only the W2A4 Q-SAM2 ablations (alpha init, momentum, VRC lam_rel) and the controls")
@@ -290,12 +296,7 @@ def main() -> None:
             "seconds": time.time() - started, "command": " ".join(["python", "benchmarks/accuracy.py"] + sys.argv[1:])}
     write_json(os.path.join(args.out, "accuracy.json"), {"meta": meta, "table": table, "rows": rows})
     text = markdown(table, meta)
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    atomic_write(os.path.join(args.out, "accuracy.md"), write)
+    write_text(os.path.join(args.out, "accuracy.md"), text)
     plot(table, os.path.join(args.out, "accuracy.png"))
     print(text)
     print(f"{len(rows)} rows in {meta['seconds']:.0f} s")

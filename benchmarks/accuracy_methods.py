@@ -20,7 +20,8 @@ from torch import nn
 
 PTQ = ("minmax_ptq", "vrc_minmax_ptq")
 QAT = ("ste_minmax_qat", "lsq_qat", "pact_qat", "torchao_qat", "lsc_qat", "qsam2")
-METHODS = ("fp", "fp_trained") + PTQ + QAT  # fp_trained: the float model given the QAT methods' training (control)
+NNCF = ("nncf_qat", "qsam2_nncf")  # NNCF's own QAT, and Q-SAM2 through NNCF (extra: nncf)
+METHODS = ("fp", "fp_trained") + PTQ + QAT + NNCF  # fp_trained: the float model given the QAT methods' training (control)
 # Q-SAM2 ablations (options of qsam2_config, or VRC's lam_rel) around the defaults
 ABLATIONS = {
     "alpha=1.0": {"alpha_init": 1.0}, "alpha=2.5": {"alpha_init": 2.5},
@@ -71,6 +72,8 @@ def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], 
         return train(model)
     if method == "torchao_qat":
         return _torchao_qat(model, bits, act_bits, batches, train)
+    if method in NNCF:
+        return _nncf_qat(model, method, bits, act_bits, batches, train, lam_rel, **options)
     from torchao.quantization import quantize_
 
     from qsam2_ext import qsam2_config
@@ -105,3 +108,16 @@ def _torchao_qat(model, bits, act_bits, batches, train) -> None:
     initialize_fake_quantizers(model.image_encoder, (batches[0],))
     train(model)
     quantize_(model, QATConfig(QSAM2Config(bits=bits, act_bits=act_bits), step="convert"), filter_fn=linear)
+
+
+def _nncf_qat(model, method, bits, act_bits, batches, train, lam_rel, **options) -> None:
+    """Through NNCF (``qsam2_ext.integrations.nncf``): ``nncf.quantize`` of the image encoder, then NNCF's own
+    quantizers set to the row's bits (``nncf_qat``) or VRC + LSC hooks (``qsam2_nncf``) on the same targets; the
+    same training; Q-SAM2 weights baked to integer codes. Only the targeted tensors stay quantized."""
+    from qsam2_ext.core import DEFAULT_LAM_REL
+    from qsam2_ext.integrations.nncf import finish_nncf_qat, prepare_nncf_qat
+
+    prepare_nncf_qat(model, batches, bits, act_bits, method="nncf" if method == "nncf_qat" else "qsam2",
+                     target=targeted, lam_rel=DEFAULT_LAM_REL if lam_rel is None else lam_rel, **options)
+    train(model)
+    finish_nncf_qat(model)

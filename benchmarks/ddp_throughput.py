@@ -22,7 +22,7 @@ import sys
 
 import torch
 
-from qsam2_ext.io import atomic_write, write_json
+from qsam2_ext.io import write_json, write_text
 
 
 def worker(args) -> None:
@@ -89,10 +89,6 @@ def main() -> None:
                    "--per-process-batch", str(args.per_process_batch), "--num-workers", str(args.num_workers),
                    "--max-objects", str(args.max_objects)] + [f"--override={o}" for o in args.override]
         env = dict(os.environ)
-        # the checkout's root on the path: its Hydra search-path plugin (hydra_plugins/) is not found through an
-        # editable install, and qsam2_mini is only reachable through it
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         if not cuda:  # one thread per process, as torchrun sets for several: spinning OpenMP threads on a busy
             env["OMP_NUM_THREADS"] = "1"  # machine slow a step down by 10-30x and would swamp the comparison
         print(f"{procs} process(es): {' '.join(command)}", flush=True)
@@ -114,12 +110,7 @@ def main() -> None:
     lines += [f"| {r['procs']} | {r['global_batch']} | {r['images_per_s']:.2f} | {r['speedup_vs_1']:.2f}x | "
               f"{100 * r['efficiency']:.0f}% | {r['median_step_s']:.3f} |" for r in runs]
     table = "\n".join(lines) + "\n"
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(table)
-
-    atomic_write(os.path.join(args.out, "results.md"), write)
+    write_text(os.path.join(args.out, "results.md"), table)
     print(table)
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from accuracy import BITS  # noqa: E402
 from accuracy_methods import METHODS, quantize  # noqa: E402
 
-from qsam2_ext.io import atomic_write, write_json  # noqa: E402
+from qsam2_ext.io import write_json, write_text  # noqa: E402
 from qsam2_ext.sam2.images import PHOTOS, photo_batch  # noqa: E402
 from qsam2_ext.sam2.models import SAM2_CONFIGS, build_model  # noqa: E402
 
@@ -125,12 +125,7 @@ def main() -> None:
             cells = {r["method"]: r["sqnr_db"] for r in rows if r["model"] == name and r["bits"] == bits}
             lines.append(f"| {name} | {bits} | " + " | ".join(f"{cells[m]:.1f}" for m in args.methods) + " |")
     text = "\n".join(lines) + "\n"
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    atomic_write(os.path.join(args.out, "fidelity.md"), write)
+    write_text(os.path.join(args.out, "fidelity.md"), text)
     print(text)
 
 

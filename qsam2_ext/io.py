@@ -36,10 +36,11 @@ def atomic_write(path: str, write: Callable[[str], Any]) -> None:
         write(tmp)
 
 
-def write_json(path: str, data: Any) -> None:
-    def write(tmp: str) -> None:
+def write_text(path: str, text: str) -> None:
+    with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
+            f.write(text)
 
-    atomic_write(path, write)
+
+def write_json(path: str, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .evaluate import evaluate, predict_masks
-from .io import atomic_path, write_json
+from .io import atomic_path, write_json, write_text
 from .sam2.models import image_predictor
 from .sam2.prompts import grid_points, tight_box
 
@@ -159,7 +159,5 @@ def write_report(out: str, data: dict, float_model, quantized, evaluation) -> di
     if evaluation is not None:
         mask_figure(float_model, quantized, evaluation, os.path.join(out, "masks.png"))
     write_json(os.path.join(out, "report.json"), data)
-    with atomic_path(os.path.join(out, "report.md")) as tmp:
-        with open(tmp, "w") as f:
-            f.write(_markdown(data))
+    write_text(os.path.join(out, "report.md"), _markdown(data))
     return data

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from accuracy_methods import METHODS, quantize, targeted  # noqa: E402
+from accuracy_methods import METHODS, NNCF, quantize, targeted  # noqa: E402
 
 import qsam2_ext  # noqa: E402
 from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, build_model, default_checkpoint  # noqa: E402
@@ -43,7 +43,7 @@ def _packed(model):
             if isinstance(getattr(m, "weight", None), qsam2_ext.QSAM2PackedTensor)}
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("fp", "fp_trained")])
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("fp", "fp_trained") + NNCF])
 def test_each_method_packs_exactly_the_targeted_layers(method, batches):
     model = build_model(DEFAULT_MODEL_CONFIG, default_checkpoint()).eval()
     quantize(model, method, 2, 8, batches, _one_step)
@@ -70,3 +70,19 @@ def test_eight_bit_minmax_ptq_stays_close_to_the_float_encoder(batches):
         got = model.image_encoder(x)["vision_features"]
     sqnr = 10 * torch.log10(want.square().sum() / (got - want).square().sum())
     assert sqnr > 25, f"{sqnr:.1f} dB"
+
+
+@pytest.mark.parametrize("method", NNCF)
+def test_nncf_rows_train_and_transplant_into_a_fresh_video_build(method, batches):
+    pytest.importorskip("nncf")
+    from qsam2_ext.integrations.nncf import transplant
+
+    model = build_model(DEFAULT_MODEL_CONFIG, default_checkpoint()).eval()
+    quantize(model, method, 2, 8, batches, _one_step)
+    x = batches[0][:1]
+    with torch.no_grad():
+        out = model.image_encoder(x)["vision_features"]
+        fresh = transplant(model, build_model(DEFAULT_MODEL_CONFIG, video=True)).eval()  # restored modules train
+        torch.testing.assert_close(fresh.image_encoder(x)["vision_features"], out, rtol=0, atol=0)
+        reference = build_model(DEFAULT_MODEL_CONFIG, default_checkpoint()).eval().image_encoder(x)["vision_features"]
+    assert torch.isfinite(out).all() and not torch.equal(out, reference)  # quantized, not the float encoder

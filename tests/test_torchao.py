@@ -3,7 +3,6 @@ tensor under compile / export / torch.save / safetensors."""
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

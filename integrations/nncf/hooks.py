@@ -9,7 +9,6 @@ SmoothQuant, ``build_graph``) keep working on a model that carries them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import torch
 from torch import nn

@@ -14,7 +14,7 @@ Placement (chosen where the issue is silent):
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 from torch import nn
 
@@ -23,6 +23,9 @@ from qsam2_ext.core import effective_group_size, layer_quantizers
 from . import _nncf as N
 from .graph import find_targets, nncf_quantizers
 from .hooks import QSAM2FakeQuantize
+
+if TYPE_CHECKING:
+    from qsam2_ext.integrations.torchao.configs import QSAM2Config
 
 
 def attach_qsam2(model: nn.Module, example_input, layers: Mapping[str, "QSAM2Config"], keep_nncf: bool = True) -> dict:
