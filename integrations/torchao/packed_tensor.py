@@ -7,20 +7,23 @@ learned it, so converted and fake-quantized layers agree exactly when the grid i
 
 An optional activation grid rides along: static (``act_center``/``act_step``: the clip learned in QAT, per tensor
 or per input channel) or dynamic per token (``act_bits`` alone). ``F.linear`` / ``F.conv2d`` on this weight
-quantize-dequantize the input accordingly, then run the float op on the dequantized weight (the reference path;
-fused kernels are a separate concern).
+quantize-dequantize the input accordingly, then run the float op on the dequantized weight (the reference path).
+Inside ``integer_matmul()``, on CPUs, a Linear with quantized inputs (per token or per tensor) and per-channel
+weight grids instead multiplies the integer codes (``qsam2_ext.core.int_linear``: one int8 GEMM, equal to the
+reference up to float rounding). Fused GPU kernels are a separate concern.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch.nn import functional as F
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
-from qsam2_ext.core import dequantize, pack_codes, quantize, unpack_codes
+from qsam2_ext.core import dequantize, int_linear, pack_codes, quantize, quantize_tokens, unpack_codes
 from qsam2_ext.core.grid import fake_quantize_per_token
 
 aten = torch.ops.aten
@@ -119,11 +122,50 @@ implements = QSAM2PackedTensor.implements
 implements_torch_function = QSAM2PackedTensor.implements_torch_function
 
 
+_INTEGER_MATMUL = False
+
+
+@contextlib.contextmanager
+def integer_matmul(enabled: bool = True) -> Iterator[None]:
+    """Multiply integer codes on CPUs inside this context (``with integer_matmul(): model(x)``).
+
+    Off by default: each layer then equals the reference up to float rounding only, and a rounding difference
+    can move a later layer's input across a grid boundary, so whole models differ from their fake-quantized
+    twins by occasional single grid steps instead of agreeing exactly."""
+    global _INTEGER_MATMUL
+    previous, _INTEGER_MATMUL = _INTEGER_MATMUL, enabled
+    try:
+        yield
+    finally:
+        _INTEGER_MATMUL = previous
+
+
+def _integer_path(x: torch.Tensor, weight: QSAM2PackedTensor) -> bool:
+    """On CPUs (int8 GEMM through VNNI / AMX), for inference with quantized inputs: per-token or per-tensor input
+    grids and per-channel weight grids factor out of the sum (per-channel inputs or grouped weights do not).
+    CUDA keeps the reference path until its integer kernels are measured there."""
+    return (
+        _INTEGER_MATMUL and x.device.type == "cpu" and weight.act_bits is not None
+        and weight.center.shape[1] == 1 and (weight.act_center is None or weight.act_center.ndim == 0)
+        and not (torch.is_grad_enabled() and x.requires_grad)
+    )
+
+
 @implements(aten.linear.default)
 @implements_torch_function(F.linear)
 def _linear(func, types, args, kwargs):
     x, weight, bias = args[0], args[1], args[2] if len(args) > 2 else None
-    return F.linear(weight.quantize_input(x, -1), weight.dequantize(x.dtype), bias)
+    if not _integer_path(x, weight):
+        return F.linear(weight.quantize_input(x, -1), weight.dequantize(x.dtype), bias)
+    rows = x.reshape(-1, x.shape[-1])
+    if weight.act_center is None:
+        codes, center, step = quantize_tokens(rows, weight.act_bits)
+    else:  # the static grid learned in QAT, computed in float32 as quantize_input does
+        center, step = weight.act_center.float(), weight.act_step.float()
+        codes = quantize(rows.float(), center, step, weight.act_bits)
+    out = int_linear(codes, center, step, weight.codes().reshape(weight.weight_shape[0], -1), weight.center,
+                     weight.step, bias)
+    return out.reshape(*x.shape[:-1], -1).to(x.dtype)
 
 
 @implements(aten.conv2d.default)

@@ -91,9 +91,14 @@ def fake_quantize(
     raise ValueError(f"ste must be 'clip' or 'round', got {ste!r}")
 
 
-def fake_quantize_per_token(x: torch.Tensor, bits: int, dim: int = -1) -> torch.Tensor:
-    """Dynamic quantize-dequantize: each token (slice along ``dim``) on its own grid spanning its min..max."""
+def token_grid(x: torch.Tensor, bits: int, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Center and step of each token's own grid (slice along ``dim``) spanning its min..max."""
     lo, hi = x.amin(dim=dim, keepdim=True), x.amax(dim=dim, keepdim=True)
     hi = torch.maximum(hi, lo + torch.finfo(x.dtype).tiny)  # constant token: any positive step reproduces it
-    center, step = center_step(lo, hi, bits)
+    return center_step(lo, hi, bits)
+
+
+def fake_quantize_per_token(x: torch.Tensor, bits: int, dim: int = -1) -> torch.Tensor:
+    """Dynamic quantize-dequantize: each token on its own grid (``token_grid``)."""
+    center, step = token_grid(x, bits, dim)
     return dequantize(quantize(x, center, step, bits), center, step).to(x.dtype)

@@ -54,6 +54,8 @@ def unpack_codes(packed: torch.Tensor, bits: int, length: int) -> torch.Tensor:
         raise TypeError(f"packed codes must be uint8, got {packed.dtype}")
     if packed.shape[-1] != packed_length(length, bits):
         raise ValueError(f"{packed.shape[-1]} packed bytes do not hold {length} {bits}-bit codes")
+    if bits == 8:  # one code per byte, stored offset by 128: flipping the top bit gives two's complement
+        return (packed ^ 0x80).view(torch.int8)
     b = packed.to(torch.int32).reshape(*packed.shape[:-1], -1, nbytes)
     word = sum(b[..., i] << (8 * i) for i in range(nbytes))
     shifts = torch.arange(per, dtype=torch.int32, device=packed.device) * bits

@@ -1,0 +1,47 @@
+"""A linear layer computed on integer codes: one int8 x int8 -> int32 matrix product plus rank-one corrections.
+
+With a per-token (or per-tensor) input grid ``x = (a + 1/2) s_x + c_x`` and a per-output-channel weight grid
+``w = (b + 1/2) s_w + c_w`` over ``K`` inputs, the product expands exactly into
+
+    y = s_x s_w (P + A/2 + B/2 + K/4) + s_x c_w (A + K/2) + c_x s_w (B + K/2) + K c_x c_w
+
+with ``P = a b^T`` (integer, exact in int32), ``A = sum_k a`` per token and ``B = sum_k b`` per channel. It is the
+reference dequantize-then-multiply result up to float rounding, at the cost of one integer GEMM (VNNI / AMX on
+CPUs). Weight codes of any width up to 8 bits fit int8, so 2-bit weights run through the same product (W2A8).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .grid import quantize, token_grid
+
+
+def quantize_tokens(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Int8 codes of ``x`` (``(M, K)``) on each token's own grid, with the grids' centers and steps (``(M, 1)``):
+    the grid of ``fake_quantize_per_token``."""
+    center, step = token_grid(x, bits)
+    return quantize(x, center, step, bits), center, step
+
+
+def int_linear(codes: torch.Tensor, center: torch.Tensor, step: torch.Tensor, weight_codes: torch.Tensor,
+               weight_center: torch.Tensor, weight_step: torch.Tensor,
+               bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear`` of dequantized inputs and weights, computed from their codes.
+
+    ``codes`` ``(M, K)`` int8 with ``center``/``step`` of shape ``(M, 1)`` or scalars; ``weight_codes`` ``(N, K)``
+    int8 with ``weight_center``/``weight_step`` of shape ``(N, 1)``. Returns float32 ``(M, N)``.
+    """
+    k = codes.shape[-1]
+    a = codes.sum(dim=-1, keepdim=True, dtype=torch.int32).float()       # (M, 1)
+    b = weight_codes.sum(dim=-1, dtype=torch.int32).float().unsqueeze(0)  # (1, N)
+    s_x, c_x = (t.float().expand(codes.shape[0], 1) for t in (step.reshape(-1, 1), center.reshape(-1, 1)))
+    s_w, c_w = weight_step.float().reshape(1, -1), weight_center.float().reshape(1, -1)
+    # every term but the first is (row vector) x (column vector): one rank-4 product instead of M x N passes
+    rows = torch.cat([s_x * a / 2, s_x * (a + k / 2), s_x, c_x], dim=1)                         # (M, 4)
+    cols = torch.cat([s_w, c_w, s_w * (b / 2 + k / 4), s_w * (b + k / 2) + k * c_w], dim=0)    # (4, N)
+    out = rows @ cols if bias is None else torch.addmm(bias.float(), rows, cols)
+    product = torch._int_mm(codes, weight_codes.t()).float()  # exact: |sum| <= K * 2**14 < 2**31 for K < 2**17
+    return out.add_(product.mul_(s_w).mul_(s_x))
