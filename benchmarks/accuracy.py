@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -63,19 +62,11 @@ class Setup:
 
 
 def _write_splits(data: str, train_images: int, eval_images: int, eval_clips: int) -> dict:
-    from qsam2_ext.sam2.synthetic import write_image_split, write_video_split
+    from qsam2_ext.sam2.synthetic import write_split
 
-    splits = {"train": os.path.join(data, f"train_{train_images}"), "images": os.path.join(data, f"eval_{eval_images}"),
-              "clips": os.path.join(data, f"clips_{eval_clips}")}
-    for key, count, seed, write in (("train", train_images, TRAIN_SEED, write_image_split),
-                                    ("images", eval_images, HELD_OUT_SEED, write_image_split),
-                                    ("clips", eval_clips, HELD_OUT_SEED, write_video_split)):
-        if not os.path.isdir(splits[key]):
-            tmp = splits[key] + ".partial"
-            shutil.rmtree(tmp, ignore_errors=True)
-            write(tmp, count, seed)
-            os.replace(tmp, splits[key])
-    return splits
+    return {"train": write_split("images", os.path.join(data, f"train_{train_images}"), train_images, TRAIN_SEED),
+            "images": write_split("images", os.path.join(data, f"eval_{eval_images}"), eval_images, HELD_OUT_SEED),
+            "clips": write_split("clips", os.path.join(data, f"clips_{eval_clips}"), eval_clips, HELD_OUT_SEED)}
 
 
 def _calibration_batches(dataset, count: int, image_size: int, device) -> list[torch.Tensor]:
@@ -288,7 +279,8 @@ def main() -> None:
                   f"box {row['box_mIoU']:.3f} point {row['point_mIoU']:.3f} J&F {row['J&F']:.3f}", flush=True)
     partial.close()
     table = summarize(rows)
-    meta = {"model": os.path.basename(args.model), "checkpoint": checkpoint,
+    meta = {"model": os.path.basename(args.model),
+            "checkpoint": args.checkpoint or "embedded default (qsam2_mini.pt)",
             "device": torch.cuda.get_device_name(0) + f" x{gpus}" if gpus else f"CPU ({os.cpu_count()} cores)",
             "torch": torch.__version__, "steps": steps, "batch_size": batch_size, "lr": args.lr,
             "quantizer_lr": args.quantizer_lr, "train_images": train_images, "eval_images": eval_images,

@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
@@ -28,27 +27,10 @@ from qsam2_ext.evaluate import evaluate
 from qsam2_ext.io import atomic_write, write_json
 from qsam2_ext.sam2.data import open_dataset
 from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, build_model, default_checkpoint
-from qsam2_ext.sam2.synthetic import write_image_split, write_video_split
+from qsam2_ext.sam2.synthetic import write_split
 from qsam2_ext.train import TrainConfig, train
 
 TRAIN_SEED, HELD_OUT_SEED = 0, 1000
-
-
-def _write_split(kind: str, root: str, count: int, seed: int, processes: int) -> str:
-    """One split written by ``processes`` workers, each a contiguous range of scene indices."""
-    if os.path.isdir(root):
-        return root
-    write = write_image_split if kind == "images" else write_video_split
-    part = -(-count // processes)
-    tmp = root + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with ProcessPoolExecutor(processes) as pool:
-        jobs = [pool.submit(write, tmp, min(part, count - start), seed, start=start)
-                for start in range(0, count, part)]
-        for job in jobs:
-            job.result()
-    os.replace(tmp, root)  # a split is there completely or not at all
-    return root
 
 
 def main() -> None:
@@ -73,13 +55,13 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     data = args.data or os.path.join(args.out, "data")
     splits = {
-        "train_images": _write_split("images", os.path.join(data, "train_images"), args.train_images, TRAIN_SEED,
+        "train_images": write_split("images", os.path.join(data, "train_images"), args.train_images, TRAIN_SEED,
                                      args.workers),
-        "train_clips": _write_split("clips", os.path.join(data, "train_clips"), args.train_clips, TRAIN_SEED,
+        "train_clips": write_split("clips", os.path.join(data, "train_clips"), args.train_clips, TRAIN_SEED,
                                     args.workers),
-        "eval_images": _write_split("images", os.path.join(data, "eval_images"), args.eval_images, HELD_OUT_SEED,
+        "eval_images": write_split("images", os.path.join(data, "eval_images"), args.eval_images, HELD_OUT_SEED,
                                     args.workers),
-        "eval_clips": _write_split("clips", os.path.join(data, "eval_clips"), args.eval_clips, HELD_OUT_SEED,
+        "eval_clips": write_split("clips", os.path.join(data, "eval_clips"), args.eval_clips, HELD_OUT_SEED,
                                    args.workers),
     }
     data_seconds = time.time() - started

@@ -1,6 +1,7 @@
 """The generated dataset: deterministic, exact visible masks, standard layouts that SAM2 tooling reads."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -62,3 +63,19 @@ def test_written_layouts_decode_to_the_rendered_masks(tmp_path, photos):
         png = np.asarray(Image.open(tmp_path / "video" / "Annotations" / "clip_00000" / f"{t:05d}.png"))
         assert np.array_equal(png, ids[t])
         assert (tmp_path / "video" / "JPEGImages" / "clip_00000" / f"{t:05d}.jpg").exists()
+
+
+def test_split_written_in_parts_equals_one_writer_and_is_reused(tmp_path):
+    from qsam2_ext.sam2.synthetic import write_split
+
+    one = write_split("images", str(tmp_path / "one"), 5, seed=3)
+    parts = write_split("images", str(tmp_path / "parts"), 5, seed=3, processes=2)
+    names = sorted(os.listdir(one))
+    assert names == sorted(os.listdir(parts)) and len(names) == 10
+    for name in names:
+        with open(os.path.join(one, name), "rb") as a, open(os.path.join(parts, name), "rb") as b:
+            assert a.read() == b.read()
+    assert not os.path.exists(one + ".partial")
+    assert write_split("images", one, 99, seed=4) == one and len(os.listdir(one)) == 10  # reused as it is
+    with pytest.raises(ValueError, match="kind"):
+        write_split("videos", str(tmp_path / "x"), 1, seed=0)

@@ -209,3 +209,29 @@ def write_video_split(root: str, count: int, seed: int, frames: int = 8, size: i
             annotation.putpalette(palette)
             annotation.save(os.path.join(root, "Annotations", video, f"{t:05d}.png"))
     return root
+
+
+def write_split(kind: str, root: str, count: int, seed: int, processes: int = 1) -> str:
+    """Scenes (``kind="images"``) or clips (``"clips"``) ``0 .. count - 1`` of ``seed`` under ``root``, written
+    once: an existing ``root`` is reused, and a new one appears completely or not at all (written beside it and
+    renamed). ``processes`` workers write contiguous ranges of indices."""
+    import shutil
+    from concurrent.futures import ProcessPoolExecutor
+
+    if kind not in ("images", "clips"):
+        raise ValueError(f"kind must be 'images' or 'clips', got {kind!r}")
+    if os.path.isdir(root):
+        return root
+    write = write_image_split if kind == "images" else write_video_split
+    tmp = root + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    part = -(-count // processes)
+    if processes == 1:
+        write(tmp, count, seed)
+    else:
+        with ProcessPoolExecutor(processes) as pool:
+            for job in [pool.submit(write, tmp, min(part, count - start), seed, start=start)
+                        for start in range(0, count, part)]:
+                job.result()
+    os.replace(tmp, root)
+    return root
