@@ -284,6 +284,20 @@ def test_compile_fullgraph_and_export():
         torch.testing.assert_close(exported.module()(x), eager, rtol=1e-5, atol=1e-5)
 
 
+def test_autocast_casts_inputs_of_packed_layers_as_it_does_for_float_layers():
+    """Our F.linear handler runs before autocast would cast the input: it casts it itself, so a float32 model
+    under bf16 autocast computes in bf16 as its float twin does."""
+    net, _ = _converted_net()
+    w, x = net.fc1.weight, torch.randn(4, 8, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = torch.nn.functional.linear(x, w, net.fc1.bias)
+    assert y.dtype == torch.bfloat16
+    xb = x.to(torch.bfloat16)
+    expected = torch.nn.functional.linear(w.quantize_input(xb, -1), w.dequantize(torch.bfloat16),
+                                          net.fc1.bias.to(torch.bfloat16))
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------ VRC through quantize_
 def test_vrc_through_quantize_matches_core_and_reports():
     torch.manual_seed(0)

@@ -10,7 +10,8 @@ or per input channel) or dynamic per token (``act_bits`` alone). ``F.linear`` / 
 quantize-dequantize the input accordingly, then run the float op on the dequantized weight (the reference path).
 Inside ``integer_matmul()``, on CPUs, a Linear with quantized inputs (per token or per tensor) and per-channel
 weight grids instead multiplies the integer codes (``qsam2_ext.core.int_linear``: one int8 GEMM, equal to the
-reference up to float rounding). Fused GPU kernels are a separate concern.
+reference up to float rounding). On CUDA, half-precision Linear inputs go to ``qsam2_ext.kernels`` (Triton: 2/4/8-bit
+weights unpacked in registers, W8A8 and W2A8 as int8 GEMMs); ``kernels.cuda_kernels(False)`` keeps the reference.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from torch.nn import functional as F
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
+from qsam2_ext import kernels
 from qsam2_ext.core import dequantize, int_linear, pack_codes, quantize, quantize_tokens, unpack_codes
 from qsam2_ext.core.grid import fake_quantize_per_token
 
@@ -83,7 +85,8 @@ class QSAM2PackedTensor(TorchAOBaseTensor):
         if self.act_bits is None:
             return x
         if self.act_center is None:
-            return fake_quantize_per_token(x, self.act_bits, dim=channel_dim)
+            # the grid in float32, as the static path and the GPU kernels compute it
+            return fake_quantize_per_token(x.float(), self.act_bits, dim=channel_dim).to(x.dtype)
         center, step = self.act_center.to(torch.float32), self.act_step.to(torch.float32)
         if center.ndim:  # per channel: broadcast along the channel dim
             shape = [1] * x.ndim
@@ -143,7 +146,7 @@ def integer_matmul(enabled: bool = True) -> Iterator[None]:
 def _integer_path(x: torch.Tensor, weight: QSAM2PackedTensor) -> bool:
     """On CPUs (int8 GEMM through VNNI / AMX), for inference with quantized inputs: per-token or per-tensor input
     grids and per-channel weight grids factor out of the sum (per-channel inputs or grouped weights do not).
-    CUDA keeps the reference path until its integer kernels are measured there."""
+    CUDA has its own kernels (``qsam2_ext.kernels``)."""
     return (
         _INTEGER_MATMUL and x.device.type == "cpu" and weight.act_bits is not None
         and weight.center.shape[1] == 1 and (weight.act_center is None or weight.act_center.ndim == 0)
@@ -155,6 +158,12 @@ def _integer_path(x: torch.Tensor, weight: QSAM2PackedTensor) -> bool:
 @implements_torch_function(F.linear)
 def _linear(func, types, args, kwargs):
     x, weight, bias = args[0], args[1], args[2] if len(args) > 2 else None
+    if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
+        # this handler runs before autocast would cast the input (a float32 LayerNorm output, say): cast it here
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    if kernels.supports(x, weight):
+        return kernels.packed_linear(x, weight.packed, weight.center.contiguous(), weight.step.contiguous(), bias,
+                                     weight.act_center, weight.act_step, weight.bits, weight.act_bits or 0)
     if not _integer_path(x, weight):
         return F.linear(weight.quantize_input(x, -1), weight.dequantize(x.dtype), bias)
     rows = x.reshape(-1, x.shape[-1])

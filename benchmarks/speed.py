@@ -1,0 +1,362 @@
+"""GPU inference speed of quantized SAM2.1: image encoder, SAM2ImagePredictor end to end, video per frame.
+
+    python benchmarks/speed.py --models sam2.1_hiera_t --batches 1 8
+    python benchmarks/speed.py --models sam2.1_hiera_l --batches 8 --rows "bf16 compiled" "ours W8A8"
+
+Models come from the sam2 package's configs at 1024², the image encoder in bfloat16 and the rest in float32 under
+bf16 autocast, as SAM2's examples run them (weights do not change speed; with a checkpoint pass ``--checkpoint``). Each row quantizes every Linear of the image encoder (the 1x1 convs of its neck stay
+bf16 in every row) and, when marked compiled, wraps the encoder in ``torch.compile`` (default mode, ``dynamic=False``,
+under ``inference_mode``; compile time is the first call's wall time):
+
+* bf16 eager / bf16 compiled: the baselines; every ratio is to "bf16 compiled" of the same model and batch in
+  the same run;
+* torchao int8 dynamic (``Int8DynamicActivationInt8WeightConfig``) and int4 weight-only
+  (``Int4WeightOnlyConfig(group_size=128)``, tinygemm; only layers whose inputs 128 divides);
+* ours: one-shot ``qsam2_config`` with per-channel grids, packed, through ``qsam2_ext.kernels`` (Triton; per
+  layer shape the faster of fused and dequantize-then-cuBLAS, measured on first use).
+
+Parts: ``encoder`` (``image_encoder(images)``), ``predictor`` (``set_image``/``set_image_batch`` + a point prompt
+per image), ``video`` (``SAM2VideoPredictor`` on 16 frames, one
+point on frame 0; per-frame latency is the median over frames 8..15, once the 7-frame memory bank is full),
+``layers`` (each distinct encoder Linear shape on its own: where the time goes). Latency is the median of CUDA-event
+timings after warm-up. Results are appended to ``<out>/speed.jsonl`` as they come (a cut-off run keeps what it
+measured); ``<out>/speed.json`` and ``speed.md`` gather them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from qsam2_ext.io import write_json, write_text
+
+ROWS = {  # name: (quantization, compiled)
+    "bf16 eager": (None, False),
+    "bf16 compiled": (None, True),
+    "torchao int8 dynamic": ("torchao_int8", True),
+    "torchao int4 weight-only": ("torchao_int4", True),
+    "ours W2A16": ((2, None), True),
+    "ours W4A16": ((4, None), True),
+    "ours W8A8": ((8, 8), True),
+    "ours W2A8": ((2, 8), True),
+}
+BASELINE = "bf16 compiled"
+
+
+def is_linear(module, fqn="") -> bool:
+    return isinstance(module, torch.nn.Linear)
+
+
+def quantize_encoder(encoder: torch.nn.Module, quantization) -> None:
+    from torchao.quantization import quantize_
+
+    if quantization is None:
+        return
+    if quantization == "torchao_int8":
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+        quantize_(encoder, Int8DynamicActivationInt8WeightConfig(), filter_fn=is_linear)
+    elif quantization == "torchao_int4":
+        from torchao.quantization import Int4WeightOnlyConfig
+
+        quantize_(encoder, Int4WeightOnlyConfig(group_size=128),
+                  filter_fn=lambda m, fqn: is_linear(m) and m.in_features % 128 == 0)
+    else:
+        import qsam2_ext
+
+        bits, act_bits = quantization
+        quantize_(encoder, qsam2_ext.qsam2_config(bits=bits, act_bits=act_bits), filter_fn=is_linear)
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor really holds, through tensor subclasses (torchao's and ours)."""
+    if hasattr(t, "__tensor_flatten__") and type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    if isinstance(t, torch.nn.Parameter) and type(t.data) is not torch.Tensor:
+        return tensor_bytes(t.data)
+    return t.numel() * t.element_size()
+
+
+def weight_bytes(encoder: torch.nn.Module) -> tuple[int, int]:
+    """(bytes of the Linear weights, bytes of all parameters and buffers) of the encoder."""
+    linear = sum(tensor_bytes(m.weight) for m in encoder.modules() if is_linear(m))
+    total = sum(tensor_bytes(t) for t in encoder.state_dict().values())
+    return linear, total
+
+
+def cuda_ms(fn, repeats: int, warmup: int = 3) -> float:
+    """Median milliseconds of ``fn`` over ``repeats`` CUDA-event timings after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def first_call_s(fn) -> float:
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def photo(size: int) -> np.ndarray:
+    from qsam2_ext.sam2.images import load_photo
+
+    import PIL.Image
+
+    return np.asarray(PIL.Image.fromarray(load_photo("astronaut")).resize((size, size)))
+
+
+def bench_encoder(model, batch: int, repeats: int, compiled: bool) -> dict:
+    from qsam2_ext.sam2.images import PHOTOS, photo_batch
+
+    images = photo_batch([PHOTOS[i % len(PHOTOS)] for i in range(batch)], model.image_size)
+    images = images.to("cuda")  # float32, as SAM2's predictors hand them over
+    call = lambda: model.image_encoder(images)  # noqa: E731
+    compile_s = first_call_s(call) if compiled else None
+    torch.cuda.reset_peak_memory_stats()
+    ms = cuda_ms(call, repeats)
+    return {"ms": ms, "compile_s": compile_s, "peak_bytes": torch.cuda.max_memory_allocated()}
+
+
+def bench_predictor(model, batch: int, repeats: int) -> dict:
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor(model)
+    images = [np.roll(photo(1024), 37 * i, axis=1) for i in range(batch)]
+    points, labels = np.array([[500.0, 380.0]]), np.array([1])
+
+    def call():
+        if batch == 1:
+            predictor.set_image(images[0])
+            predictor.predict(point_coords=points, point_labels=labels, multimask_output=True)
+        else:
+            predictor.set_image_batch(images)
+            predictor.predict_batch([points] * batch, [labels] * batch, multimask_output=True)
+
+    torch.cuda.reset_peak_memory_stats()
+    ms = cuda_ms(call, repeats, warmup=2)
+    return {"ms": ms, "peak_bytes": torch.cuda.max_memory_allocated()}
+
+
+def bench_video(model, frames: int = 16) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        import PIL.Image
+
+        base = photo(1024)
+        for i in range(frames):  # the photo panning: a tracked object that moves
+            PIL.Image.fromarray(np.roll(base, 12 * i, axis=1)).save(os.path.join(folder, f"{i:05d}.jpg"))
+        state = model.init_state(folder)
+    times = []
+    for run in range(2):  # the first pass warms up (and compiles)
+        model.reset_state(state)
+        model.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=np.array([[500.0, 380.0]], np.float32),
+                                    labels=np.array([1], np.int32))
+        torch.cuda.synchronize()
+        last = time.perf_counter()
+        for _ in model.propagate_in_video(state):
+            torch.cuda.synchronize()
+            now = time.perf_counter()
+            if run:
+                times.append((now - last) * 1e3)
+            last = now
+    return {"ms": statistics.median(times[8:]), "frames": frames}
+
+
+def bench_layers(encoder, batch: int, rows: list[str]) -> list[dict]:
+    """Each distinct Linear shape of the float encoder, with the tokens it sees at this batch: bf16 cuBLAS
+    against our packed kernels, both paths."""
+    from qsam2_ext.kernels.linear_op import force_path
+
+    shapes: dict[tuple, int] = {}
+
+    def count(module, inputs, output):
+        key = (inputs[0].numel() // module.in_features, module.in_features, module.out_features)
+        shapes[key] = shapes.get(key, 0) + 1
+
+    hooks = [m.register_forward_hook(count) for m in encoder.modules() if is_linear(m)]
+    with torch.inference_mode():
+        encoder(torch.randn(batch, 3, 1024, 1024, device="cuda"))
+    for h in hooks:
+        h.remove()
+    results = []
+    for (m, k, n), count in sorted(shapes.items()):
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        layer = torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
+        with torch.inference_mode():
+            entry = {"M": m, "K": k, "N": n, "count": count, "bf16_ms": cuda_ms(lambda: layer(x), 20)}
+        for row in rows:
+            quantization, _ = ROWS[row]
+            if not isinstance(quantization, tuple):
+                continue
+            holder = torch.nn.Sequential(copy.deepcopy(layer))
+            quantize_encoder(holder, quantization)
+            for path in ("fused", "unfused"):
+                with force_path(path), torch.inference_mode():
+                    entry[f"{row} {path}_ms"] = cuda_ms(lambda: holder(x), 20)
+        results.append(entry)
+    return results
+
+
+class Bf16Encoder(torch.nn.Module):
+    """The image encoder in pure bf16 inside SAM2's float32 + autocast pipeline: inputs cast on entry, autocast
+    off inside (it would run LayerNorm in float32 and hand Linear layers float32 inputs)."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, images: torch.Tensor):
+        with torch.autocast("cuda", enabled=False):
+            return self.encoder(images.to(torch.bfloat16))
+
+
+def build(config: str, checkpoint, video: bool):
+    from qsam2_ext.sam2.models import build_model
+
+    model = build_model(config, checkpoint, device="cuda", video=video).eval()
+    model.image_encoder = Bf16Encoder(model.image_encoder.to(torch.bfloat16))
+    return model
+
+
+def bench_row(config: str, row: str, args, record) -> None:
+    """Build, quantize and (maybe) compile one row's model, then time its parts at each batch size."""
+    quantization, compiled = ROWS[row]
+    end_to_end = row in args.end_to_end_rows
+    try:
+        model = build(config, args.checkpoint, video=end_to_end and "video" in args.parts)
+        encoder = model.image_encoder.encoder
+        quantize_encoder(encoder, quantization)
+        linear_bytes, encoder_bytes = weight_bytes(encoder)
+        if compiled:
+            encoder.compile(dynamic=False)
+    except Exception as e:  # noqa: BLE001 - a row that cannot be built is reported, not fatal
+        record({"model": config, "row": row, "part": "build", "error": f"{type(e).__name__}: {e}"[:500]})
+        return
+    common = {"model": config, "row": row, "linear_weight_bytes": linear_bytes, "encoder_bytes": encoder_bytes}
+    for batch in args.batches:
+        parts = {"encoder": lambda: bench_encoder(model, batch, args.repeats, compiled)}
+        if end_to_end:
+            parts["predictor"] = lambda: bench_predictor(model, batch, max(5, args.repeats // 4))
+            if batch == 1:
+                parts["video"] = lambda: bench_video(model)
+        for part, fn in parts.items():
+            if part not in args.parts:
+                continue
+            try:
+                with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
+                    result = fn()
+            except Exception as e:  # noqa: BLE001
+                result = {"error": f"{type(e).__name__}: {e}"[:500]}
+            record({**common, "batch": batch, "part": part, **result})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["sam2.1_hiera_t", "sam2.1_hiera_b+", "sam2.1_hiera_l"])
+    p.add_argument("--checkpoint", default=None, help="float checkpoint (one model only)")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--parts", nargs="+", default=["encoder", "predictor", "video", "layers"],
+                   choices=["encoder", "predictor", "video", "layers"])
+    p.add_argument("--end-to-end-rows", nargs="+", default=["bf16 eager", "bf16 compiled", "ours W2A16", "ours W2A8"],
+                   choices=list(ROWS), help="rows that also run the predictor and video parts")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--out", default="out/speed")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks/speed.py needs a CUDA GPU")
+    if args.checkpoint and len(args.models) > 1:
+        sys.exit("--checkpoint goes with one --models entry")
+    os.makedirs(args.out, exist_ok=True)
+    jsonl = os.path.join(args.out, "speed.jsonl")
+    device = torch.cuda.get_device_name()
+    meta = {"device": device, "torch": torch.__version__, "command": " ".join(["python", "benchmarks/speed.py"] + sys.argv[1:])}
+
+    def record(entry: dict) -> None:
+        entry = {**entry, "device": device}
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        print(json.dumps(entry), flush=True)
+
+    torch.manual_seed(0)
+    for config in args.models:
+        if "layers" in args.parts:
+            encoder = build(config, args.checkpoint, video=False).image_encoder
+            for batch in args.batches:
+                for entry in bench_layers(encoder, batch, args.rows):
+                    record({"model": config, "batch": batch, "part": "layers", **entry})
+            del encoder
+        for row in args.rows:
+            bench_row(config, row, args, record)
+            torch.cuda.empty_cache()
+    summarize(args.out, meta)
+
+
+def summarize(out: str, meta: dict) -> None:
+    """speed.json and speed.md from every line of speed.jsonl (runs may be split across calls)."""
+    with open(os.path.join(out, "speed.jsonl")) as f:
+        entries = [json.loads(line) for line in f if line.strip()]
+    timed = [e for e in entries if e["part"] in ("encoder", "predictor", "video")]
+    base = {(e["model"], e["batch"], e["part"]): e["ms"] for e in timed if e["row"] == BASELINE and "ms" in e}
+    float_linear = {e["model"]: e["linear_weight_bytes"] for e in timed if e["row"] == BASELINE}
+    for e in timed:
+        b = base.get((e["model"], e["batch"], e["part"]))
+        e["ratio_vs_bf16_compiled"] = e["ms"] / b if b and "ms" in e else None
+        f = float_linear.get(e["model"])
+        e["linear_weights_smaller"] = f / e["linear_weight_bytes"] if f and e.get("linear_weight_bytes") else None
+    write_json(os.path.join(out, "speed.json"), {"meta": meta, "entries": entries})
+    lines = [f"Devices: {', '.join(sorted({e['device'] for e in entries}))}; torch {meta['torch']}. Ratios are to "
+             f"'{BASELINE}' of the same model, batch and part, measured in the same run. Latency in ms (median).", ""]
+    for part in ("encoder", "predictor", "video"):
+        rows = [e for e in timed if e["part"] == part]
+        if not rows:
+            continue
+        lines += [f"### {part}", "", "| model | batch | row | latency (ms) | × bf16 compiled | Linear weights (MB) | "
+                  "smaller | encoder (MB) | peak (GB) | compile (s) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for e in rows:
+            if "error" in e:
+                lines.append(f"| {e['model']} | {e['batch']} | {e['row']} | error: {e['error'][:80]} |||||||")
+                continue
+            ratio = "—" if e["ratio_vs_bf16_compiled"] is None else f"{e['ratio_vs_bf16_compiled']:.2f}"
+            smaller = "—" if e["linear_weights_smaller"] is None else f"{e['linear_weights_smaller']:.2f}×"
+            peak = "—" if e.get("peak_bytes") is None else f"{e['peak_bytes'] / 2**30:.2f}"
+            comp = "—" if e.get("compile_s") is None else f"{e['compile_s']:.0f}"
+            lines.append(f"| {e['model']} | {e['batch']} | {e['row']} | {e['ms']:.2f} | {ratio} | "
+                         f"{e['linear_weight_bytes'] / 1e6:.2f} | {smaller} | {e['encoder_bytes'] / 1e6:.1f} | {peak} | {comp} |")
+        lines.append("")
+    layers = [e for e in entries if e["part"] == "layers"]
+    if layers:
+        keys = [k for k in layers[0] if k.endswith("_ms") and k != "bf16_ms"]
+        lines += ["### layers (each distinct encoder Linear shape; ms, × bf16 cuBLAS)", "",
+                  "| model | batch | M | K | N | count | bf16 | " + " | ".join(k[:-3] for k in keys) + " |",
+                  "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(keys)]
+        for e in layers:
+            cells = [f"{e[k]:.3f} ({e[k] / e['bf16_ms']:.2f})" for k in keys]
+            lines.append(f"| {e['model']} | {e['batch']} | {e['M']} | {e['K']} | {e['N']} | {e['count']} | "
+                         f"{e['bf16_ms']:.3f} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    write_text(os.path.join(out, "speed.md"), text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""GPU kernels for packed Q-SAM2 layers (Triton). Imported lazily: CPU-only installs never load Triton.
+
+``QSAM2PackedTensor`` sends a CUDA Linear here when ``supports`` says the kernels cover it; everything else keeps
+the reference dequantize-then-multiply path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+from typing import Iterator
+
+import torch
+
+KERNEL_BITS = (2, 4, 8)  # 3-bit codes straddle bytes: reference path
+_ENABLED = True
+
+
+@functools.cache
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+@contextlib.contextmanager
+def cuda_kernels(enabled: bool = True) -> Iterator[None]:
+    """Use (default) or bypass the Triton kernels for packed layers on CUDA inside this context."""
+    global _ENABLED
+    previous, _ENABLED = _ENABLED, enabled
+    try:
+        yield
+    finally:
+        _ENABLED = previous
+
+
+def supports(x: torch.Tensor, weight) -> bool:
+    """For a ``QSAM2PackedTensor`` Linear weight: inference on a CUDA half-precision input, 2/4/8-bit weights;
+    quantized inputs need per-channel weight grids and a per-row or per-tensor input grid (those factor out of
+    the int8 sum)."""
+    return (
+        _ENABLED and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and weight.bits in KERNEL_BITS
+        and len(weight.weight_shape) == 2
+        and (weight.act_bits is None or (weight.center.shape[1] == 1 and (
+            weight.act_center is None or weight.act_center.ndim == 0)))
+        and not (torch.is_grad_enabled() and x.requires_grad) and triton_available()
+    )
+
+
+def packed_linear(*args, **kwargs) -> torch.Tensor:
+    from .linear_op import packed_linear as op
+
+    return op(*args, **kwargs)

@@ -1,0 +1,121 @@
+"""The Triton kernels for packed layers on a CUDA GPU, against independent float32 references (skipped without one).
+
+Activation codes are compared through ``int_linear`` on ``quantize_tokens(x.float())``: the kernels compute every
+grid in float32 with correctly rounded division, so only the bf16/fp16 rounding of the output remains.
+"""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from qsam2_ext.core import dequantize, int_linear, quantize
+from qsam2_ext.core.int_linear import quantize_tokens
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+M, K, N = 300, 192, 200  # none a multiple of the tiles
+
+
+def packed_weight(bits, groups, dtype, act_bits=None, act_grid=None):
+    from qsam2_ext.integrations.torchao import QSAM2PackedTensor
+
+    codes = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1), (N, K), dtype=torch.int8, device="cuda")
+    center = torch.randn(N, groups, device="cuda") * 0.01
+    step = torch.rand(N, groups, device="cuda") * 0.02 + 0.005
+    weight = QSAM2PackedTensor.from_codes(codes, center, step, bits, dtype, torch.float32, act_bits, act_grid)
+    dense = dequantize(codes.reshape(N, groups, -1), center.unsqueeze(-1), step.unsqueeze(-1)).reshape(N, K)
+    return weight, codes, center, step, dense
+
+
+def run(x, weight, bias, path):
+    from qsam2_ext.kernels.linear_op import force_path
+
+    with force_path(path), torch.inference_mode():
+        return F.linear(x, weight, bias)
+
+
+def relative_error(y, ref):
+    return float((y.double() - ref.double()).norm() / ref.double().norm())
+
+
+@pytest.mark.parametrize("path", ["fused", "unfused"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("groups", [1, 6])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_float_inputs_match_dequantized_product(bits, groups, dtype, path):
+    weight, _, _, _, dense = packed_weight(bits, groups, dtype)
+    x = torch.randn(2, M // 2, K, device="cuda").to(dtype)
+    bias = torch.randn(N, device="cuda").to(dtype)
+    y = run(x, weight, bias, path)
+    assert y.shape == (2, M // 2, N) and y.dtype == dtype
+    # the reference: the same weights rounded to the input dtype (as F.linear on dequantize(dtype) sees them)
+    ref = F.linear(x.float(), dense.to(dtype).float(), bias.float())
+    assert relative_error(y, ref) < 4e-3
+    from qsam2_ext.kernels import cuda_kernels
+
+    with cuda_kernels(False), torch.inference_mode():  # the package's reference path
+        assert relative_error(y, F.linear(x, weight, bias)) < 4e-3
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("act_bits", [8, 4])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_int8_product_matches_integer_reference(bits, act_bits, static):
+    """The fused W{bits}A{act_bits} GEMM equals int_linear on the same float32 codes up to output rounding."""
+    grid = (torch.tensor(0.05, device="cuda"), torch.tensor(0.04, device="cuda")) if static else None
+    weight, codes, center, step, _ = packed_weight(bits, 1, torch.bfloat16, act_bits, grid)
+    x = torch.randn(M, K, device="cuda").to(torch.bfloat16)
+    bias = torch.randn(N, device="cuda").to(torch.bfloat16)
+    xf = x.float()
+    if static:
+        a, xc, xs = quantize(xf, grid[0], grid[1], act_bits), grid[0], grid[1]
+    else:
+        a, xc, xs = quantize_tokens(xf, act_bits)
+    ref = int_linear(a, xc, xs, codes, center, step, bias.float())
+    fused = run(x, weight, bias, "fused")
+    assert relative_error(fused, ref) < 3e-3
+    assert (fused.float() - ref).abs().max() <= 2 ** -7 * ref.abs().max()
+    # the unfused path rounds the dequantized inputs and weights to bf16 before cuBLAS
+    assert relative_error(run(x, weight, bias, "unfused"), ref) < 1e-2
+
+
+def test_compiled_model_keeps_the_kernel_result():
+    """torch.compile treats the op as opaque: a compiled stack of packed layers gives the eager result."""
+    import qsam2_ext
+    from torchao.quantization import quantize_
+
+    model = torch.nn.Sequential(torch.nn.Linear(K, 384), torch.nn.GELU(), torch.nn.Linear(384, N)).cuda().bfloat16()
+    quantize_(model[0], qsam2_ext.qsam2_config(bits=2, act_bits=8), filter_fn=None)
+    quantize_(model[2], qsam2_ext.qsam2_config(bits=4), filter_fn=None)
+    x = torch.randn(M, K, device="cuda").to(torch.bfloat16)
+    from qsam2_ext.kernels.linear_op import force_path
+
+    with torch.inference_mode(), force_path("fused"):
+        eager = model(x)
+        compiled = torch.compile(model, dynamic=False)(x)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+
+
+def test_sam2_encoder_through_kernels_matches_reference_path():
+    """A real SAM2.1 encoder (hiera_t at 256², bf16), W2A8 and W4A16: the kernels' path measured per shape against
+    the package's reference dequantize-then-multiply path."""
+    import qsam2_ext
+    from torchao.quantization import quantize_
+
+    from qsam2_ext.kernels import cuda_kernels
+    from qsam2_ext.kernels.linear_op import PATHS, chosen_paths
+    from qsam2_ext.sam2.models import build_model
+
+    float_encoder = build_model("sam2.1_hiera_t", image_size=256, device="cuda").image_encoder.bfloat16().eval()
+    images = torch.randn(2, 3, 256, 256, device="cuda").to(torch.bfloat16)
+    for bits, act_bits in ((2, 8), (4, None)):
+        encoder = build_model("sam2.1_hiera_t", image_size=256, device="cuda").image_encoder.bfloat16().eval()
+        encoder.load_state_dict(float_encoder.state_dict())
+        quantize_(encoder, qsam2_ext.qsam2_config(bits=bits, act_bits=act_bits),
+                  filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear))
+        with torch.inference_mode():
+            fast = encoder(images)["vision_features"]
+            with cuda_kernels(False):
+                reference = encoder(images)["vision_features"]
+        assert relative_error(fast, reference) < 0.05, (bits, act_bits)
+    assert chosen_paths() and set(chosen_paths().values()) <= set(PATHS)
