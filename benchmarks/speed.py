@@ -12,8 +12,9 @@ under ``inference_mode``; compile time is the first call's wall time):
   the same run;
 * torchao int8 dynamic (``Int8DynamicActivationInt8WeightConfig``) and int4 weight-only
   (``Int4WeightOnlyConfig(group_size=128)``, tinygemm; only layers whose inputs 128 divides);
-* ours: one-shot ``qsam2_config`` with per-channel grids, packed, through ``qsam2_ext.kernels`` (Triton; per
-  layer shape the faster of fused and dequantize-then-cuBLAS, measured on first use).
+* ours: one-shot ``qsam2_config`` with per-channel grids, packed. Compiled, inductor generates the unpacking
+  kernel feeding cuBLAS; eager rows run ``qsam2_ext.kernels`` (Triton; per layer shape the faster of the fused
+  GEMM and dequantize-then-cuBLAS, measured on first use).
 
 Parts: ``encoder`` (``image_encoder(images)``), ``predictor`` (``set_image``/``set_image_batch`` + a point prompt
 per image), ``video`` (``SAM2VideoPredictor`` on 16 frames, one
@@ -48,6 +49,8 @@ ROWS = {  # name: (quantization, compiled)
     "ours W4A16": ((4, None), True),
     "ours W8A8": ((8, 8), True),
     "ours W2A8": ((2, 8), True),
+    "ours W2A16 eager": ((2, None), False),
+    "ours W8A8 eager": ((8, 8), False),
 }
 BASELINE = "bf16 compiled"
 

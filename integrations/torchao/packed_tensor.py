@@ -10,8 +10,10 @@ or per input channel) or dynamic per token (``act_bits`` alone). ``F.linear`` / 
 quantize-dequantize the input accordingly, then run the float op on the dequantized weight (the reference path).
 Inside ``integer_matmul()``, on CPUs, a Linear with quantized inputs (per token or per tensor) and per-channel
 weight grids instead multiplies the integer codes (``qsam2_ext.core.int_linear``: one int8 GEMM, equal to the
-reference up to float rounding). On CUDA, half-precision Linear inputs go to ``qsam2_ext.kernels`` (Triton: 2/4/8-bit
-weights unpacked in registers, W8A8 and W2A8 as int8 GEMMs); ``kernels.cuda_kernels(False)`` keeps the reference.
+reference up to float rounding). On CUDA in eager mode, half-precision Linear inputs go to ``qsam2_ext.kernels``
+(Triton: 2/4/8-bit weights unpacked in registers, W8A8 and W2A8 as int8 GEMMs, or dequantize-then-cuBLAS, whichever
+measures faster per shape); ``kernels.cuda_kernels(False)`` keeps the reference. Compiled models keep the reference
+expression, which inductor turns into one unpacking kernel per layer feeding cuBLAS.
 """
 
 from __future__ import annotations
@@ -161,7 +163,10 @@ def _linear(func, types, args, kwargs):
     if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
         # this handler runs before autocast would cast the input (a float32 LayerNorm output, say): cast it here
         x = x.to(torch.get_autocast_dtype(x.device.type))
-    if kernels.supports(x, weight):
+    if kernels.supports(x, weight) and not torch.compiler.is_compiling():
+        # eager only: under torch.compile the dequantize expression below is left to inductor, which unpacks the
+        # weight in one generated kernel feeding cuBLAS, with no Python in between; on every SAM2 shape measured
+        # (benchmarks/results/speed.md) that beat both paths of our op, whose per-call Python cost alone is tens of us
         return kernels.packed_linear(x, weight.packed, weight.center.contiguous(), weight.step.contiguous(), bias,
                                      weight.act_center, weight.act_step, weight.bits, weight.act_bits or 0)
     if not _integer_path(x, weight):

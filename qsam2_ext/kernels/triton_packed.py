@@ -22,7 +22,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-_TINY = 1.1754943508222875e-38  # torch.finfo(torch.float32).tiny == bf16's: a constant row keeps a positive step
+_TINY = tl.constexpr(1.1754943508222875e-38)  # torch.finfo(torch.float32).tiny == bf16's: a constant row keeps a positive step
 
 
 def _configs(int8: bool) -> list:
