@@ -27,11 +27,10 @@ _TINY = tl.constexpr(1.1754943508222875e-38)  # torch.finfo(torch.float32).tiny 
 
 def _configs(int8: bool) -> list:
     shapes = [  # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages: tall tiles suit SAM2's many tokens x few channels
-        (128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 256, 64, 8, 3),
-        (256, 128, 64, 8, 3), (64, 64, 64, 4, 4), (32, 64, 128, 4, 3), (16, 64, 128, 4, 3),
+        (128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4), (32, 64, 128, 4, 3),
     ]
-    if int8:  # int8 tensor-core steps are 32 deep: longer K tiles halve the loop
-        shapes += [(128, 128, 128, 8, 3), (128, 64, 128, 4, 3)]
+    if int8:  # int8 tensor-core steps are 32 deep: a longer K tile halves the loop
+        shapes.append((128, 128, 128, 8, 3))
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
             for m, n, k, w, s in shapes]
 
