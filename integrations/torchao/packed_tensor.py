@@ -163,8 +163,9 @@ def _linear(func, types, args, kwargs):
     if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
         # this handler runs before autocast would cast the input (a float32 LayerNorm output, say): cast it here
         x = x.to(torch.get_autocast_dtype(x.device.type))
-    if kernels.supports(x, weight) and not torch.compiler.is_compiling():
-        # eager only: under torch.compile the dequantize expression below is left to inductor, which unpacks the
+    if not torch.compiler.is_compiling() and kernels.supports(x, weight):
+        # eager only (checked first: tracing into supports() breaks the graph): under torch.compile the
+        # dequantize expression below is left to inductor, which unpacks the
         # weight in one generated kernel feeding cuBLAS, with no Python in between; on every SAM2 shape measured
         # (benchmarks/results/speed.md) that beat both paths of our op, whose per-call Python cost alone is tens of us
         return kernels.packed_linear(x, weight.packed, weight.center.contiguous(), weight.step.contiguous(), bias,
