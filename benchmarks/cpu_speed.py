@@ -44,8 +44,9 @@ ROWS = (  # name, weight bits, integer product, torch.compile
 )
 
 
-def run(encoder, images, repeats: int, integer: bool, compile: bool) -> tuple[float, float, torch.Tensor]:
-    """(median latency in ms, compile seconds, output)."""
+def run(encoder, images, repeats: int, integer: bool, compile: bool,
+        profile: bool = False) -> tuple[float, float, torch.Tensor, list]:
+    """(median latency in ms, compile seconds, output, the top operators of one more run when ``profile``)."""
     context = qsam2_ext.integer_matmul() if integer else contextlib.nullcontext()
     times, compile_s = [], 0.0
     with torch.inference_mode(), context:
@@ -59,7 +60,16 @@ def run(encoder, images, repeats: int, integer: bool, compile: bool) -> tuple[fl
             out = encoder(images)["vision_features"]
             if i:  # the first run warms up
                 times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times), compile_s, out
+        top = []
+        if profile:
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as profiler
+
+            with profiler(activities=[ProfilerActivity.CPU]) as prof:
+                encoder(images)
+            events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+            top = [{"op": e.key, "ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in events[:8]]
+    return statistics.median(times), compile_s, out, top
 
 
 def main() -> None:
@@ -70,6 +80,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (about a minute each to compile)")
+    p.add_argument("--profile", nargs="*", default=[], choices=[r[0] for r in ROWS],
+                   help="rows to profile (one more run each): where the time goes, by operator")
     p.add_argument("--out", default="out/cpu_speed")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -86,12 +98,12 @@ def main() -> None:
         if bits is not None:
             encoder = copy.deepcopy(float_encoder)
             quantize_(encoder, qsam2_ext.qsam2_config(bits=bits, act_bits=8), filter_fn=lambda m, fqn: is_linear_like(m))
-        ms, compile_s, out = run(encoder, images, args.repeats, integer, compile)
+        ms, compile_s, out, top = run(encoder, images, args.repeats, integer, compile, name in args.profile)
         noise = (out - reference).double().square().sum()
         sqnr = float(10 * torch.log10(reference.double().square().sum() / noise)) if noise > 0 else None
         size = qsam2_ext.storage_report(encoder)
         rows.append({"row": name, "ms": ms, "compile_s": compile_s, "quantized_weight_bytes": size["packed_bytes"],
-                     "encoder_bytes": size["model_bytes"], "sqnr_db": sqnr})
+                     "encoder_bytes": size["model_bytes"], "sqnr_db": sqnr, "profile": top})
         print(f"{name}: {ms:.0f} ms", flush=True)
     base = rows[0]["ms"]
     for r in rows:
@@ -109,6 +121,11 @@ def main() -> None:
         sqnr = "—" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}"
         lines.append(f"| {r['row']} | {r['ms']:.0f} | {r['speedup_vs_fp32']:.2f}× | {r['compile_s']:.0f} | "
                      f"{r['quantized_weight_bytes'] / 1e6:.2f} | {r['encoder_bytes'] / 1e6:.2f} | {sqnr} |")
+    for r in rows:
+        if r["profile"]:
+            lines += ["", f"Where the time goes, {r['row']} (self CPU time of one run, top operators):", "",
+                      "| operator | ms | calls |", "|---|---:|---:|"]
+            lines += [f"| {e['op']} | {e['ms']:.0f} | {e['calls']} |" for e in r["profile"]]
     text = "\n".join(lines) + "\n"
     write_text(os.path.join(args.out, "cpu_speed.md"), text)
     print(text)

@@ -292,10 +292,11 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     jsonl = os.path.join(args.out, "speed.jsonl")
     device = torch.cuda.get_device_name()
+    run = time.strftime("%Y-%m-%dT%H:%M:%S")
     meta = {"device": device, "torch": torch.__version__, "command": " ".join(["python", "benchmarks/speed.py"] + sys.argv[1:])}
 
     def record(entry: dict) -> None:
-        entry = {**entry, "device": device}
+        entry = {**entry, "device": device, "run": run, "command": meta["command"]}
         with open(jsonl, "a") as f:
             f.write(json.dumps(entry) + "\n")
         print(json.dumps(entry), flush=True)
@@ -319,31 +320,34 @@ def summarize(out: str, meta: dict) -> None:
     with open(os.path.join(out, "speed.jsonl")) as f:
         entries = [json.loads(line) for line in f if line.strip()]
     timed = [e for e in entries if e["part"] in ("encoder", "predictor", "video")]
-    base = {(e["model"], e["batch"], e["part"]): e["ms"] for e in timed if e["row"] == BASELINE and "ms" in e}
+    base = {(e["run"], e["model"], e["batch"], e["part"]): e["ms"] for e in timed if e["row"] == BASELINE and "ms" in e}
     float_linear = {e["model"]: e["linear_weight_bytes"] for e in timed if e["row"] == BASELINE}
     for e in timed:
-        b = base.get((e["model"], e["batch"], e["part"]))
+        b = base.get((e["run"], e["model"], e["batch"], e["part"]))
         e["ratio_vs_bf16_compiled"] = e["ms"] / b if b and "ms" in e else None
         f = float_linear.get(e["model"])
         e["linear_weights_smaller"] = f / e["linear_weight_bytes"] if f and e.get("linear_weight_bytes") else None
     write_json(os.path.join(out, "speed.json"), {"meta": meta, "entries": entries})
     lines = [f"Devices: {', '.join(sorted({e['device'] for e in entries}))}; torch {meta['torch']}. Ratios are to "
-             f"'{BASELINE}' of the same model, batch and part, measured in the same run. Latency in ms (median).", ""]
+             f"'{BASELINE}' of the same model, batch and part, measured in the same run (a process: its start time). "
+             "Latency in ms (median).", "", "Runs:", ""]
+    runs = {e["run"]: (e["device"], e["command"]) for e in entries}
+    lines += [f"- {run} ({device}): `{command}`" for run, (device, command) in runs.items()] + [""]
     for part in ("encoder", "predictor", "video"):
         rows = [e for e in timed if e["part"] == part]
         if not rows:
             continue
-        lines += [f"### {part}", "", "| model | batch | row | latency (ms) | × bf16 compiled | Linear weights (MB) | "
-                  "smaller | encoder (MB) | peak (GB) | compile (s) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"### {part}", "", "| run | model | batch | row | latency (ms) | × bf16 compiled | Linear weights (MB) | "
+                  "smaller | encoder (MB) | peak (GB) | compile (s) |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for e in rows:
             if "error" in e:
-                lines.append(f"| {e['model']} | {e['batch']} | {e['row']} | error: {e['error'][:80]} |||||||")
+                lines.append(f"| {e['run']} | {e['model']} | {e['batch']} | {e['row']} | error: {e['error'][:80]} |||||||")
                 continue
             ratio = "—" if e["ratio_vs_bf16_compiled"] is None else f"{e['ratio_vs_bf16_compiled']:.2f}"
             smaller = "—" if e["linear_weights_smaller"] is None else f"{e['linear_weights_smaller']:.2f}×"
             peak = "—" if e.get("peak_bytes") is None else f"{e['peak_bytes'] / 2**30:.2f}"
             comp = "—" if e.get("compile_s") is None else f"{e['compile_s']:.0f}"
-            lines.append(f"| {e['model']} | {e['batch']} | {e['row']} | {e['ms']:.2f} | {ratio} | "
+            lines.append(f"| {e['run']} | {e['model']} | {e['batch']} | {e['row']} | {e['ms']:.2f} | {ratio} | "
                          f"{e['linear_weight_bytes'] / 1e6:.2f} | {smaller} | {e['encoder_bytes'] / 1e6:.1f} | {peak} | {comp} |")
         lines.append("")
     layers = [e for e in entries if e["part"] == "layers"]

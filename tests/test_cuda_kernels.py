@@ -9,7 +9,6 @@ import torch
 from torch.nn import functional as F
 
 from qsam2_ext.core import dequantize, int_linear, quantize
-from qsam2_ext.core.int_linear import quantize_tokens
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -68,9 +67,13 @@ def test_int8_product_matches_integer_reference(bits, act_bits, static):
     bias = torch.randn(N, device="cuda").to(torch.bfloat16)
     xf = x.float()
     if static:
-        a, xc, xs = quantize(xf, grid[0], grid[1], act_bits), grid[0], grid[1]
-    else:
-        a, xc, xs = quantize_tokens(xf, act_bits)
+        xc, xs = grid
+    else:  # token_grid with an elementwise (IEEE) division, as the kernel's: PyTorch may divide a CUDA tensor by a
+        # Python number as a product with its reciprocal, one ulp off at times, and a step one ulp off can move an
+        # activation across a level (a row of outputs then differs by one step)
+        lo, hi = xf.amin(1, keepdim=True), xf.amax(1, keepdim=True)
+        xc, xs = (lo + hi) / 2, (hi - lo) / torch.full_like(hi, 2**act_bits - 1)
+    a = quantize(xf, xc, xs, act_bits)
     ref = int_linear(a, xc, xs, codes, center, step, bias.float())
     fused = run(x, weight, bias, "fused")
     assert relative_error(fused, ref) < 3e-3

@@ -284,6 +284,29 @@ def test_compile_fullgraph_and_export():
         torch.testing.assert_close(exported.module()(x), eager, rtol=1e-5, atol=1e-5)
 
 
+def test_compiled_graphs_keep_the_dequantize_expression_not_the_eager_kernel_op(monkeypatch):
+    """Traced for torch.compile (by dynamo, then by AOT autograd on fake tensors, where is_compiling() is False) a
+    packed Linear stays the dequantize expression that inductor fuses; only eager calls reach the kernel op.
+    Here the kernels claim every input and the op fails, so any use of it shows."""
+    from qsam2_ext import kernels
+
+    net, x = _converted_net()
+    with torch.no_grad():
+        reference = net(x)
+
+    def op(*args, **kwargs):
+        raise RuntimeError("eager kernel op called")
+
+    monkeypatch.setattr(kernels, "supports", lambda x, weight: True)
+    monkeypatch.setattr(kernels, "packed_linear", op)
+    torch._dynamo.reset()
+    with torch.inference_mode():  # as SAM2 inference runs (no_grad traces the same way)
+        with pytest.raises(RuntimeError, match="eager kernel op"):
+            net(x)
+        compiled = torch.compile(net)(x)
+    torch.testing.assert_close(compiled, reference, rtol=1e-5, atol=1e-5)
+
+
 def test_autocast_casts_inputs_of_packed_layers_as_it_does_for_float_layers():
     """Our F.linear handler runs before autocast would cast the input: it casts it itself, so a float32 model
     under bf16 autocast computes in bf16 as its float twin does."""

@@ -23,6 +23,7 @@ import hashlib
 from typing import Iterator, Optional
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 from torch.nn import functional as F
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
@@ -156,6 +157,12 @@ def _integer_path(x: torch.Tensor, weight: QSAM2PackedTensor) -> bool:
     )
 
 
+def _traced(x: torch.Tensor) -> bool:
+    """Inside a torch.compile / export trace: dynamo's, or AOT autograd's dispatch on fake tensors (where
+    ``torch.compiler.is_compiling()`` is False)."""
+    return torch.compiler.is_compiling() or is_fake(x)
+
+
 @implements(aten.linear.default)
 @implements_torch_function(F.linear)
 def _linear(func, types, args, kwargs):
@@ -163,11 +170,10 @@ def _linear(func, types, args, kwargs):
     if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
         # this handler runs before autocast would cast the input (a float32 LayerNorm output, say): cast it here
         x = x.to(torch.get_autocast_dtype(x.device.type))
-    if not torch.compiler.is_compiling() and kernels.supports(x, weight):
-        # eager only (checked first: tracing into supports() breaks the graph): under torch.compile the
-        # dequantize expression below is left to inductor, which unpacks the
-        # weight in one generated kernel feeding cuBLAS, with no Python in between; on every SAM2 shape measured
-        # (benchmarks/results/speed.md) that beat both paths of our op, whose per-call Python cost alone is tens of us
+    if not _traced(x) and kernels.supports(x, weight):
+        # eager only: traced for torch.compile, the dequantize expression below is left to inductor, which unpacks
+        # the weight in one generated kernel feeding cuBLAS with no Python in between, while our op costs tens of
+        # microseconds of Python per call (benchmarks/results/speed.md)
         return kernels.packed_linear(x, weight.packed, weight.center.contiguous(), weight.step.contiguous(), bias,
                                      weight.act_center, weight.act_step, weight.bits, weight.act_bits or 0)
     if not _integer_path(x, weight):
