@@ -4,9 +4,10 @@
     python benchmarks/speed.py --models sam2.1_hiera_l --batches 8 --rows "bf16 compiled" "ours W8A8"
 
 Models come from the sam2 package's configs at 1024², the image encoder in bfloat16 and the rest in float32 under
-bf16 autocast, as SAM2's examples run them (weights do not change speed; with a checkpoint pass ``--checkpoint``). Each row quantizes every Linear of the image encoder (the 1x1 convs of its neck stay
-bf16 in every row) and, when marked compiled, wraps the encoder in ``torch.compile`` (default mode, ``dynamic=False``,
-under ``inference_mode``; compile time is the first call's wall time):
+bf16 autocast, as SAM2's examples run them (weights do not change speed; with a checkpoint pass ``--checkpoint``).
+Each row quantizes every Linear of the image encoder (the 1x1 convs of its neck stay bf16 in every row) and, when
+marked compiled, wraps the encoder in ``torch.compile`` (default mode, ``dynamic=False``, under ``inference_mode``;
+compile time is the first call's wall time):
 
 * bf16 eager / bf16 compiled: the baselines; every ratio is to "bf16 compiled" of the same model and batch in
   the same run;
@@ -17,11 +18,12 @@ under ``inference_mode``; compile time is the first call's wall time):
   GEMM and dequantize-then-cuBLAS, measured on first use).
 
 Parts: ``encoder`` (``image_encoder(images)``), ``predictor`` (``set_image``/``set_image_batch`` + a point prompt
-per image), ``video`` (``SAM2VideoPredictor`` on 16 frames, one
-point on frame 0; per-frame latency is the median over frames 8..15, once the 7-frame memory bank is full),
-``layers`` (each distinct encoder Linear shape on its own: where the time goes). Latency is the median of CUDA-event
-timings after warm-up. Results are appended to ``<out>/speed.jsonl`` as they come (a cut-off run keeps what it
-measured); ``<out>/speed.json`` and ``speed.md`` gather them.
+per image), ``video`` (``SAM2VideoPredictor`` on 16 frames, one point on frame 0; per-frame latency is the median
+over frames 8..15, once the 7-frame memory bank is full), ``layers`` (each distinct encoder Linear shape on its
+own, eager: bf16 cuBLAS, our op's two paths and the reference dequantize-then-``F.linear``; where the time goes).
+Latency is the median of CUDA-event timings of single calls after warm-up (the GPU waits for each call, so a
+call's CPU-side launch cost counts, as it does for one request). Results are appended to ``<out>/speed.jsonl`` as
+they come (a cut-off run keeps what it measured); ``<out>/speed.json`` and ``speed.md`` gather them.
 """
 
 from __future__ import annotations
@@ -187,6 +189,7 @@ def bench_video(model, frames: int = 16) -> dict:
 def bench_layers(encoder, batch: int, rows: list[str]) -> list[dict]:
     """Each distinct Linear shape of the float encoder, with the tokens it sees at this batch: bf16 cuBLAS
     against our packed kernels, both paths."""
+    from qsam2_ext.kernels import cuda_kernels
     from qsam2_ext.kernels.linear_op import force_path
 
     shapes: dict[tuple, int] = {}
@@ -200,21 +203,24 @@ def bench_layers(encoder, batch: int, rows: list[str]) -> list[dict]:
         encoder(torch.randn(batch, 3, 1024, 1024, device="cuda"))
     for h in hooks:
         h.remove()
+    quantizations = {}  # each quantization once (eager and compiled rows share one)
+    for row in rows:
+        if isinstance(ROWS[row][0], tuple):
+            quantizations.setdefault(ROWS[row][0], row.removesuffix(" eager"))
     results = []
-    for (m, k, n), count in sorted(shapes.items()):
+    for (m, k, n), uses in sorted(shapes.items()):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         layer = torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
         with torch.inference_mode():
-            entry = {"M": m, "K": k, "N": n, "count": count, "bf16_ms": cuda_ms(lambda: layer(x), 20)}
-        for row in rows:
-            quantization, _ = ROWS[row]
-            if not isinstance(quantization, tuple):
-                continue
+            entry = {"M": m, "K": k, "N": n, "count": uses, "bf16_ms": cuda_ms(lambda: layer(x), 20)}
+        for quantization, name in quantizations.items():
             holder = torch.nn.Sequential(copy.deepcopy(layer))
             quantize_encoder(holder, quantization)
             for path in ("fused", "unfused"):
                 with force_path(path), torch.inference_mode():
-                    entry[f"{row} {path}_ms"] = cuda_ms(lambda: holder(x), 20)
+                    entry[f"{name} {path}_ms"] = cuda_ms(lambda: holder(x), 20)
+            with cuda_kernels(False), torch.inference_mode():  # the eager dequantize-then-F.linear reference
+                entry[f"{name} reference_ms"] = cuda_ms(lambda: holder(x), 20)
         results.append(entry)
     return results
 
@@ -293,7 +299,8 @@ def main() -> None:
     jsonl = os.path.join(args.out, "speed.jsonl")
     device = torch.cuda.get_device_name()
     run = time.strftime("%Y-%m-%dT%H:%M:%S")
-    meta = {"device": device, "torch": torch.__version__, "command": " ".join(["python", "benchmarks/speed.py"] + sys.argv[1:])}
+    command = " ".join(["python", "benchmarks/speed.py"] + sys.argv[1:])
+    meta = {"device": device, "torch": torch.__version__, "command": command}
 
     def record(entry: dict) -> None:
         entry = {**entry, "device": device, "run": run, "command": meta["command"]}
@@ -337,18 +344,21 @@ def summarize(out: str, meta: dict) -> None:
         rows = [e for e in timed if e["part"] == part]
         if not rows:
             continue
-        lines += [f"### {part}", "", "| run | model | batch | row | latency (ms) | × bf16 compiled | Linear weights (MB) | "
-                  "smaller | encoder (MB) | peak (GB) | compile (s) |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"### {part}", "", "| run | model | batch | row | latency (ms) | × bf16 compiled | Linear weights (MB) "
+                  "| smaller | encoder (MB) | peak (GB) | compile (s) |",
+                  "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for e in rows:
             if "error" in e:
-                lines.append(f"| {e['run']} | {e['model']} | {e['batch']} | {e['row']} | error: {e['error'][:80]} |||||||")
+                lines.append(f"| {e['run']} | {e['model']} | {e['batch']} | {e['row']} | "
+                             f"error: {e['error'][:80]} |||||||")
                 continue
             ratio = "—" if e["ratio_vs_bf16_compiled"] is None else f"{e['ratio_vs_bf16_compiled']:.2f}"
             smaller = "—" if e["linear_weights_smaller"] is None else f"{e['linear_weights_smaller']:.2f}×"
             peak = "—" if e.get("peak_bytes") is None else f"{e['peak_bytes'] / 2**30:.2f}"
             comp = "—" if e.get("compile_s") is None else f"{e['compile_s']:.0f}"
             lines.append(f"| {e['run']} | {e['model']} | {e['batch']} | {e['row']} | {e['ms']:.2f} | {ratio} | "
-                         f"{e['linear_weight_bytes'] / 1e6:.2f} | {smaller} | {e['encoder_bytes'] / 1e6:.1f} | {peak} | {comp} |")
+                         f"{e['linear_weight_bytes'] / 1e6:.2f} | {smaller} | {e['encoder_bytes'] / 1e6:.1f} | {peak} | "
+                         f"{comp} |")
         lines.append("")
     layers = [e for e in entries if e["part"] == "layers"]
     if layers:

@@ -6,12 +6,12 @@ For each layer shape the op times two implementations the first time it meets th
   activation quantization and the int8 product fused);
 * ``"unfused"``: a Triton kernel dequantizes the weight (and one fake-quantizes the activations) into a dense
   tensor, then cuBLAS multiplies. On SAM2's shapes (tens of thousands of tokens, a few hundred channels) unpacking a
-  small weight once can beat unpacking it in every tile.
+  small weight once usually beats unpacking it in every tile (``benchmarks/results/speed.md``, layers table).
 
 Both compute the reference (``QSAM2PackedTensor``'s dequantize-then-``F.linear``) with every grid in float32; they
-differ from it by accumulation order only. The op is opaque to ``torch.compile`` (a custom op with a fake kernel),
-so compiled models keep it and inductor fuses everything around it. ``force_path`` pins one implementation (tests,
-benchmarks).
+differ from it by accumulation order only. Only eager calls reach the op: traced for ``torch.compile``, packed
+layers keep the dequantize expression, which inductor compiles without per-call Python. ``force_path`` pins one
+implementation (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -62,11 +62,10 @@ def _dense_weight(packed, center, step, bits: int, k: int, dtype: torch.dtype) -
 def _fake_quantized_rows(x, act_center, act_step, act_bits: int) -> torch.Tensor:
     m, k = x.shape
     out = torch.empty_like(x)
-    dynamic = act_center is None
-    grid_ref = x if dynamic else act_center  # any pointer will do when the grid is per row
+    dynamic = act_center is None  # then the kernel ignores the grid pointers: pass x for both
     tk.fake_quantize_rows[(_grid_1d(m, 16),)](
-        x, grid_ref, x if dynamic else act_step, out, m, k, x.stride(0), ACT_BITS=act_bits, DYNAMIC=dynamic,
-        BLOCK_M=16, BLOCK_K=128)
+        x, x if dynamic else act_center, x if dynamic else act_step, out, m, k, x.stride(0), ACT_BITS=act_bits,
+        DYNAMIC=dynamic, BLOCK_M=16, BLOCK_K=128)
     return out
 
 

@@ -10,11 +10,11 @@ codes are unpacked in registers, so a 2-bit weight crosses memory as 2 bits.
   grid, found in a first pass over K, or one static per-tensor grid) times weight codes widened to int8, an int8
   tensor-core product into int32, and the grids applied in the epilogue (``qsam2_ext.core.int_linear``'s
   expansion). W2A8 runs here as well as W8A8: no peer toolkit fuses 2-bit weights into an int8 GEMM.
-* ``dequantize_weight`` and ``fake_quantize_rows``: the unfused alternative (dequantize once, then cuBLAS), which
-  wins on some shapes; ``qsam2_ext.kernels.linear_op`` measures both and keeps the faster per shape.
+* ``dequantize_weight`` and ``fake_quantize_rows``: the unfused alternative (dequantize once, then cuBLAS);
+  ``qsam2_ext.kernels.linear_op`` measures both and keeps the faster per shape.
 
 Every grid expression is the reference's, evaluated in float32 with correctly rounded division, so activation codes
-equal ``quantize_tokens(x.float())`` bit for bit.
+equal ``quantize_tokens(x.float())``'s wherever PyTorch rounds the grid's step the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-_TINY = tl.constexpr(1.1754943508222875e-38)  # torch.finfo(torch.float32).tiny == bf16's: a constant row keeps a positive step
+# torch.finfo(torch.float32).tiny (bf16's too): a constant row keeps a positive step
+_TINY = tl.constexpr(1.1754943508222875e-38)
 
 
 def _configs(int8: bool) -> list:
@@ -169,7 +170,8 @@ def dequantize_weight(w_ptr, c_ptr, s_ptr, out_ptr, N, K, stride_wn, group_k, gr
     rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     n_ok, k_ok = rn < N, rk < K
     w = _weight_tile(w_ptr, c_ptr, s_ptr, rn, rk, n_ok, k_ok, stride_wn, group_k, groups, BITS)
-    tl.store(out_ptr + rn[None, :] * K + rk[:, None], w.to(out_ptr.dtype.element_ty), mask=n_ok[None, :] & k_ok[:, None])
+    tl.store(out_ptr + rn[None, :] * K + rk[:, None], w.to(out_ptr.dtype.element_ty),
+             mask=n_ok[None, :] & k_ok[:, None])
 
 
 @triton.jit
