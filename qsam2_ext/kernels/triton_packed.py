@@ -101,18 +101,25 @@ def _quantize(x, center, step, ACT_BITS: tl.constexpr):
 def a16_linear(x_ptr, w_ptr, c_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym, group_k, groups,
                BITS: tl.constexpr, GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``y = x @ dequant(w).T + b`` with the weight dequantized to x's dtype in registers (``GROUPED`` is only
-    a tuning key: per-channel and grouped grids share the code)."""
+    """``y = x @ dequant(w).T + b`` with the weight dequantized to x's dtype in registers; ``GROUPED``: a grid per
+    group of ``group_k`` inputs, else one per output row (loaded once, not in every K tile)."""
     pid_m, pid_n = _tile(M, N, BLOCK_M, BLOCK_N)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok, n_ok = rm < M, rn < N
+    if not GROUPED:
+        row_step = tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        row_center = tl.load(c_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         k_ok = rk < K
         x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        w = _weight_tile(w_ptr, c_ptr, s_ptr, rn, rk, n_ok, k_ok, stride_wn, group_k, groups, BITS)
+        if GROUPED:
+            w = _weight_tile(w_ptr, c_ptr, s_ptr, rn, rk, n_ok, k_ok, stride_wn, group_k, groups, BITS)
+        else:
+            codes = _weight_codes(w_ptr, rn, rk, n_ok, k_ok, stride_wn, BITS)
+            w = (codes.to(tl.float32) + 0.5) * row_step + row_center
         acc = tl.dot(x, w.to(x.dtype), acc)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
