@@ -24,6 +24,7 @@ own, eager: bf16 cuBLAS, our op's two paths and the reference dequantize-then-``
 Latency is the median of CUDA-event timings of single calls after warm-up (the GPU waits for each call, so a
 call's CPU-side launch cost counts, as it does for one request). Results are appended to ``<out>/speed.jsonl`` as
 they come (a cut-off run keeps what it measured); ``<out>/speed.json`` and ``speed.md`` gather them.
+``--profile ROW...`` adds, for those rows' encoder calls, CPU time against GPU kernel time and the top operators.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def photo(size: int) -> np.ndarray:
     return np.asarray(PIL.Image.fromarray(load_photo("astronaut")).resize((size, size)))
 
 
-def bench_encoder(model, batch: int, repeats: int, compiled: bool) -> dict:
+def bench_encoder(model, batch: int, repeats: int, compiled: bool, profile: bool) -> dict:
     from qsam2_ext.sam2.images import PHOTOS, photo_batch
 
     images = photo_batch([PHOTOS[i % len(PHOTOS)] for i in range(batch)], model.image_size)
@@ -139,7 +140,33 @@ def bench_encoder(model, batch: int, repeats: int, compiled: bool) -> dict:
     compile_s = first_call_s(call) if compiled else None
     torch.cuda.reset_peak_memory_stats()
     ms = cuda_ms(call, repeats)
-    return {"ms": ms, "compile_s": compile_s, "peak_bytes": torch.cuda.max_memory_allocated()}
+    result = {"ms": ms, "compile_s": compile_s, "peak_bytes": torch.cuda.max_memory_allocated()}
+    return {**result, "profile": profile_call(call)} if profile else result
+
+
+def profile_call(call, calls: int = 3, top: int = 10) -> dict:
+    """Where one call's time goes: CPU time (Python, dispatch, launches) against GPU kernel time, per call, and the
+    operators that take most of each."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+
+    def device_us(e):
+        return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))
+
+    def table(key):
+        rows = sorted(events, key=key, reverse=True)[:top]
+        return [{"op": e.key[:90], "cpu_ms": e.self_cpu_time_total / 1e3 / calls, "gpu_ms": device_us(e) / 1e3 / calls,
+                 "count": e.count // calls} for e in rows]
+
+    return {"cpu_ms_per_call": sum(e.self_cpu_time_total for e in events) / 1e3 / calls,
+            "gpu_ms_per_call": sum(device_us(e) for e in events) / 1e3 / calls,
+            "by_gpu": table(device_us), "by_cpu": table(lambda e: e.self_cpu_time_total)}
 
 
 def bench_predictor(model, batch: int, repeats: int) -> dict:
@@ -262,7 +289,7 @@ def bench_row(config: str, row: str, args, record) -> None:
         return
     common = {"model": config, "row": row, "linear_weight_bytes": linear_bytes, "encoder_bytes": encoder_bytes}
     for batch in args.batches:
-        parts = {"encoder": lambda: bench_encoder(model, batch, args.repeats, compiled)}
+        parts = {"encoder": lambda: bench_encoder(model, batch, args.repeats, compiled, row in args.profile)}
         if end_to_end:
             parts["predictor"] = lambda: bench_predictor(model, batch, max(5, args.repeats // 4))
             if batch == 1:
@@ -289,6 +316,8 @@ def main() -> None:
     p.add_argument("--end-to-end-rows", nargs="+", default=["bf16 eager", "bf16 compiled", "ours W2A16", "ours W2A8"],
                    choices=list(ROWS), help="rows that also run the predictor and video parts")
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--profile", nargs="*", default=[], choices=list(ROWS),
+                   help="rows whose encoder call is also profiled (CPU vs GPU time, top operators)")
     p.add_argument("--out", default="out/speed")
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -360,6 +389,17 @@ def summarize(out: str, meta: dict) -> None:
                          f"{e['linear_weight_bytes'] / 1e6:.2f} | {smaller} | {e['encoder_bytes'] / 1e6:.1f} | {peak} | "
                          f"{comp} |")
         lines.append("")
+    for e in timed:
+        if e.get("profile"):
+            prof = e["profile"]
+            lines += [f"### profile: {e['model']}, batch {e['batch']}, {e['row']} ({e['run']})", "",
+                      f"Per call: {prof['cpu_ms_per_call']:.2f} ms of CPU time (Python, dispatch, launches), "
+                      f"{prof['gpu_ms_per_call']:.2f} ms of GPU kernels; latency {e['ms']:.2f} ms.", ""]
+            for key, title in (("by_gpu", "GPU time"), ("by_cpu", "CPU time")):
+                lines += [f"Top operators by {title} (ms per call):", "", "| operator | CPU | GPU | calls |",
+                          "|---|---:|---:|---:|"]
+                lines += [f"| {r['op']} | {r['cpu_ms']:.3f} | {r['gpu_ms']:.3f} | {r['count']} |" for r in prof[key]]
+                lines.append("")
     layers = [e for e in entries if e["part"] == "layers"]
     if layers:
         keys = [k for k in layers[0] if k.endswith("_ms") and k != "bf16_ms"]

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -5,6 +7,8 @@ import torch
 # CI machines have 2 cores and often neighbours: one intra-op thread avoids oversubscription, which made the
 # suite several times slower under load (tests measure numerics, never speed).
 torch.set_num_threads(1)
+# GPU kernel tests check numerics: autotune over two tile shapes (a large and a small one), not all of them
+os.environ.setdefault("QSAM2_KERNEL_TUNING", "quick")
 
 
 @pytest.fixture(autouse=True)

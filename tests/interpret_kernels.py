@@ -3,7 +3,7 @@ checks them against the core's float32 references; ``test_kernels_interpreted`` 
 
 The interpreter emulates the kernels' arithmetic with NumPy, so CI machines without a GPU still check the
 kernels' logic (indexing, unpacking, masking, grids, the int8 expansion). It has no bfloat16 matrix product and
-no autotuner: fp16 inputs, one fixed tile configuration per kernel (small tiles, so partial tiles are exercised).
+no autotuner: fp16 inputs and two fixed tile shapes (partial tiles, several K steps, a K tile longer than K).
 """
 
 import os
@@ -20,8 +20,12 @@ from qsam2_ext.kernels import linear_op  # noqa: E402
 from qsam2_ext.kernels import triton_packed as tk  # noqa: E402
 
 M, K, N = 37, 96, 40
-TILES = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}
-PROGRAMS = (-(-M // 16) * -(-N // 32),)
+# small tiles (partial row and column tiles, several K steps) and one K tile longer than K (masked K)
+TILE_SHAPES = ({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}, {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 128})
+
+
+def programs(tiles):
+    return (-(-M // tiles["BLOCK_M"]) * -(-N // tiles["BLOCK_N"]),)
 
 
 def weight(bits, groups):
@@ -36,6 +40,12 @@ def relative_error(y, ref):
 
 
 def main() -> None:
+    for tiles in TILE_SHAPES:
+        check(tiles)
+    print("interpreted kernels match the references")
+
+
+def check(tiles) -> None:
     torch.manual_seed(0)
     x = torch.randn(M, K).half()
     bias = torch.randn(N).half()
@@ -45,9 +55,9 @@ def main() -> None:
             # the dense weight: exactly the reference's float32 dequantization
             assert torch.equal(linear_op._dense_weight(packed, center, step, bits, K, torch.float32), dense)
             y = torch.empty(M, N, dtype=torch.half)
-            tk.a16_linear.fn[PROGRAMS](x, packed, center, step, bias, y, M, N, K, x.stride(0), packed.stride(0),
-                                       y.stride(0), K // groups, groups, BITS=bits, GROUPED=groups > 1,
-                                       HAS_BIAS=True, **TILES)
+            tk.a16_linear.fn[programs(tiles)](
+                x, packed, center, step, bias, y, M, N, K, x.stride(0), packed.stride(0), y.stride(0), K // groups,
+                groups, BITS=bits, GROUPED=groups > 1, HAS_BIAS=True, **tiles)
             ref = F.linear(x.float(), dense.half().float(), bias.float())
             assert relative_error(y, ref) < 2e-3, ("a16", bits, groups, relative_error(y, ref))
         packed, codes, center, step, _ = weight(bits, 1)  # int8 products take per-channel weight grids
@@ -62,11 +72,10 @@ def main() -> None:
                     a, xc, xs = quantize(x.float(), *static_grid, act_bits), *static_grid
                 ref = int_linear(a, xc, xs, codes, center, step, bias.float())
                 y = torch.empty(M, N, dtype=torch.half)
-                tk.a8_linear.fn[PROGRAMS](x, packed, center, step, bias, *static_grid, y, M, N, K, x.stride(0),
-                                          packed.stride(0), y.stride(0), BITS=bits, ACT_BITS=act_bits,
-                                          DYNAMIC=not static, HAS_BIAS=True, **TILES)
+                tk.a8_linear.fn[programs(tiles)](
+                    x, packed, center, step, bias, *static_grid, y, M, N, K, x.stride(0), packed.stride(0),
+                    y.stride(0), BITS=bits, ACT_BITS=act_bits, DYNAMIC=not static, HAS_BIAS=True, **tiles)
                 assert relative_error(y, ref) < 2e-3, ("a8", bits, act_bits, static, relative_error(y, ref))
-    print("interpreted kernels match the references")
 
 
 if __name__ == "__main__":
