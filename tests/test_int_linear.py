@@ -43,8 +43,8 @@ def test_token_codes_reproduce_the_per_token_fake_quantizer():
 
 def _converted(bits, act_bits, static, group_size=None, act_per_channel=False):
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 32))
-    x = torch.randn(4, 10, 64)
+    net = nn.Sequential(nn.Linear(128, 96), nn.GELU(), nn.Linear(96, 32))  # the integer product takes >= 128 inputs
+    x = torch.randn(4, 10, 128)
     if static:  # QAT flow: the learned static input grid
         options = dict(bits=bits, act_bits=act_bits, group_size=group_size, act_per_channel=act_per_channel)
         quantize_(net, qsam2_config(step="prepare", **options))
@@ -60,7 +60,7 @@ def _converted(bits, act_bits, static, group_size=None, act_per_channel=False):
 def test_packed_linear_integer_path_matches_the_reference_path(bits, act_bits, static):
     net, x = _converted(bits, act_bits, static)
     layer, w = net[0], net[0].weight
-    rows = x.reshape(-1, 64)
+    rows = x.reshape(-1, 128)
     if static:
         center, step = w.act_center.float(), w.act_step.float()
         codes = qsam2_ext.core.quantize(rows, center, step, act_bits)
@@ -74,6 +74,19 @@ def test_packed_linear_integer_path_matches_the_reference_path(bits, act_bits, s
     assert torch.equal(integer, by_hand)  # the integer path ran
     # one layer equals the reference up to float rounding (a next layer may round its input differently)
     torch.testing.assert_close(integer, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_layers_with_few_inputs_keep_the_reference_path():
+    """Below INTEGER_MIN_INPUTS the float product is faster on CPUs (the 96-input layer here)."""
+    from qsam2_ext.integrations.torchao.packed_tensor import INTEGER_MIN_INPUTS
+
+    net, x = _converted(8, 8, False)
+    assert net[2].in_features < INTEGER_MIN_INPUTS <= net[0].in_features
+    hidden = net[1](net[0](x))
+    with torch.no_grad():
+        reference = net[2](hidden)
+        with qsam2_ext.integer_matmul():
+            assert torch.equal(net[2](hidden), reference)
 
 
 @pytest.mark.parametrize("options", [dict(group_size=32), dict(act_per_channel=True)])

@@ -146,12 +146,20 @@ def integer_matmul(enabled: bool = True) -> Iterator[None]:
         _INTEGER_MATMUL = previous
 
 
+# Below this many inputs per output the CPU integer product loses to the float one: its int32 output and epilogue
+# passes cost more than the int8 GEMM saves (hiera_t's 96-input layers at 1024², compiled on 2 cores: 44-60 ms
+# against 37-47 ms; from 192 inputs on it wins or ties, from 384 on by 4-6x).
+INTEGER_MIN_INPUTS = 128
+
+
 def _integer_path(x: torch.Tensor, weight: QSAM2PackedTensor) -> bool:
-    """On CPUs (int8 GEMM through VNNI / AMX), for inference with quantized inputs: per-token or per-tensor input
-    grids and per-channel weight grids factor out of the sum (per-channel inputs or grouped weights do not).
+    """On CPUs (int8 GEMM through VNNI / AMX), for inference with quantized inputs on layers with enough inputs:
+    per-token or per-tensor input grids and per-channel weight grids factor out of the sum (per-channel inputs or
+    grouped weights do not).
     CUDA has its own kernels (``qsam2_ext.kernels``)."""
     return (
         _INTEGER_MATMUL and x.device.type == "cpu" and weight.act_bits is not None
+        and x.shape[-1] >= INTEGER_MIN_INPUTS
         and weight.center.shape[1] == 1 and (weight.act_center is None or weight.act_center.ndim == 0)
         and not (torch.is_grad_enabled() and x.requires_grad)
     )
