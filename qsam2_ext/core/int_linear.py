@@ -35,14 +35,13 @@ def int_linear(codes: torch.Tensor, center: torch.Tensor, step: torch.Tensor, we
     int8 with ``weight_center``/``weight_step`` of shape ``(N, 1)``. Returns float32 ``(M, N)``.
     """
     k = codes.shape[-1]
-    a = codes.sum(dim=-1, keepdim=True, dtype=torch.int32).float()  # (M, 1)
-    b = weight_codes.sum(dim=-1, dtype=torch.int32).float()          # (N,)
-    s_x, c_x = step.float().reshape(-1, 1), center.float().reshape(-1, 1)
-    s_w, c_w = weight_step.float().reshape(-1), weight_center.float().reshape(-1)
-    # y = s_x (s_w P + A q + g) + c_x h, regrouped from the expansion above; every term is the (M, N) product or a
-    # row / column broadcast, so the whole epilogue is one pass when compiled (and in-place passes in eager)
-    q, g = s_w / 2 + c_w, s_w * (b / 2 + k / 4) + c_w * (k / 2)
-    h = s_w * (b + k / 2) + k * c_w
+    a = codes.sum(dim=-1, keepdim=True, dtype=torch.int32).float()       # (M, 1)
+    b = weight_codes.sum(dim=-1, dtype=torch.int32).float().unsqueeze(0)  # (1, N)
+    s_x, c_x = (t.float().expand(codes.shape[0], 1) for t in (step.reshape(-1, 1), center.reshape(-1, 1)))
+    s_w, c_w = weight_step.float().reshape(1, -1), weight_center.float().reshape(1, -1)
+    # every term but the first is (row vector) x (column vector): one rank-4 product instead of M x N passes
+    rows = torch.cat([s_x * a / 2, s_x * (a + k / 2), s_x, c_x], dim=1)                         # (M, 4)
+    cols = torch.cat([s_w, c_w, s_w * (b / 2 + k / 4), s_w * (b + k / 2) + k * c_w], dim=0)    # (4, N)
+    out = rows @ cols if bias is None else torch.addmm(bias.float(), rows, cols)
     product = torch._int_mm(codes, weight_codes.t()).float()  # exact: |sum| <= K * 2**14 < 2**31 for K < 2**17
-    out = product.mul_(s_w).addcmul_(a, q).add_(g).mul_(s_x).addcmul_(c_x, h)
-    return out if bias is None else out.add_(bias.float())
+    return out.add_(product.mul_(s_w).mul_(s_x))
