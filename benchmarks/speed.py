@@ -40,6 +40,7 @@ import time
 
 import numpy as np
 import torch
+from torch._dynamo.utils import counters
 
 from qsam2_ext.io import write_json, write_text
 
@@ -138,9 +139,13 @@ def bench_encoder(model, batch: int, repeats: int, compiled: bool, profile: bool
     images = images.to("cuda")  # float32, as SAM2's predictors hand them over
     call = lambda: model.image_encoder(images)  # noqa: E731
     compile_s = first_call_s(call) if compiled else None
+    frames_before = dict(counters["frames"])
     torch.cuda.reset_peak_memory_stats()
     ms = cuda_ms(call, repeats)
     result = {"ms": ms, "compile_s": compile_s, "peak_bytes": torch.cuda.max_memory_allocated()}
+    if compiled:  # frames dynamo had to (re)compile while being timed: nonzero means the timing is not steady
+        frames = {k: v - frames_before.get(k, 0) for k, v in counters["frames"].items()}
+        result["frames_compiled_while_timed"] = frames.get("total", 0)
     return {**result, "profile": profile_call(call)} if profile else result
 
 
@@ -385,7 +390,9 @@ def summarize(out: str, meta: dict) -> None:
             smaller = "—" if e["linear_weights_smaller"] is None else f"{e['linear_weights_smaller']:.2f}×"
             peak = "—" if e.get("peak_bytes") is None else f"{e['peak_bytes'] / 2**30:.2f}"
             comp = "—" if e.get("compile_s") is None else f"{e['compile_s']:.0f}"
-            lines.append(f"| {e['run']} | {e['model']} | {e['batch']} | {e['row']} | {e['ms']:.2f} | {ratio} | "
+            unsteady = f" (dynamo compiled {e['frames_compiled_while_timed']} frames while timed)" if e.get(
+                "frames_compiled_while_timed") else ""
+            lines.append(f"| {e['run']} | {e['model']} | {e['batch']} | {e['row']} | {e['ms']:.2f}{unsteady} | {ratio} | "
                          f"{e['linear_weight_bytes'] / 1e6:.2f} | {smaller} | {e['encoder_bytes'] / 1e6:.1f} | {peak} | "
                          f"{comp} |")
         lines.append("")
