@@ -285,9 +285,8 @@ def test_compile_fullgraph_and_export():
 
 
 def test_compiled_graphs_keep_the_dequantize_expression_not_the_eager_kernel_op(monkeypatch):
-    """Traced for torch.compile (by dynamo, then by AOT autograd on fake tensors, where is_compiling() is False) a
-    packed Linear stays the dequantize expression that inductor fuses; only eager calls reach the kernel op.
-    Here the kernels claim every input and the op fails, so any use of it shows."""
+    """Traced for torch.compile, a packed Linear stays the dequantize expression that inductor fuses; only eager
+    calls reach the kernel op. Here the kernels claim every input and the op fails, so any use of it shows."""
     from qsam2_ext import kernels
 
     net, x = _converted_net()

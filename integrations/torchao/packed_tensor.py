@@ -155,8 +155,7 @@ INTEGER_MIN_INPUTS = 128
 def _integer_path(x: torch.Tensor, weight: QSAM2PackedTensor) -> bool:
     """On CPUs (int8 GEMM through VNNI / AMX), for inference with quantized inputs on layers with enough inputs:
     per-token or per-tensor input grids and per-channel weight grids factor out of the sum (per-channel inputs or
-    grouped weights do not).
-    CUDA has its own kernels (``qsam2_ext.kernels``)."""
+    grouped weights do not). CUDA has its own kernels (``qsam2_ext.kernels``)."""
     return (
         _INTEGER_MATMUL and x.device.type == "cpu" and weight.act_bits is not None
         and x.shape[-1] >= INTEGER_MIN_INPUTS
@@ -166,8 +165,8 @@ def _integer_path(x: torch.Tensor, weight: QSAM2PackedTensor) -> bool:
 
 
 def _traced(x: torch.Tensor) -> bool:
-    """Inside a torch.compile / export trace: dynamo's, or AOT autograd's dispatch on fake tensors (where
-    ``torch.compiler.is_compiling()`` is False)."""
+    """Inside a torch.compile / export trace: dynamo's, or any dispatch on fake tensors (AOT autograd, export),
+    where ``torch.compiler.is_compiling()`` can be False."""
     return torch.compiler.is_compiling() or is_fake(x)
 
 
