@@ -340,7 +340,7 @@ def main() -> None:
     meta = {"device": device, "torch": torch.__version__, "command": command}
 
     def record(entry: dict) -> None:
-        entry = {**entry, "device": device, "run": run, "command": meta["command"]}
+        entry = {**entry, "device": device, "run": run, "command": command}
         with open(jsonl, "a") as f:
             f.write(json.dumps(entry) + "\n")
         print(json.dumps(entry), flush=True)

@@ -98,6 +98,12 @@ class QSAM2PackedTensor(TorchAOBaseTensor):
         xf = x.float()
         return dequantize(quantize(xf, center, step, self.act_bits), center, step).to(x.dtype)
 
+    def grids_factor(self) -> bool:
+        """Whether a product of codes can stand in for this layer: quantized inputs on a per-token or per-tensor
+        grid and per-channel weight grids factor out of the sum (per-channel inputs or grouped weights do not)."""
+        return (self.act_bits is not None and self.center.shape[1] == 1
+                and (self.act_center is None or self.act_center.ndim == 0))
+
     def describe(self) -> str:
         groups = self.center.shape[1]
         granularity = "per-channel" if groups == 1 else f"group_size={self.row_length() // groups}"
@@ -153,13 +159,10 @@ INTEGER_MIN_INPUTS = 128
 
 
 def _integer_path(x: torch.Tensor, weight: QSAM2PackedTensor) -> bool:
-    """On CPUs (int8 GEMM through VNNI / AMX), for inference with quantized inputs on layers with enough inputs:
-    per-token or per-tensor input grids and per-channel weight grids factor out of the sum (per-channel inputs or
-    grouped weights do not). CUDA has its own kernels (``qsam2_ext.kernels``)."""
+    """On CPUs (int8 GEMM through VNNI / AMX), for inference on layers with enough inputs whose grids factor out of
+    the sum. CUDA has its own kernels (``qsam2_ext.kernels``)."""
     return (
-        _INTEGER_MATMUL and x.device.type == "cpu" and weight.act_bits is not None
-        and x.shape[-1] >= INTEGER_MIN_INPUTS
-        and weight.center.shape[1] == 1 and (weight.act_center is None or weight.act_center.ndim == 0)
+        _INTEGER_MATMUL and x.device.type == "cpu" and x.shape[-1] >= INTEGER_MIN_INPUTS and weight.grids_factor()
         and not (torch.is_grad_enabled() and x.requires_grad)
     )
 

@@ -35,13 +35,10 @@ def cuda_kernels(enabled: bool = True) -> Iterator[None]:
 
 def supports(x: torch.Tensor, weight) -> bool:
     """For a ``QSAM2PackedTensor`` Linear weight: inference on a CUDA half-precision input, 2/4/8-bit weights;
-    quantized inputs need per-channel weight grids and a per-row or per-tensor input grid (those factor out of
-    the int8 sum)."""
+    quantized inputs only where the grids factor out of the int8 sum (``grids_factor``)."""
     return (
         _ENABLED and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and weight.bits in KERNEL_BITS
-        and len(weight.weight_shape) == 2
-        and (weight.act_bits is None or (weight.center.shape[1] == 1 and (
-            weight.act_center is None or weight.act_center.ndim == 0)))
+        and len(weight.weight_shape) == 2 and (weight.act_bits is None or weight.grids_factor())
         and not (torch.is_grad_enabled() and x.requires_grad) and triton_available()
     )
 
