@@ -7,12 +7,13 @@ Models come from the sam2 package's configs at 1024², the image encoder in bflo
 bf16 autocast, as SAM2's examples run them (weights do not change speed; with a checkpoint pass ``--checkpoint``).
 Each row quantizes every Linear of the image encoder (the 1x1 convs of its neck stay bf16 in every row) and, when
 marked compiled, wraps the encoder in ``torch.compile`` (default mode, ``dynamic=False``, under ``inference_mode``;
-compile time is the wall time of the first two calls, see ``compile_s``):
+our rows first pass through torchao's ``unwrap_tensor_subclass``, as the README advises; each row starts from empty
+dynamo caches; compile time is the wall time of the first two calls, see ``compile_s``):
 
 * bf16 eager / bf16 compiled: the baselines; every ratio is to "bf16 compiled" of the same model and batch in
   the same run;
 * torchao int8 dynamic (``Int8DynamicActivationInt8WeightConfig``) and int4 weight-only
-  (``Int4WeightOnlyConfig(group_size=128)``, tinygemm; only layers whose inputs 128 divides);
+  (``Int4WeightOnlyConfig(group_size=128)``, tinygemm layout; only layers whose inputs 128 divides);
 * ours: one-shot ``qsam2_config`` with per-channel grids, packed. Compiled, inductor generates the unpacking
   kernel feeding cuBLAS; eager rows run ``qsam2_ext.kernels`` (Triton; per layer shape the faster of the fused
   GEMM and dequantize-then-cuBLAS, measured on first use).
@@ -41,6 +42,7 @@ import time
 import numpy as np
 import torch
 from torch._dynamo.utils import counters
+from torchao.utils import unwrap_tensor_subclass
 
 from qsam2_ext.io import write_json, write_text
 
@@ -75,7 +77,8 @@ def quantize_encoder(encoder: torch.nn.Module, quantization) -> None:
     elif quantization == "torchao_int4":
         from torchao.quantization import Int4WeightOnlyConfig
 
-        quantize_(encoder, Int4WeightOnlyConfig(group_size=128),
+        # tinygemm (torch's own _weight_int4pack_mm); torchao 0.18's default "plain" format needs the mslk package
+        quantize_(encoder, Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d"),
                   filter_fn=lambda m, fqn: is_linear(m) and m.in_features % 128 == 0)
     else:
         import qsam2_ext
@@ -155,6 +158,7 @@ def bench_encoder(model, batch: int, repeats: int, compiled: bool, profile: bool
 def profile_call(call, calls: int = 3, top: int = 10) -> dict:
     """Where one call's time goes: CPU time (Python, dispatch, launches) against GPU kernel time, per call, and the
     operators that take most of each."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
@@ -172,8 +176,9 @@ def profile_call(call, calls: int = 3, top: int = 10) -> dict:
         return [{"op": e.key[:90], "cpu_ms": e.self_cpu_time_total / 1e3 / calls, "gpu_ms": device_us(e) / 1e3 / calls,
                  "count": e.count // calls} for e in rows]
 
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # operators' device time repeats their kernels'
     return {"cpu_ms_per_call": sum(e.self_cpu_time_total for e in events) / 1e3 / calls,
-            "gpu_ms_per_call": sum(device_us(e) for e in events) / 1e3 / calls,
+            "gpu_ms_per_call": sum(device_us(e) for e in kernels) / 1e3 / calls,
             "by_gpu": table(device_us), "by_cpu": table(lambda e: e.self_cpu_time_total)}
 
 
@@ -285,12 +290,21 @@ def bench_row(config: str, row: str, args, record) -> None:
     """Build, quantize and (maybe) compile one row's model, then time its parts at each batch size."""
     quantization, compiled = ROWS[row]
     end_to_end = row in args.end_to_end_rows
+    # every row starts from empty dynamo caches: SAM2's forward code is shared by all model instances, so without
+    # this each row's guards are checked after the earlier rows' (CPU time per call) and, past dynamo's recompile
+    # limit (8 per code object), later rows silently run eager
+    torch._dynamo.reset()
     try:
         model = build(config, args.checkpoint, video=end_to_end and "video" in args.parts)
         encoder = model.image_encoder.encoder
         quantize_encoder(encoder, quantization)
         linear_bytes, encoder_bytes = weight_bytes(encoder)
         if compiled:
+            if isinstance(quantization, tuple):
+                # ours: the packed weights as plain tensors in the compiled graph's inputs, the subclass rebuilt
+                # inside the graph instead of unwrapped by AOT autograd on every call (CPU time that bounds batch 1).
+                # torchao 0.18's own Int8Tensor cannot be unwrapped this way (no zero_point): its rows compile as is
+                unwrap_tensor_subclass(encoder)
             encoder.compile(dynamic=False)
     except Exception as e:  # noqa: BLE001 - a row that cannot be built is reported, not fatal
         record({"model": config, "row": row, "part": "build", "error": f"{type(e).__name__}: {e}"[:500]})
@@ -327,7 +341,11 @@ def main() -> None:
     p.add_argument("--profile", nargs="*", default=[], choices=list(ROWS),
                    help="rows whose encoder call is also profiled (CPU vs GPU time, top operators)")
     p.add_argument("--out", default="out/speed")
+    p.add_argument("--summarize-only", action="store_true",
+                   help="rebuild <out>/speed.json and speed.md from <out>/speed.jsonl (runs merged from several calls)")
     args = p.parse_args()
+    if args.summarize_only:
+        return summarize(args.out)
     if not torch.cuda.is_available():
         sys.exit("benchmarks/speed.py needs a CUDA GPU")
     if args.checkpoint and len(args.models) > 1:
@@ -335,12 +353,12 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     jsonl = os.path.join(args.out, "speed.jsonl")
     device = torch.cuda.get_device_name()
-    run = time.strftime("%Y-%m-%dT%H:%M:%S")
+    # a process is a run (its baseline is its own); processes started together on several GPUs differ by GPU
+    run = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} gpu{os.environ.get('CUDA_VISIBLE_DEVICES', torch.cuda.current_device())}"
     command = " ".join(["python", "benchmarks/speed.py"] + sys.argv[1:])
-    meta = {"device": device, "torch": torch.__version__, "command": command}
 
     def record(entry: dict) -> None:
-        entry = {**entry, "device": device, "run": run, "command": command}
+        entry = {**entry, "device": device, "torch": torch.__version__, "run": run, "command": command}
         with open(jsonl, "a") as f:
             f.write(json.dumps(entry) + "\n")
         print(json.dumps(entry), flush=True)
@@ -356,10 +374,10 @@ def main() -> None:
         for row in args.rows:
             bench_row(config, row, args, record)
             torch.cuda.empty_cache()
-    summarize(args.out, meta)
+    summarize(args.out)
 
 
-def summarize(out: str, meta: dict) -> None:
+def summarize(out: str) -> None:
     """speed.json and speed.md from every line of speed.jsonl (runs may be split across calls)."""
     with open(os.path.join(out, "speed.jsonl")) as f:
         entries = [json.loads(line) for line in f if line.strip()]
@@ -371,12 +389,16 @@ def summarize(out: str, meta: dict) -> None:
         e["ratio_vs_bf16_compiled"] = e["ms"] / b if b and "ms" in e else None
         f = float_linear.get(e["model"])
         e["linear_weights_smaller"] = f / e["linear_weight_bytes"] if f and e.get("linear_weight_bytes") else None
+    meta = {"devices": sorted({e["device"] for e in entries}), "torch": sorted({e.get("torch", "?") for e in entries})}
     write_json(os.path.join(out, "speed.json"), {"meta": meta, "entries": entries})
-    lines = [f"Devices: {', '.join(sorted({e['device'] for e in entries}))}; torch {meta['torch']}. Ratios are to "
+    lines = [f"Devices: {', '.join(meta['devices'])}; torch {', '.join(meta['torch'])}. Ratios are to "
              f"'{BASELINE}' of the same model, batch and part, measured in the same run (a process: its start time). "
              "Latency in ms (median).", "", "Runs:", ""]
     runs = {e["run"]: (e["device"], e["command"]) for e in entries}
     lines += [f"- {run} ({device}): `{command}`" for run, (device, command) in runs.items()] + [""]
+    notes = list(dict.fromkeys(e["note"] for e in entries if e.get("note")))  # caveats added to merged results
+    if notes:
+        lines += [f"Note [{i + 1}]: {note}." for i, note in enumerate(notes)] + [""]
     for part in ("encoder", "predictor", "video"):
         rows = [e for e in timed if e["part"] == part]
         if not rows:
@@ -395,6 +417,7 @@ def summarize(out: str, meta: dict) -> None:
             comp = "—" if e.get("compile_s") is None else f"{e['compile_s']:.0f}"
             unsteady = f" (dynamo compiled {e['frames_compiled_while_timed']} frames while timed)" if e.get(
                 "frames_compiled_while_timed") else ""
+            unsteady += f" [{notes.index(e['note']) + 1}]" if e.get("note") else ""
             lines.append(f"| {e['run']} | {e['model']} | {e['batch']} | {e['row']} | {e['ms']:.2f}{unsteady} | {ratio} | "
                          f"{e['linear_weight_bytes'] / 1e6:.2f} | {smaller} | {e['encoder_bytes'] / 1e6:.1f} | {peak} | "
                          f"{comp} |")

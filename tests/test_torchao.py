@@ -284,6 +284,25 @@ def test_compile_fullgraph_and_export():
         torch.testing.assert_close(exported.module()(x), eager, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bits,act_bits", [(2, None), (8, 8)])
+def test_compile_after_unwrapping_the_packed_weights(bits, act_bits):
+    """The README's advice before torch.compile: torchao's unwrap_tensor_subclass turns packed Linear weights into
+    plain tensors (the compiled graph rebuilds the subclass inside, saving its per-call unwrapping); the compiled
+    model still computes the eager reference, in one graph."""
+    from torchao.utils import unwrap_tensor_subclass
+
+    net, x = _converted_net(bits, act_bits)
+    with torch.no_grad():
+        eager = net(x)
+    unwrap_tensor_subclass(net)
+    assert not any(isinstance(p, QSAM2PackedTensor) for p in net.fc1.parameters())
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        torch.testing.assert_close(net(x), eager, rtol=0, atol=0)
+        compiled = torch.compile(net, fullgraph=True)(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
 def test_compiled_graphs_keep_the_dequantize_expression_not_the_eager_kernel_op(monkeypatch):
     """Traced for torch.compile, a packed Linear stays the dequantize expression that inductor fuses; only eager
     calls reach the kernel op. Here the kernels claim every input and the op fails, so any use of it shows."""
