@@ -285,10 +285,11 @@ def test_compile_fullgraph_and_export():
 
 
 @pytest.mark.parametrize("bits,act_bits", [(2, None), (8, 8)])
-def test_compile_after_unwrapping_the_packed_weights(bits, act_bits):
+def test_compile_after_unwrapping_the_packed_weights(bits, act_bits, tmp_path):
     """The README's advice before torch.compile: torchao's unwrap_tensor_subclass turns packed Linear weights into
     plain tensors (the compiled graph rebuilds the subclass inside, saving its per-call unwrapping); the compiled
-    model still computes the eager reference, in one graph."""
+    model still computes the eager reference, in one graph. Saving such a model is refused: its keys would load
+    into no float model."""
     from torchao.utils import unwrap_tensor_subclass
 
     net, x = _converted_net(bits, act_bits)
@@ -296,6 +297,9 @@ def test_compile_after_unwrapping_the_packed_weights(bits, act_bits):
         eager = net(x)
     unwrap_tensor_subclass(net)
     assert not any(isinstance(p, QSAM2PackedTensor) for p in net.fc1.parameters())
+    with pytest.raises(ValueError, match="fc1 went through torchao's unwrap_tensor_subclass"):
+        qsam2_ext.save_quantized(net, tmp_path / "q.pt")
+    assert not list(tmp_path.iterdir())
     torch._dynamo.reset()
     with torch.inference_mode():
         torch.testing.assert_close(net(x), eager, rtol=0, atol=0)

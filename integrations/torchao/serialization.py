@@ -42,6 +42,8 @@ def save_quantized(model_or_state_dict: Union[nn.Module, Mapping[str, torch.Tens
     ``metadata`` (JSON-able) is stored with it; with the SAM2 config under ``"model"`` (and ``"image_size"``,
     ``"overrides"``), ``load_quantized(path)`` rebuilds the model by itself."""
     meta = json.dumps(metadata or {})  # fails before writing if not JSON-able
+    if isinstance(model_or_state_dict, nn.Module):
+        _check_not_unwrapped(model_or_state_dict)
     sd = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else dict(model_or_state_dict)
     sd = {k: v.detach() for k, v in sd.items()}
     path = Path(path)
@@ -58,6 +60,19 @@ def save_quantized(model_or_state_dict: Union[nn.Module, Mapping[str, torch.Tens
     else:
         atomic_write(path, lambda tmp: torch.save({"model": sd, _METADATA: meta}, tmp))
     return path
+
+
+def _check_not_unwrapped(model: nn.Module) -> None:
+    """A model passed through torchao's ``unwrap_tensor_subclass`` (done before ``torch.compile``) keeps its packed
+    weights as parametrization pieces under other keys, which no float model would load: refuse to save it."""
+    from torch.nn.utils import parametrize
+    from torchao.utils import UnwrapTensorSubclass
+
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module) and any(
+                isinstance(p, UnwrapTensorSubclass) for plist in module.parametrizations.values() for p in plist):
+            raise ValueError(f"{name or 'the model'} went through torchao's unwrap_tensor_subclass (for torch.compile): "
+                             "save the quantized model before unwrapping it")
 
 
 def read_metadata(path: PathLike) -> dict:
