@@ -354,7 +354,8 @@ def main() -> None:
     jsonl = os.path.join(args.out, "speed.jsonl")
     device = torch.cuda.get_device_name()
     # a process is a run (its baseline is its own); processes started together on several GPUs differ by GPU
-    run = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} gpu{os.environ.get('CUDA_VISIBLE_DEVICES', torch.cuda.current_device())}"
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES", torch.cuda.current_device())
+    run = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} gpu{gpu}"
     command = " ".join(["python", "benchmarks/speed.py"] + sys.argv[1:])
 
     def record(entry: dict) -> None:

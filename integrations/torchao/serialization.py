@@ -44,7 +44,9 @@ def save_quantized(model_or_state_dict: Union[nn.Module, Mapping[str, torch.Tens
     meta = json.dumps(metadata or {})  # fails before writing if not JSON-able
     if isinstance(model_or_state_dict, nn.Module):
         _check_not_unwrapped(model_or_state_dict)
-    sd = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else dict(model_or_state_dict)
+        sd = model_or_state_dict.state_dict()
+    else:
+        sd = dict(model_or_state_dict)
     sd = {k: v.detach() for k, v in sd.items()}
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -71,8 +73,8 @@ def _check_not_unwrapped(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if parametrize.is_parametrized(module) and any(
                 isinstance(p, UnwrapTensorSubclass) for plist in module.parametrizations.values() for p in plist):
-            raise ValueError(f"{name or 'the model'} went through torchao's unwrap_tensor_subclass (for torch.compile): "
-                             "save the quantized model before unwrapping it")
+            raise ValueError(f"{name or 'the model'} went through torchao's unwrap_tensor_subclass (for "
+                             "torch.compile): save the quantized model before unwrapping it")
 
 
 def read_metadata(path: PathLike) -> dict:
