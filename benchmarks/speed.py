@@ -7,8 +7,9 @@ Models come from the sam2 package's configs at 1024², the image encoder in bflo
 bf16 autocast, as SAM2's examples run them (weights do not change speed; with a checkpoint pass ``--checkpoint``).
 Each row quantizes every Linear of the image encoder (the 1x1 convs of its neck stay bf16 in every row) and, when
 marked compiled, wraps the encoder in ``torch.compile`` (default mode, ``dynamic=False``, under ``inference_mode``;
-our rows first pass through torchao's ``unwrap_tensor_subclass``, as the README advises; each row starts from empty
-dynamo caches; compile time is the wall time of the first two calls, see ``compile_s``):
+our rows first pass through torchao's ``unwrap_tensor_subclass``; ``--skip-module-guards`` compiles every row with
+dynamo's ``skip_guard_on_all_nn_modules_unsafe`` filter; each row starts from empty dynamo caches; compile time is
+the wall time of the first two calls, see ``compile_s``):
 
 * bf16 eager / bf16 compiled: the baselines; every ratio is to "bf16 compiled" of the same model and batch in
   the same run;
@@ -302,10 +303,13 @@ def bench_row(config: str, row: str, args, record) -> None:
         if compiled:
             if isinstance(quantization, tuple):
                 # ours: the packed weights as plain tensors in the compiled graph's inputs, the subclass rebuilt
-                # inside the graph instead of unwrapped by AOT autograd on every call (CPU time that bounds batch 1).
-                # torchao 0.18's own Int8Tensor cannot be unwrapped this way (no zero_point): its rows compile as is
+                # inside the graph instead of unwrapped by AOT autograd on every call (no clear gain measured either
+                # way: benchmarks/compile_overhead.py). torchao 0.18's own Int8Tensor cannot be unwrapped this way
+                # (no zero_point): its rows compile as they are
                 unwrap_tensor_subclass(encoder)
-            encoder.compile(dynamic=False)
+            options = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe} if (
+                args.skip_module_guards) else None
+            encoder.compile(dynamic=False, options=options)
     except Exception as e:  # noqa: BLE001 - a row that cannot be built is reported, not fatal
         record({"model": config, "row": row, "part": "build", "error": f"{type(e).__name__}: {e}"[:500]})
         return
@@ -340,6 +344,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--profile", nargs="*", default=[], choices=list(ROWS),
                    help="rows whose encoder call is also profiled (CPU vs GPU time, top operators)")
+    p.add_argument("--skip-module-guards", action="store_true",
+                   help="compile every compiled row, the baseline included, with dynamo's guard filter "
+                        "torch.compiler.skip_guard_on_all_nn_modules_unsafe (no per-call checks of parameters)")
     p.add_argument("--out", default="out/speed")
     p.add_argument("--summarize-only", action="store_true",
                    help="rebuild <out>/speed.json and speed.md from <out>/speed.jsonl (runs merged from several calls)")

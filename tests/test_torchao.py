@@ -286,10 +286,9 @@ def test_compile_fullgraph_and_export():
 
 @pytest.mark.parametrize("bits,act_bits", [(2, None), (8, 8)])
 def test_compile_after_unwrapping_the_packed_weights(bits, act_bits, tmp_path):
-    """The README's advice before torch.compile: torchao's unwrap_tensor_subclass turns packed Linear weights into
-    plain tensors (the compiled graph rebuilds the subclass inside, saving its per-call unwrapping); the compiled
-    model still computes the eager reference, in one graph. Saving such a model is refused: its keys would load
-    into no float model."""
+    """torchao's unwrap_tensor_subclass (applied before torch.compile) turns packed Linear weights into plain
+    tensors and the compiled graph rebuilds the subclass inside: the compiled model still computes the eager
+    reference, in one graph. Saving such a model is refused: its keys would load into no float model."""
     from torchao.utils import unwrap_tensor_subclass
 
     net, x = _converted_net(bits, act_bits)
