@@ -219,6 +219,22 @@ def test_torchao_range_learning_qat_scales_are_used_by_our_convert():
 
 
 # ------------------------------------------------------------------ the packed tensor
+@pytest.mark.parametrize("act_bits,step", [(None, None), (8, None), (4, "convert")])
+def test_flatten_equals_torchaos_generic_flatten(act_bits, step):
+    """Our fast __tensor_flatten__ (dynamo's guards call it on every compiled call) returns exactly what
+    TorchAOBaseTensor's generic one derives from the name lists: no weight, dynamic and static input grids."""
+    from torchao.utils import TorchAOBaseTensor
+
+    if step == "convert":
+        net, _ = _converted_net(bits=2, act_bits=act_bits)
+    else:
+        net = Net()
+        quantize_(net, qsam2_config(bits=2, act_bits=act_bits), filter_fn=_all_layers)
+    for layer in (net.conv, net.fc1):
+        assert layer.weight.__tensor_flatten__() == TorchAOBaseTensor.__tensor_flatten__(layer.weight)
+    assert ("act_center" in net.fc1.weight.__tensor_flatten__()[0]) == (step == "convert")
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_packed_storage_is_bits_over_8_bytes_per_weight_plus_grids(bits):
     lin = nn.Linear(768, 384).to(torch.bfloat16)

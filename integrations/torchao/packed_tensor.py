@@ -98,6 +98,17 @@ class QSAM2PackedTensor(TorchAOBaseTensor):
         xf = x.float()
         return dequantize(quantize(xf, center, step, self.act_bits), center, step).to(x.dtype)
 
+    def __tensor_flatten__(self):
+        # what TorchAOBaseTensor's generic version returns, without its scans over the name lists: dynamo's guards
+        # call this for every packed weight on every call of a compiled model (benchmarks/compile_overhead.py)
+        names = ["packed", "center", "step"]
+        if self.act_center is not None:
+            names.append("act_center")
+        if self.act_step is not None:
+            names.append("act_step")
+        return names, {"bits": self.bits, "weight_shape": self.weight_shape, "dtype": self.dtype,
+                       "act_bits": self.act_bits}
+
     def grids_factor(self) -> bool:
         """Whether a product of codes can stand in for this layer: quantized inputs on a per-token or per-tensor
         grid and per-channel weight grids factor out of the sum (per-channel inputs or grouped weights do not)."""
