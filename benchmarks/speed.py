@@ -6,10 +6,10 @@
 Models come from the sam2 package's configs at 1024², the image encoder in bfloat16 and the rest in float32 under
 bf16 autocast, as SAM2's examples run them (weights do not change speed; with a checkpoint pass ``--checkpoint``).
 Each row quantizes every Linear of the image encoder (the 1x1 convs of its neck stay bf16 in every row) and, when
-marked compiled, wraps the encoder in ``torch.compile`` (default mode, ``dynamic=False``, under ``inference_mode``;
-our rows first pass through torchao's ``unwrap_tensor_subclass``; ``--skip-module-guards`` compiles every row with
-dynamo's ``skip_guard_on_all_nn_modules_unsafe`` filter; each row starts from empty dynamo caches; compile time is
-the wall time of the first two calls, see ``compile_s``):
+marked compiled, wraps the encoder as it is in ``torch.compile`` (default mode, ``dynamic=False``, under
+``inference_mode``; ``--skip-module-guards`` adds dynamo's ``skip_guard_on_all_nn_modules_unsafe`` filter to every
+compiled row; each row starts from empty dynamo caches; compile time is the wall time of the first two calls, see
+``compile_s``):
 
 * bf16 eager / bf16 compiled: the baselines; every ratio is to "bf16 compiled" of the same model and batch in
   the same run;
@@ -43,7 +43,6 @@ import time
 import numpy as np
 import torch
 from torch._dynamo.utils import counters
-from torchao.utils import unwrap_tensor_subclass
 
 from qsam2_ext.io import write_json, write_text
 
@@ -301,12 +300,6 @@ def bench_row(config: str, row: str, args, record) -> None:
         quantize_encoder(encoder, quantization)
         linear_bytes, encoder_bytes = weight_bytes(encoder)
         if compiled:
-            if isinstance(quantization, tuple):
-                # ours: the packed weights as plain tensors in the compiled graph's inputs, the subclass rebuilt
-                # inside the graph instead of unwrapped by AOT autograd on every call (no clear gain measured either
-                # way: benchmarks/compile_overhead.py). torchao 0.18's own Int8Tensor cannot be unwrapped this way
-                # (no zero_point): its rows compile as they are
-                unwrap_tensor_subclass(encoder)
             options = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe} if (
                 args.skip_module_guards) else None
             encoder.compile(dynamic=False, options=options)
