@@ -16,7 +16,7 @@ compiled row; each row starts from empty dynamo caches; compile time is the wall
 * torchao int8 dynamic (``Int8DynamicActivationInt8WeightConfig``) and int4 weight-only
   (``Int4WeightOnlyConfig(group_size=128)``, tinygemm layout; only layers whose inputs 128 divides);
 * ours: one-shot ``qsam2_config`` with per-channel grids, packed. Compiled, inductor generates the unpacking
-  kernel feeding cuBLAS; eager rows run ``qsam2_ext.kernels`` (Triton; per layer shape the faster of the fused
+  feeding cuBLAS; eager rows run ``qsam2_ext.kernels`` (Triton; per layer shape the faster of the fused
   GEMM and dequantize-then-cuBLAS, measured on first use).
 
 Parts: ``encoder`` (``image_encoder(images)``), ``predictor`` (``set_image``/``set_image_batch`` + a point prompt

@@ -13,7 +13,7 @@ weight grids instead multiplies the integer codes (``qsam2_ext.core.int_linear``
 reference up to float rounding). On CUDA in eager mode, half-precision Linear inputs go to ``qsam2_ext.kernels``
 (Triton: 2/4/8-bit weights unpacked in registers, W8A8 and W2A8 as int8 GEMMs, or dequantize-then-cuBLAS, whichever
 measures faster per shape); ``kernels.cuda_kernels(False)`` keeps the reference. Compiled models keep the reference
-expression, which inductor turns into one unpacking kernel per layer feeding cuBLAS.
+expression: inductor generates the unpacking (merged with neighbouring kernels) feeding cuBLAS.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def _linear(func, types, args, kwargs):
         x = x.to(torch.get_autocast_dtype(x.device.type))
     if not _traced(x) and kernels.supports(x, weight):
         # eager only: traced for torch.compile, the dequantize expression below is left to inductor, which unpacks
-        # the weight in one generated kernel feeding cuBLAS with no Python in between, while our op costs tens of
+        # the weight in generated kernels feeding cuBLAS with no Python in between, while our op costs tens of
         # microseconds of Python per call (benchmarks/results/speed.md)
         return kernels.packed_linear(x, weight.packed, weight.center.contiguous(), weight.step.contiguous(), bias,
                                      weight.act_center, weight.act_step, weight.bits, weight.act_bits or 0)
