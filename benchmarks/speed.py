@@ -22,7 +22,9 @@ compiled row; each row starts from empty dynamo caches; compile time is the wall
 Parts: ``encoder`` (``image_encoder(images)``), ``predictor`` (``set_image``/``set_image_batch`` + a point prompt
 per image), ``video`` (``SAM2VideoPredictor`` on 16 frames, one point on frame 0; per-frame latency is the median
 over frames 8..15, once the 7-frame memory bank is full), ``layers`` (each distinct encoder Linear shape on its
-own, eager: bf16 cuBLAS, our op's two paths and the reference dequantize-then-``F.linear``; where the time goes).
+own, eager: bf16 cuBLAS, our op's two paths and the reference dequantize-then-``F.linear``; where the time goes),
+``encoder-graph`` (each row's encoder call captured as a CUDA graph, all rows' graphs then replayed in turns: the
+GPU's work alone, without the per-call CPU cost that bounds batch 1 and varies with the host).
 Latency is the median of CUDA-event timings of single calls after warm-up (the GPU waits for each call, so a
 call's CPU-side launch cost counts, as it does for one request). Results are appended to ``<out>/speed.jsonl`` as
 they come (a cut-off run keeps what it measured); ``<out>/speed.json`` and ``speed.md`` gather them.
@@ -35,6 +37,7 @@ import argparse
 import copy
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -51,6 +54,8 @@ ROWS = {  # name: (quantization, compiled)
     "bf16 compiled": (None, True),
     "torchao int8 dynamic": ("torchao_int8", True),
     "torchao int4 weight-only": ("torchao_int4", True),
+    "torchao int8 dynamic eager": ("torchao_int8", False),
+    "torchao int4 weight-only eager": ("torchao_int4", False),
     "ours W2A16": ((2, None), True),
     "ours W4A16": ((4, None), True),
     "ours W8A8": ((8, 8), True),
@@ -59,6 +64,9 @@ ROWS = {  # name: (quantization, compiled)
     "ours W8A8 eager": ((8, 8), False),
 }
 BASELINE = "bf16 compiled"
+TIMED_PARTS = ["encoder", "encoder-graph", "predictor", "video"]
+PARTS = TIMED_PARTS + ["layers"]
+GRAPH_ROUNDS = 7
 
 
 def is_linear(module, fqn="") -> bool:
@@ -138,12 +146,17 @@ def photo(size: int) -> np.ndarray:
     return np.asarray(PIL.Image.fromarray(load_photo("astronaut")).resize((size, size)))
 
 
-def bench_encoder(model, batch: int, repeats: int, compiled: bool, profile: bool) -> dict:
+def encoder_call(model, batch: int):
+    """``model.image_encoder`` on a batch of photos, as a call without arguments."""
     from qsam2_ext.sam2.images import PHOTOS, photo_batch
 
     images = photo_batch([PHOTOS[i % len(PHOTOS)] for i in range(batch)], model.image_size)
     images = images.to("cuda")  # float32, as SAM2's predictors hand them over
-    call = lambda: model.image_encoder(images)  # noqa: E731
+    return lambda: model.image_encoder(images)
+
+
+def bench_encoder(model, batch: int, repeats: int, compiled: bool, profile: bool) -> dict:
+    call = encoder_call(model, batch)
     compile_seconds = compile_s(call) if compiled else None
     frames_before = dict(counters["frames"])
     torch.cuda.reset_peak_memory_stats()
@@ -153,6 +166,31 @@ def bench_encoder(model, batch: int, repeats: int, compiled: bool, profile: bool
         frames = {k: v - frames_before.get(k, 0) for k, v in counters["frames"].items()}
         result["frames_compiled_while_timed"] = frames.get("total", 0)
     return {**result, "profile": profile_call(call)} if profile else result
+
+
+def capture_graph(call) -> torch.cuda.CUDAGraph:
+    """One call recorded as a CUDA graph: a replay costs no Python, dispatch or launches, so its time is the GPU's
+    work alone (what bounds latency once launch overhead is removed, as ``mode="reduce-overhead"`` does)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graphs asks
+        for _ in range(2):
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    return graph
+
+
+def time_graphs(graphs: dict, repeats: int, rounds: int = GRAPH_ROUNDS) -> dict:
+    """Median replay time of each graph, the graphs taking turns over ``rounds`` rounds: rows measured minutes apart
+    differ with the GPU's clocks and the host's load, rows measured in turns share them."""
+    times: dict = {key: [] for key in graphs}
+    for _ in range(rounds):
+        for key, graph in graphs.items():
+            times[key].append(cuda_ms(graph.replay, repeats, warmup=2))
+    return {key: statistics.median(t) for key, t in times.items()}
 
 
 def profile_call(call, calls: int = 3, top: int = 10) -> dict:
@@ -286,14 +324,17 @@ def build(config: str, checkpoint, video: bool):
     return model
 
 
-def bench_row(config: str, row: str, args, record) -> None:
-    """Build, quantize and (maybe) compile one row's model, then time its parts at each batch size."""
+def bench_row(config: str, row: str, args, record) -> dict:
+    """Build, quantize and (maybe) compile one row's model, then time its parts at each batch size. Returns, by
+    batch, the encoder call captured as a CUDA graph (with the call, which keeps the graph's tensors alive) and the
+    row's fields, for ``time_graphs``."""
     quantization, compiled = ROWS[row]
     end_to_end = row in args.end_to_end_rows
     # every row starts from empty dynamo caches: SAM2's forward code is shared by all model instances, so without
     # this each row's guards are checked after the earlier rows' (CPU time per call) and, past dynamo's recompile
     # limit (8 per code object), later rows silently run eager
     torch._dynamo.reset()
+    held_by_earlier_rows = torch.cuda.memory_allocated()  # their CUDA graphs, kept for time_graphs
     try:
         model = build(config, args.checkpoint, video=end_to_end and "video" in args.parts)
         encoder = model.image_encoder.encoder
@@ -305,8 +346,9 @@ def bench_row(config: str, row: str, args, record) -> None:
             encoder.compile(dynamic=False, options=options)
     except Exception as e:  # noqa: BLE001 - a row that cannot be built is reported, not fatal
         record({"model": config, "row": row, "part": "build", "error": f"{type(e).__name__}: {e}"[:500]})
-        return
+        return {}
     common = {"model": config, "row": row, "linear_weight_bytes": linear_bytes, "encoder_bytes": encoder_bytes}
+    graphs = {}
     for batch in args.batches:
         parts = {"encoder": lambda: bench_encoder(model, batch, args.repeats, compiled, row in args.profile)}
         if end_to_end:
@@ -321,7 +363,17 @@ def bench_row(config: str, row: str, args, record) -> None:
                     result = fn()
             except Exception as e:  # noqa: BLE001
                 result = {"error": f"{type(e).__name__}: {e}"[:500]}
+            if "peak_bytes" in result:
+                result["peak_bytes"] -= held_by_earlier_rows
             record({**common, "batch": batch, "part": part, **result})
+        if "encoder-graph" in args.parts:
+            call = encoder_call(model, batch)
+            try:
+                with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
+                    graphs[batch] = (capture_graph(call), call, common)
+            except Exception as e:  # noqa: BLE001
+                record({**common, "batch": batch, "part": "encoder-graph", "error": f"{type(e).__name__}: {e}"[:500]})
+    return graphs
 
 
 def main() -> None:
@@ -330,8 +382,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None, help="float checkpoint (one model only)")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    p.add_argument("--parts", nargs="+", default=["encoder", "predictor", "video", "layers"],
-                   choices=["encoder", "predictor", "video", "layers"])
+    p.add_argument("--parts", nargs="+", default=PARTS, choices=PARTS)
     p.add_argument("--end-to-end-rows", nargs="+", default=["bf16 eager", "bf16 compiled", "ours W2A16", "ours W2A8"],
                    choices=list(ROWS), help="rows that also run the predictor and video parts")
     p.add_argument("--repeats", type=int, default=20)
@@ -356,7 +407,7 @@ def main() -> None:
     # a process is a run (its baseline is its own); processes started together on several GPUs differ by GPU
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES", torch.cuda.current_device())
     run = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} gpu{gpu}"
-    command = " ".join(["python", "benchmarks/speed.py"] + sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/speed.py"] + sys.argv[1:])  # row names have spaces
 
     def record(entry: dict) -> None:
         entry = {**entry, "device": device, "torch": torch.__version__, "run": run, "command": command}
@@ -372,9 +423,16 @@ def main() -> None:
                 for entry in bench_layers(encoder, batch, args.rows):
                     record({"model": config, "batch": batch, "part": "layers", **entry})
             del encoder
+        graphs = {}
         for row in args.rows:
-            bench_row(config, row, args, record)
+            for batch, captured in bench_row(config, row, args, record).items():
+                graphs[row, batch] = captured
             torch.cuda.empty_cache()
+        replay_ms = time_graphs({key: graph for key, (graph, _, _) in graphs.items()}, args.repeats)
+        for (row, batch), ms in replay_ms.items():
+            record({**graphs[row, batch][2], "batch": batch, "part": "encoder-graph", "ms": ms})
+        del graphs
+        torch.cuda.empty_cache()
     summarize(args.out)
 
 
@@ -382,7 +440,7 @@ def summarize(out: str) -> None:
     """speed.json and speed.md from every line of speed.jsonl (runs may be split across calls)."""
     with open(os.path.join(out, "speed.jsonl")) as f:
         entries = [json.loads(line) for line in f if line.strip()]
-    timed = [e for e in entries if e["part"] in ("encoder", "predictor", "video")]
+    timed = [e for e in entries if e["part"] in TIMED_PARTS]
     base = {(e["run"], e["model"], e["batch"], e["part"]): e["ms"] for e in timed if e["row"] == BASELINE and "ms" in e}
     float_linear = {e["model"]: e["linear_weight_bytes"] for e in timed if e["row"] == BASELINE}
     for e in timed:
@@ -400,11 +458,16 @@ def summarize(out: str) -> None:
     notes = list(dict.fromkeys(e["note"] for e in entries if e.get("note")))  # caveats added to merged results
     if notes:
         lines += [f"Note [{i + 1}]: {note}." for i, note in enumerate(notes)] + [""]
-    for part in ("encoder", "predictor", "video"):
+    for part in TIMED_PARTS:
         rows = [e for e in timed if e["part"] == part]
         if not rows:
             continue
-        lines += [f"### {part}", "", "| run | model | batch | row | latency (ms) | × bf16 compiled | Linear weights (MB) "
+        if part == "encoder-graph":
+            lines += [f"### {part}", "", f"Each row's encoder call replayed as a CUDA graph, the rows in turns ({GRAPH_ROUNDS} rounds): "
+                      "GPU work only, no per-call CPU cost.", ""]
+        else:
+            lines += [f"### {part}", ""]
+        lines += ["| run | model | batch | row | latency (ms) | × bf16 compiled | Linear weights (MB) "
                   "| smaller | encoder (MB) | peak (GB) | compile (s) |",
                   "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for e in rows:
