@@ -14,7 +14,8 @@ compiled row; each row starts from empty dynamo caches; compile time is the wall
 * bf16 eager / bf16 compiled: the baselines; every ratio is to "bf16 compiled" of the same model and batch in
   the same run;
 * torchao int8 dynamic (``Int8DynamicActivationInt8WeightConfig``) and int4 weight-only
-  (``Int4WeightOnlyConfig(group_size=128)``, tinygemm layout; only layers whose inputs 128 divides);
+  (``Int4WeightOnlyConfig(group_size=128)``, tinygemm layout; only layers whose inputs 128 divides), compiled and
+  eager;
 * ours: one-shot ``qsam2_config`` with per-channel grids, packed. Compiled, inductor generates the unpacking
   feeding cuBLAS; eager rows run ``qsam2_ext.kernels`` (Triton; per layer shape the faster of the fused
   GEMM and dequantize-then-cuBLAS, measured on first use).
