@@ -463,11 +463,10 @@ def summarize(out: str) -> None:
         rows = [e for e in timed if e["part"] == part]
         if not rows:
             continue
+        lines += [f"### {part}", ""]
         if part == "encoder-graph":
-            lines += [f"### {part}", "", f"Each row's encoder call replayed as a CUDA graph, the rows in turns ({GRAPH_ROUNDS} rounds): "
+            lines += [f"Each row's encoder call replayed as a CUDA graph, the rows in turns ({GRAPH_ROUNDS} rounds): "
                       "GPU work only, no per-call CPU cost.", ""]
-        else:
-            lines += [f"### {part}", ""]
         lines += ["| run | model | batch | row | latency (ms) | × bf16 compiled | Linear weights (MB) "
                   "| smaller | encoder (MB) | peak (GB) | compile (s) |",
                   "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -483,9 +482,9 @@ def summarize(out: str) -> None:
             unsteady = f" (dynamo compiled {e['frames_compiled_while_timed']} frames while timed)" if e.get(
                 "frames_compiled_while_timed") else ""
             unsteady += f" [{notes.index(e['note']) + 1}]" if e.get("note") else ""
-            lines.append(f"| {e['run']} | {e['model']} | {e['batch']} | {e['row']} | {e['ms']:.2f}{unsteady} | {ratio} | "
-                         f"{e['linear_weight_bytes'] / 1e6:.2f} | {smaller} | {e['encoder_bytes'] / 1e6:.1f} | {peak} | "
-                         f"{comp} |")
+            lines.append(f"| {e['run']} | {e['model']} | {e['batch']} | {e['row']} | {e['ms']:.2f}{unsteady} | "
+                         f"{ratio} | {e['linear_weight_bytes'] / 1e6:.2f} | {smaller} | {e['encoder_bytes'] / 1e6:.1f} | "
+                         f"{peak} | {comp} |")
         lines.append("")
     for e in timed:
         if e.get("profile"):
