@@ -483,8 +483,8 @@ def summarize(out: str) -> None:
                 "frames_compiled_while_timed") else ""
             unsteady += f" [{notes.index(e['note']) + 1}]" if e.get("note") else ""
             lines.append(f"| {e['run']} | {e['model']} | {e['batch']} | {e['row']} | {e['ms']:.2f}{unsteady} | "
-                         f"{ratio} | {e['linear_weight_bytes'] / 1e6:.2f} | {smaller} | {e['encoder_bytes'] / 1e6:.1f} | "
-                         f"{peak} | {comp} |")
+                         f"{ratio} | {e['linear_weight_bytes'] / 1e6:.2f} | {smaller} | "
+                         f"{e['encoder_bytes'] / 1e6:.1f} | {peak} | {comp} |")
         lines.append("")
     for e in timed:
         if e.get("profile"):
