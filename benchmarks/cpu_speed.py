@@ -5,7 +5,9 @@
 
 Every Linear and 1x1 Conv2d of the image encoder is quantized one-shot (weights per output channel, inputs
 dynamically per token: no calibration needed for speed). Rows with "integer" multiply int8 codes
-(``qsam2_ext.integer_matmul``: one int8 GEMM per Linear, VNNI/AMX where the CPU has them); "reference" rows
+(``qsam2_ext.integer_matmul``: one int8 GEMM per Linear through oneDNN, which needs AVX512-VNNI or AMX; on other
+CPUs torch's int8 GEMM is a plain loop, tens of times slower, and these rows are skipped unless
+``--force-integer``); "reference" rows
 dequantize and run the float op. Weights stay packed in memory (2 bits per weight for W2). Latency is the median
 of ``--repeats`` timed runs after one warm-up, in the same process as the float baseline (``--compile`` adds
 ``torch.compile`` rows: inductor fuses the quantization and the integer product's epilogue). SQNR against the float
@@ -28,6 +30,7 @@ from torchao.quantization import quantize_
 
 import qsam2_ext
 from qsam2_ext.core import is_linear_like
+from qsam2_ext.integrations.torchao.packed_tensor import fast_int8_cpu
 from qsam2_ext.io import write_json, write_text
 from qsam2_ext.sam2.images import PHOTOS, photo_batch
 from qsam2_ext.sam2.models import build_model
@@ -45,9 +48,9 @@ ROWS = (  # name, weight bits, integer product, torch.compile
 
 
 def run(encoder, images, repeats: int, integer: bool, compile: bool,
-        profile: bool = False) -> tuple[float, float, torch.Tensor, list]:
+        profile: bool = False, force: bool = False) -> tuple[float, float, torch.Tensor, list]:
     """(median latency in ms, compile seconds, output, the top operators of one more run when ``profile``)."""
-    context = qsam2_ext.integer_matmul() if integer else contextlib.nullcontext()
+    context = qsam2_ext.integer_matmul(force=force) if integer else contextlib.nullcontext()
     times, compile_s = [], 0.0
     with torch.inference_mode(), context:
         if compile:
@@ -82,8 +85,14 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (about a minute each to compile)")
     p.add_argument("--profile", nargs="*", default=[], choices=[r[0] for r in ROWS],
                    help="rows to profile (one more run each): where the time goes, by operator")
+    p.add_argument("--force-integer", action="store_true",
+                   help="run the integer rows on a CPU without a fast int8 GEMM too (torch's plain loop: very slow)")
     p.add_argument("--out", default="out/cpu_speed")
     args = p.parse_args()
+    fast_int8 = fast_int8_cpu()
+    if not fast_int8 and not args.force_integer:
+        print("this CPU has neither AVX512-VNNI nor AMX (torch's int8 GEMM is a plain loop here): integer rows "
+              "skipped, --force-integer runs them", flush=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     float_encoder = build_model(args.model, image_size=args.size).image_encoder.eval()
@@ -92,13 +101,14 @@ def main() -> None:
         reference = float_encoder(images)["vision_features"]
     rows = []
     for name, bits, integer, compile in ROWS:
-        if compile and not args.compile:
+        if (compile and not args.compile) or (integer and not fast_int8 and not args.force_integer):
             continue
         encoder = float_encoder
         if bits is not None:
             encoder = copy.deepcopy(float_encoder)
             quantize_(encoder, qsam2_ext.qsam2_config(bits=bits, act_bits=8), filter_fn=lambda m, fqn: is_linear_like(m))
-        ms, compile_s, out, top = run(encoder, images, args.repeats, integer, compile, name in args.profile)
+        ms, compile_s, out, top = run(encoder, images, args.repeats, integer, compile, name in args.profile,
+                                      force=args.force_integer)
         noise = (out - reference).double().square().sum()
         sqnr = float(10 * torch.log10(reference.double().square().sum() / noise)) if noise > 0 else None
         size = qsam2_ext.storage_report(encoder)
@@ -110,11 +120,13 @@ def main() -> None:
         r["speedup_vs_fp32"] = base / r["ms"]
     cpu = platform.processor() or platform.machine()
     meta = {"model": args.model, "size": args.size, "batch": args.batch, "threads": args.threads,
-            "repeats": args.repeats, "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "repeats": args.repeats, "cpu": cpu, "cores": os.cpu_count(), "fast_int8_gemm": fast_int8,
+            "torch": torch.__version__,
             "command": " ".join(["python", "benchmarks/cpu_speed.py"] + sys.argv[1:])}
     write_json(os.path.join(args.out, "cpu_speed.json"), {"meta": meta, "rows": rows})
     lines = [f"{args.model} image encoder, {args.size}², batch {args.batch}, {args.threads} threads on {cpu} "
-             f"({os.cpu_count()} cores), torch {torch.__version__}; median of {args.repeats} runs.", "",
+             f"({os.cpu_count()} cores; fast int8 GEMM (AVX512-VNNI or AMX): {'yes' if fast_int8 else 'no'}), "
+             f"torch {torch.__version__}; median of {args.repeats} runs.", "",
              "| row | latency (ms) | speed-up vs fp32 eager | compile (s) | quantized weights (MB) | encoder (MB) | "
              "SQNR vs fp32 (dB) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -69,7 +69,7 @@ def test_packed_linear_integer_path_matches_the_reference_path(bits, act_bits, s
     by_hand = int_linear(codes, center, step, w.codes(), w.center, w.step, layer.bias).reshape(4, 10, -1)
     with torch.no_grad():
         reference = layer(x)
-        with qsam2_ext.integer_matmul():
+        with qsam2_ext.integer_matmul(force=True):  # on any CPU, fast int8 GEMM or not
             integer = layer(x)
     assert torch.equal(integer, by_hand)  # the integer path ran
     # one layer equals the reference up to float rounding (a next layer may round its input differently)
@@ -85,7 +85,7 @@ def test_layers_with_few_inputs_keep_the_reference_path():
     hidden = net[1](net[0](x))
     with torch.no_grad():
         reference = net[2](hidden)
-        with qsam2_ext.integer_matmul():
+        with qsam2_ext.integer_matmul(force=True):  # on any CPU, fast int8 GEMM or not
             assert torch.equal(net[2](hidden), reference)
 
 
@@ -94,5 +94,36 @@ def test_grids_that_do_not_factor_use_the_reference_path(options):
     net, x = _converted(2, 8, True, **options)
     with torch.no_grad():
         reference = net(x)
-        with qsam2_ext.integer_matmul():
+        with qsam2_ext.integer_matmul(force=True):  # on any CPU, fast int8 GEMM or not
             assert torch.equal(net(x), reference)
+
+
+def test_fast_int8_cpu_reads_the_cpus_own_flags():
+    """torch's probes against the kernel's list of CPU features (Linux), an independent reading."""
+    from qsam2_ext.integrations.torchao.packed_tensor import fast_int8_cpu
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags here")
+    assert fast_int8_cpu() == bool({"avx512_vnni", "amx_int8", "amx_tile"} & set(flags))
+
+
+def test_cpus_without_a_fast_int8_gemm_keep_the_float_product(monkeypatch):
+    """Where torch's int8 GEMM is a plain loop, integer_matmul() warns and changes nothing; force=True still runs the
+    integer product."""
+    from qsam2_ext.integrations.torchao import packed_tensor
+
+    monkeypatch.setattr(packed_tensor, "fast_int8_cpu", lambda: False)
+    net, x = _converted(8, 8, False)
+    with torch.no_grad():
+        reference = net[0](x)
+        with pytest.warns(UserWarning, match="AVX512-VNNI nor AMX"), qsam2_ext.integer_matmul():
+            assert torch.equal(net[0](x), reference)
+        with qsam2_ext.integer_matmul(force=True):
+            forced = net[0](x)
+    codes, center, step = quantize_tokens(x.reshape(-1, 128), 8)
+    w = net[0].weight
+    by_hand = int_linear(codes, center, step, w.codes(), w.center, w.step, net[0].bias).reshape(forced.shape)
+    assert torch.equal(forced, by_hand)
