@@ -5,10 +5,9 @@
 
 Every Linear and 1x1 Conv2d of the image encoder is quantized one-shot (weights per output channel, inputs
 dynamically per token: no calibration needed for speed). Rows with "integer" multiply int8 codes
-(``qsam2_ext.integer_matmul``: one int8 GEMM per Linear through oneDNN, which needs AVX512-VNNI or AMX; on other
-CPUs torch's int8 GEMM is a plain loop, tens of times slower, and these rows are skipped unless
-``--force-integer``); "reference" rows
-dequantize and run the float op. Weights stay packed in memory (2 bits per weight for W2). Latency is the median
+(``qsam2_ext.integer_matmul``: one int8 GEMM per Linear, fast with AVX512-VNNI or AMX; on other CPUs torch's int8
+GEMM is a plain loop, tens of times slower, and these rows are skipped unless ``--force-integer``); "reference"
+rows dequantize and run the float op. Weights stay packed in memory (2 bits per weight for W2). Latency is the median
 of ``--repeats`` timed runs after one warm-up, in the same process as the float baseline (``--compile`` adds
 ``torch.compile`` rows: inductor fuses the quantization and the integer product's epilogue). SQNR against the float
 encoder shows the rows compute the same thing. Writes ``<out>/cpu_speed.json`` and ``cpu_speed.md``.
