@@ -171,7 +171,7 @@ def bench_encoder(model, batch: int, repeats: int, compiled: bool, profile: bool
 
 def capture_graph(call) -> torch.cuda.CUDAGraph:
     """One call recorded as a CUDA graph: a replay costs no Python, dispatch or launches, so its time is the GPU's
-    work alone (what bounds latency once launch overhead is removed, as ``mode="reduce-overhead"`` does)."""
+    work alone (what bounds latency once launch overhead is removed)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graphs asks
