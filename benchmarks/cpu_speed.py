@@ -29,7 +29,6 @@ from torchao.quantization import quantize_
 
 import qsam2_ext
 from qsam2_ext.core import is_linear_like
-from qsam2_ext.integrations.torchao.packed_tensor import fast_int8_cpu
 from qsam2_ext.io import write_json, write_text
 from qsam2_ext.sam2.images import PHOTOS, photo_batch
 from qsam2_ext.sam2.models import build_model
@@ -88,7 +87,7 @@ def main() -> None:
                    help="run the integer rows on a CPU without a fast int8 GEMM too (torch's plain loop: very slow)")
     p.add_argument("--out", default="out/cpu_speed")
     args = p.parse_args()
-    fast_int8 = fast_int8_cpu()
+    fast_int8 = qsam2_ext.fast_int8_cpu()
     if not fast_int8 and not args.force_integer:
         print("this CPU has neither AVX512-VNNI nor AMX (torch's int8 GEMM is a plain loop here): integer rows "
               "skipped, --force-integer runs them", flush=True)

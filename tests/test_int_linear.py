@@ -100,14 +100,12 @@ def test_grids_that_do_not_factor_use_the_reference_path(options):
 
 def test_fast_int8_cpu_reads_the_cpus_own_flags():
     """torch's probes against the kernel's list of CPU features (Linux), an independent reading."""
-    from qsam2_ext.integrations.torchao.packed_tensor import fast_int8_cpu
-
     try:
         with open("/proc/cpuinfo") as f:
             flags = next(line for line in f if line.startswith("flags")).split()
     except (OSError, StopIteration):
         pytest.skip("no /proc/cpuinfo flags here")
-    assert fast_int8_cpu() == bool({"avx512_vnni", "amx_int8", "amx_tile"} & set(flags))
+    assert qsam2_ext.fast_int8_cpu() == bool({"avx512_vnni", "amx_int8", "amx_tile"} & set(flags))
 
 
 def test_cpus_without_a_fast_int8_gemm_keep_the_float_product(monkeypatch):
