@@ -8,8 +8,8 @@ bf16 autocast, as SAM2's examples run them (weights do not change speed; with a 
 Each row quantizes every Linear of the image encoder (the 1x1 convs of its neck stay bf16 in every row) and, when
 marked compiled, wraps the encoder as it is in ``torch.compile`` (default mode, ``dynamic=False``, under
 ``inference_mode``; ``--skip-module-guards`` adds dynamo's ``skip_guard_on_all_nn_modules_unsafe`` filter to every
-compiled row; each row starts from empty dynamo caches; compile time is the wall time of the first two calls, see
-``compile_s``):
+compiled row, ``--inductor KEY=VALUE`` inductor config such as ``combo_kernels=True``; each row starts from empty
+dynamo caches; compile time is the wall time of the first two calls, see ``compile_s``):
 
 * bf16 eager / bf16 compiled: the baselines; every ratio is to "bf16 compiled" of the same model and batch in
   the same run;
@@ -29,7 +29,8 @@ GPU's work alone, without the per-call CPU cost that bounds batch 1 and varies w
 Latency is the median of CUDA-event timings of single calls after warm-up (the GPU waits for each call, so a
 call's CPU-side launch cost counts, as it does for one request). Results are appended to ``<out>/speed.jsonl`` as
 they come (a cut-off run keeps what it measured); ``<out>/speed.json`` and ``speed.md`` gather them.
-``--profile ROW...`` adds, for those rows' encoder calls, CPU time against GPU kernel time and the top operators.
+``--profile ROW...`` adds, for those rows' encoder calls, CPU time against GPU kernel time, GPU time by kind of
+kernel (GEMM, attention, inductor's weight unpacking, ...) and the top operators.
 """
 
 from __future__ import annotations
@@ -215,9 +216,33 @@ def profile_call(call, calls: int = 3, top: int = 10) -> dict:
                  "count": e.count // calls} for e in rows]
 
     kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # operators' device time repeats their kernels'
+    families: dict = {}
+    for e in kernels:
+        family = families.setdefault(kernel_family(e.key), {"gpu_ms": 0.0, "count": 0})
+        family["gpu_ms"] += device_us(e) / 1e3 / calls
+        family["count"] += e.count // calls
     return {"cpu_ms_per_call": sum(e.self_cpu_time_total for e in events) / 1e3 / calls,
             "gpu_ms_per_call": sum(device_us(e) for e in kernels) / 1e3 / calls,
-            "by_gpu": table(device_us), "by_cpu": table(lambda e: e.self_cpu_time_total)}
+            "by_gpu": table(device_us), "by_cpu": table(lambda e: e.self_cpu_time_total),
+            "kernel_families": dict(sorted(families.items(), key=lambda kv: -kv[1]["gpu_ms"]))}
+
+
+KERNEL_FAMILIES = (  # (family, name fragments), first match wins; names as cuBLAS, cuDNN and inductor give them
+    ("attention (cuDNN/flash SDPA)", ("sdpa", "flash", "fmha", "attention")),
+    ("convolution (cuDNN)", ("conv", "cudnn")),
+    ("GEMM (cuBLAS/CUTLASS)", ("nvjet", "gemm", "cutlass", "xmma")),
+    ("inductor: weight unpacking", ("bitwise",)),  # shifts and masks of packed codes, with whatever inductor fused
+    ("inductor: other", ("triton_",)),
+)
+
+
+def kernel_family(name: str) -> str:
+    """Which kind of work a CUDA kernel does, by its name (for attributing a row's GPU time against the baseline's)."""
+    low = name.lower()
+    for family, fragments in KERNEL_FAMILIES:
+        if any(f in low for f in fragments):
+            return family
+    return "other (copies, memsets, aten kernels)"
 
 
 def bench_predictor(model, batch: int, repeats: int) -> dict:
@@ -341,13 +366,16 @@ def bench_row(config: str, row: str, args, record) -> dict:
         quantize_encoder(encoder, quantization)
         linear_bytes, encoder_bytes = weight_bytes(encoder)
         if compiled:
-            options = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe} if (
-                args.skip_module_guards) else None
-            encoder.compile(dynamic=False, options=options)
+            options = dict(args.inductor)
+            if args.skip_module_guards:
+                options["guard_filter_fn"] = torch.compiler.skip_guard_on_all_nn_modules_unsafe
+            encoder.compile(dynamic=False, options=options or None)
     except Exception as e:  # noqa: BLE001 - a row that cannot be built is reported, not fatal
         record({"model": config, "row": row, "part": "build", "error": f"{type(e).__name__}: {e}"[:500]})
         return {}
     common = {"model": config, "row": row, "linear_weight_bytes": linear_bytes, "encoder_bytes": encoder_bytes}
+    if compiled and args.inductor:
+        common["inductor_options"] = dict(args.inductor)
     graphs = {}
     for batch in args.batches:
         call = encoder_call(model, batch)  # timed as is, then captured as a CUDA graph
@@ -376,6 +404,21 @@ def bench_row(config: str, row: str, args, record) -> dict:
     return graphs
 
 
+def inductor_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` for ``torch._inductor.config``, the value read as a Python literal (else kept as text)."""
+    import ast
+
+    from torch._inductor import config
+
+    key, sep, value = text.partition("=")
+    if not sep or not hasattr(config, key):
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE with KEY in torch._inductor.config")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["sam2.1_hiera_t", "sam2.1_hiera_b+", "sam2.1_hiera_l"])
@@ -391,6 +434,8 @@ def main() -> None:
     p.add_argument("--skip-module-guards", action="store_true",
                    help="compile every compiled row, the baseline included, with dynamo's guard filter "
                         "torch.compiler.skip_guard_on_all_nn_modules_unsafe (no per-call checks of parameters)")
+    p.add_argument("--inductor", nargs="+", default=[], type=inductor_option, metavar="KEY=VALUE",
+                   help="inductor config for every compiled row, the baseline included (e.g. combo_kernels=True)")
     p.add_argument("--out", default="out/speed")
     p.add_argument("--summarize-only", action="store_true",
                    help="rebuild <out>/speed.json and speed.md from <out>/speed.jsonl (runs merged from several calls)")
@@ -436,6 +481,12 @@ def main() -> None:
     summarize(args.out)
 
 
+def row_label(entry: dict) -> str:
+    """The row's name, with the inductor options it was compiled with (``--inductor``), if any."""
+    options = entry.get("inductor_options")
+    return entry["row"] + (f" [{', '.join(f'{k}={v}' for k, v in options.items())}]" if options else "")
+
+
 def summarize(out: str) -> None:
     """speed.json and speed.md from every line of speed.jsonl (runs may be split across calls)."""
     with open(os.path.join(out, "speed.jsonl")) as f:
@@ -471,7 +522,7 @@ def summarize(out: str) -> None:
                   "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for e in rows:
             if "error" in e:
-                lines.append(f"| {e['run']} | {e['model']} | {e['batch']} | {e['row']} | "
+                lines.append(f"| {e['run']} | {e['model']} | {e['batch']} | {row_label(e)} | "
                              f"error: {e['error'][:80]} |||||||")
                 continue
             ratio = "—" if e["ratio_vs_bf16_compiled"] is None else f"{e['ratio_vs_bf16_compiled']:.2f}"
@@ -481,16 +532,20 @@ def summarize(out: str) -> None:
             unsteady = f" (dynamo compiled {e['frames_compiled_while_timed']} frames while timed)" if e.get(
                 "frames_compiled_while_timed") else ""
             unsteady += f" [{notes.index(e['note']) + 1}]" if e.get("note") else ""
-            lines.append(f"| {e['run']} | {e['model']} | {e['batch']} | {e['row']} | {e['ms']:.2f}{unsteady} | "
+            lines.append(f"| {e['run']} | {e['model']} | {e['batch']} | {row_label(e)} | {e['ms']:.2f}{unsteady} | "
                          f"{ratio} | {e['linear_weight_bytes'] / 1e6:.2f} | {smaller} | "
                          f"{e['encoder_bytes'] / 1e6:.1f} | {peak} | {comp} |")
         lines.append("")
     for e in timed:
         if e.get("profile"):
             prof = e["profile"]
-            lines += [f"### profile: {e['model']}, batch {e['batch']}, {e['row']} ({e['run']})", "",
+            lines += [f"### profile: {e['model']}, batch {e['batch']}, {row_label(e)} ({e['run']})", "",
                       f"Per call: {prof['cpu_ms_per_call']:.2f} ms of CPU time (Python, dispatch, launches), "
                       f"{prof['gpu_ms_per_call']:.2f} ms of GPU kernels; latency {e['ms']:.2f} ms.", ""]
+            if prof.get("kernel_families"):
+                lines += ["GPU kernels by kind (ms per call):", "", "| kind | GPU | kernels |", "|---|---:|---:|"]
+                lines += [f"| {k} | {v['gpu_ms']:.3f} | {v['count']} |" for k, v in prof["kernel_families"].items()]
+                lines.append("")
             for key, title in (("by_gpu", "GPU time"), ("by_cpu", "CPU time")):
                 lines += [f"Top operators by {title} (ms per call):", "", "| operator | CPU | GPU | calls |",
                           "|---|---:|---:|---:|"]
