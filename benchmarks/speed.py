@@ -21,11 +21,12 @@ dynamo caches; compile time is the wall time of the first two calls, see ``compi
   GEMM and dequantize-then-cuBLAS, measured on first use).
 
 Parts: ``encoder`` (``image_encoder(images)``), ``predictor`` (``set_image``/``set_image_batch`` + a point prompt
-per image), ``video`` (``SAM2VideoPredictor`` on 16 frames, one point on frame 0; per-frame latency is the median
-over frames 8..15, once the 7-frame memory bank is full), ``layers`` (each distinct encoder Linear shape on its
-own, eager: bf16 cuBLAS, our op's two paths and the reference dequantize-then-``F.linear``; where the time goes),
-``encoder-graph`` (each row's encoder call captured as a CUDA graph, all rows' graphs then replayed in turns: the
-GPU's work alone, without the per-call CPU cost that bounds batch 1 and varies with the host).
+per image, all rows' calls timed in turns like ``encoder-graph``'s replays), ``video`` (``SAM2VideoPredictor`` on 16
+frames, one point on frame 0; per-frame latency is the median over frames 8..15, once the 7-frame memory bank is
+full), ``layers`` (each distinct encoder Linear shape on its own, eager: bf16 cuBLAS, our op's two paths and the
+reference dequantize-then-``F.linear``; where the time goes), ``encoder-graph`` (each row's encoder call captured as
+a CUDA graph, all rows' graphs then replayed in turns: the GPU's work alone, without the per-call CPU cost that
+bounds batch 1 and varies with the host).
 Latency is the median of CUDA-event timings of single calls after warm-up (the GPU waits for each call, so a
 call's CPU-side launch cost counts, as it does for one request). Results are appended to ``<out>/speed.jsonl`` as
 they come (a cut-off run keeps what it measured); ``<out>/speed.json`` and ``speed.md`` gather them.
@@ -68,7 +69,7 @@ ROWS = {  # name: (quantization, compiled)
 BASELINE = "bf16 compiled"
 TIMED_PARTS = ["encoder", "encoder-graph", "predictor", "video"]
 PARTS = TIMED_PARTS + ["layers"]
-GRAPH_ROUNDS = 7
+TURN_ROUNDS = 7
 
 
 def is_linear(module, fqn="") -> bool:
@@ -184,13 +185,14 @@ def capture_graph(call) -> torch.cuda.CUDAGraph:
     return graph
 
 
-def time_graphs(graphs: dict, repeats: int, rounds: int = GRAPH_ROUNDS) -> dict:
-    """Median replay time of each graph, the graphs taking turns over ``rounds`` rounds: rows measured minutes apart
-    differ with the GPU's clocks and the host's load, rows measured in turns share them."""
-    times: dict = {key: [] for key in graphs}
+def time_in_turns(calls: dict, repeats: int, rounds: int = TURN_ROUNDS) -> dict:
+    """Median time of each call, the calls taking turns over ``rounds`` rounds: rows measured minutes apart differ
+    with the GPU's clocks, the host's load and the process's warm-up (the first predictor calls of a process ran
+    about 3-5x slower for dozens of calls), rows measured in turns share them."""
+    times: dict = {key: [] for key in calls}
     for _ in range(rounds):
-        for key, graph in graphs.items():
-            times[key].append(cuda_ms(graph.replay, repeats, warmup=2))
+        for key, call in calls.items():
+            times[key].append(cuda_ms(call, repeats, warmup=2))
     return {key: statistics.median(t) for key, t in times.items()}
 
 
@@ -245,7 +247,9 @@ def kernel_family(name: str) -> str:
     return "other (copies, memsets, aten kernels)"
 
 
-def bench_predictor(model, batch: int, repeats: int) -> dict:
+def predictor_call(model, batch: int):
+    """``SAM2ImagePredictor`` end to end on a batch of photos with a point prompt each, as a call without arguments
+    (under inference mode and bf16 autocast, as SAM2's examples run it)."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     predictor = SAM2ImagePredictor(model)
@@ -253,16 +257,29 @@ def bench_predictor(model, batch: int, repeats: int) -> dict:
     points, labels = np.array([[500.0, 380.0]]), np.array([1])
 
     def call():
-        if batch == 1:
-            predictor.set_image(images[0])
-            predictor.predict(point_coords=points, point_labels=labels, multimask_output=True)
-        else:
-            predictor.set_image_batch(images)
-            predictor.predict_batch([points] * batch, [labels] * batch, multimask_output=True)
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
+            if batch == 1:
+                predictor.set_image(images[0])
+                predictor.predict(point_coords=points, point_labels=labels, multimask_output=True)
+            else:
+                predictor.set_image_batch(images)
+                predictor.predict_batch([points] * batch, [labels] * batch, multimask_output=True)
 
+    return call
+
+
+def predictor_turn(model, batch: int, fields: dict, held_bytes: int) -> tuple:
+    """The predictor's call for ``time_in_turns``, with the row's fields and its peak memory less ``held_bytes``."""
+    predict = predictor_call(model, batch)
+    return predict, {**fields, "batch": batch, "peak_bytes": peak_bytes(predict) - held_bytes}, None
+
+
+def peak_bytes(call, calls: int = 2) -> int:
+    """Peak CUDA memory allocated over a few calls (the first ones also warm the call up)."""
     torch.cuda.reset_peak_memory_stats()
-    ms = cuda_ms(call, repeats, warmup=2)
-    return {"ms": ms, "peak_bytes": torch.cuda.max_memory_allocated()}
+    for _ in range(calls):
+        call()
+    return torch.cuda.max_memory_allocated()
 
 
 def bench_video(model, frames: int = 16) -> dict:
@@ -350,16 +367,17 @@ def build(config: str, checkpoint, video: bool):
 
 
 def bench_row(config: str, row: str, args, record) -> dict:
-    """Build, quantize and (maybe) compile one row's model, then time its parts at each batch size. Returns, by
-    batch, the encoder call captured as a CUDA graph (with the call, which keeps the graph's tensors alive) and the
-    row's fields, for ``time_graphs``."""
+    """Build, quantize and (maybe) compile one row's model, time its encoder (and video) at each batch size, and
+    return the calls to be timed in turns with the other rows' (``time_in_turns``): by (part, batch), the encoder
+    call captured as a CUDA graph and the predictor's call, each with the row's fields (and what keeps it alive).
+    """
     quantization, compiled = ROWS[row]
     end_to_end = row in args.end_to_end_rows
     # every row starts from empty dynamo caches: SAM2's forward code is shared by all model instances, so without
     # this each row's guards are checked after the earlier rows' (CPU time per call) and, past dynamo's recompile
     # limit (8 per code object), later rows silently run eager
     torch._dynamo.reset()
-    held_by_earlier_rows = torch.cuda.memory_allocated()  # their CUDA graphs, kept for time_graphs
+    held_by_earlier_rows = torch.cuda.memory_allocated()  # their graphs and predictors, kept for time_in_turns
     try:
         model = build(config, args.checkpoint, video=end_to_end and "video" in args.parts)
         encoder = model.image_encoder.encoder
@@ -376,14 +394,19 @@ def bench_row(config: str, row: str, args, record) -> dict:
     common = {"model": config, "row": row, "linear_weight_bytes": linear_bytes, "encoder_bytes": encoder_bytes}
     if compiled and args.inductor:
         common["inductor_options"] = dict(args.inductor)
-    graphs = {}
+    turns, calls = {}, {}
+
+    def add_turn(part: str, batch: int, make) -> None:
+        try:
+            turns[part, batch] = make()
+        except Exception as e:  # noqa: BLE001
+            record({**common, "batch": batch, "part": part, "error": f"{type(e).__name__}: {e}"[:500]})
+
     for batch in args.batches:
-        call = encoder_call(model, batch)  # timed as is, then captured as a CUDA graph
+        call = calls[batch] = encoder_call(model, batch)  # timed as is, later captured as a CUDA graph
         parts = {"encoder": lambda: bench_encoder(call, args.repeats, compiled, row in args.profile)}
-        if end_to_end:
-            parts["predictor"] = lambda: bench_predictor(model, batch, max(5, args.repeats // 4))
-            if batch == 1:
-                parts["video"] = lambda: bench_video(model)
+        if end_to_end and batch == 1:
+            parts["video"] = lambda: bench_video(model)
         for part, fn in parts.items():
             if part not in args.parts:
                 continue
@@ -395,13 +418,12 @@ def bench_row(config: str, row: str, args, record) -> dict:
             if "peak_bytes" in result:
                 result["peak_bytes"] -= held_by_earlier_rows
             record({**common, "batch": batch, "part": part, **result})
-        if "encoder-graph" in args.parts:
-            try:
-                with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
-                    graphs[batch] = (capture_graph(call), call, common)
-            except Exception as e:  # noqa: BLE001
-                record({**common, "batch": batch, "part": "encoder-graph", "error": f"{type(e).__name__}: {e}"[:500]})
-    return graphs
+        if end_to_end and "predictor" in args.parts:
+            add_turn("predictor", batch, lambda: predictor_turn(model, batch, common, held_by_earlier_rows))
+    for batch, call in calls.items() if "encoder-graph" in args.parts else ():  # after the peaks: graphs hold memory
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
+            add_turn("encoder-graph", batch, lambda: (capture_graph(call).replay, {**common, "batch": batch}, call))
+    return turns
 
 
 def inductor_option(text: str) -> tuple[str, object]:
@@ -468,15 +490,16 @@ def main() -> None:
                 for entry in bench_layers(encoder, batch, args.rows):
                     record({"model": config, "batch": batch, "part": "layers", **entry})
             del encoder
-        graphs = {}
+        turns = {}
         for row in args.rows:
-            for batch, captured in bench_row(config, row, args, record).items():
-                graphs[row, batch] = captured
+            for (part, batch), turn in bench_row(config, row, args, record).items():
+                turns[part, row, batch] = turn
             torch.cuda.empty_cache()
-        replay_ms = time_graphs({key: graph for key, (graph, _, _) in graphs.items()}, args.repeats)
-        for (row, batch), ms in replay_ms.items():
-            record({**graphs[row, batch][2], "batch": batch, "part": "encoder-graph", "ms": ms})
-        del graphs
+        for part, repeats in (("encoder-graph", args.repeats), ("predictor", max(5, args.repeats // 4))):
+            calls = {key: call for key, (call, _, _) in turns.items() if key[0] == part}
+            for key, ms in time_in_turns(calls, repeats).items():
+                record({**turns[key][1], "part": part, "ms": ms})
+        del turns
         torch.cuda.empty_cache()
     summarize(args.out)
 
@@ -515,8 +538,11 @@ def summarize(out: str) -> None:
             continue
         lines += [f"### {part}", ""]
         if part == "encoder-graph":
-            lines += [f"Each row's encoder call replayed as a CUDA graph, the rows in turns ({GRAPH_ROUNDS} rounds): "
+            lines += [f"Each row's encoder call replayed as a CUDA graph, the rows in turns ({TURN_ROUNDS} rounds): "
                       "GPU work only, no per-call CPU cost.", ""]
+        if part == "predictor":
+            lines += [f"Each row's predictor call timed in turns with the other rows' ({TURN_ROUNDS} rounds), except "
+                      "rows with a note.", ""]
         lines += ["| run | model | batch | row | latency (ms) | × bf16 compiled | Linear weights (MB) "
                   "| smaller | encoder (MB) | peak (GB) | compile (s) |",
                   "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
