@@ -188,12 +188,17 @@ def capture_graph(call) -> torch.cuda.CUDAGraph:
 def time_in_turns(calls: dict, repeats: int, rounds: int = TURN_ROUNDS) -> dict:
     """Median time of each call, the calls taking turns over ``rounds`` rounds: rows measured minutes apart differ
     with the GPU's clocks, the host's load and the process's warm-up (the first predictor calls of a process ran
-    about 3-5x slower for dozens of calls), rows measured in turns share them."""
+    about 3-5x slower for dozens of calls), rows measured in turns share them. With each median, the frames dynamo
+    compiled for the call after its first round: a compiled row recompiles once when it is called again after later
+    rows reset dynamo (absorbed by the first round's warm-up); nonzero means its timing was not steady."""
     times: dict = {key: [] for key in calls}
-    for _ in range(rounds):
+    recompiled = dict.fromkeys(calls, 0)
+    for turn in range(rounds):
         for key, call in calls.items():
+            before = counters["frames"]["total"]
             times[key].append(cuda_ms(call, repeats, warmup=2))
-    return {key: statistics.median(t) for key, t in times.items()}
+            recompiled[key] += (counters["frames"]["total"] - before) if turn else 0
+    return {key: (statistics.median(t), recompiled[key]) for key, t in times.items()}
 
 
 def profile_call(call, calls: int = 3, top: int = 10) -> dict:
@@ -482,6 +487,11 @@ def main() -> None:
             f.write(json.dumps(entry) + "\n")
         print(json.dumps(entry), flush=True)
 
+    # compiled rows called again in turns (the predictor) hold dynamo cache entries for every row and batch (two
+    # frames each, with the neck's) on SAM2's shared code objects; past the default limit (8) dynamo would run the
+    # rest eager, silently
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(args.rows) * len(
+        args.batches))
     torch.manual_seed(0)
     for config in args.models:
         if "layers" in args.parts:
@@ -497,8 +507,8 @@ def main() -> None:
             torch.cuda.empty_cache()
         for part, repeats in (("encoder-graph", args.repeats), ("predictor", max(5, args.repeats // 4))):
             calls = {key: call for key, (call, _, _) in turns.items() if key[0] == part}
-            for key, ms in time_in_turns(calls, repeats).items():
-                record({**turns[key][1], "part": part, "ms": ms})
+            for key, (ms, frames) in time_in_turns(calls, repeats).items():
+                record({**turns[key][1], "part": part, "ms": ms, "frames_compiled_while_timed": frames})
         del turns
         torch.cuda.empty_cache()
     summarize(args.out)
