@@ -1,0 +1,54 @@
+"""The committed GPU results (benchmarks/results/speed.*) are what benchmarks/speed.py makes of its own JSONL, and
+its profile split by kind of kernel accounts for every kernel once."""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+RESULTS = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import speed  # noqa: E402
+
+
+def test_committed_tables_are_rebuilt_exactly_from_the_committed_jsonl(tmp_path, capsys):
+    shutil.copy(os.path.join(RESULTS, "speed.jsonl"), tmp_path)
+    speed.summarize(str(tmp_path))
+    capsys.readouterr()
+    with open(os.path.join(RESULTS, "speed.md")) as committed, open(tmp_path / "speed.md") as rebuilt:
+        assert rebuilt.read() == committed.read()
+    with open(os.path.join(RESULTS, "speed.json")) as committed, open(tmp_path / "speed.json") as rebuilt:
+        assert json.load(rebuilt) == json.load(committed)
+
+
+def test_kernel_kinds_partition_each_profiles_gpu_time():
+    with open(os.path.join(RESULTS, "speed.jsonl")) as f:
+        profiles = [e["profile"] for e in map(json.loads, f) if e.get("profile", {}).get("kernel_families")]
+    assert profiles, "no committed profile is split by kind of kernel"
+    for profile in profiles:
+        kinds = profile["kernel_families"]
+        assert set(kinds) <= {family for family, _ in speed.KERNEL_FAMILIES} | {speed.kernel_family("")}
+        assert sum(k["gpu_ms"] for k in kinds.values()) == pytest.approx(profile["gpu_ms_per_call"], rel=1e-9)
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("nvjet_sm90_tst_192x128_64x5_1x2_h_bz_coopB_bias_TNT", "GEMM (cuBLAS/CUTLASS)"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x128", "attention (cuDNN/flash SDPA)"),
+    ("void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop_optimized", "convolution (cuDNN)"),
+    ("triton_poi_fused__to_copy_add_bitwise_and_bitwise_right_shift_mul_3", "inductor: weight unpacking"),
+    ("triton_poi_fused_gelu_view_27", "inductor: other"),
+    ("Memset (Device)", "other (copies, memsets, aten kernels)"),
+])
+def test_kernel_kinds_by_name(name, kind):
+    assert speed.kernel_family(name) == kind
+
+
+def test_inductor_options_are_checked_against_inductors_config():
+    assert speed.inductor_option("combo_kernels=True") == ("combo_kernels", True)
+    with pytest.raises(argparse.ArgumentTypeError, match="not KEY=VALUE"):
+        speed.inductor_option("no_such_option=1")
+    with pytest.raises(argparse.ArgumentTypeError, match="not KEY=VALUE"):
+        speed.inductor_option("combo_kernels")
