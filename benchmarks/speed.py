@@ -488,8 +488,8 @@ def main() -> None:
         print(json.dumps(entry), flush=True)
 
     # compiled rows called again in turns (the predictor) hold dynamo cache entries for every row and batch (two
-    # frames each, with the neck's) on SAM2's shared code objects; past the default limit (8) dynamo would run the
-    # rest eager, silently
+    # each, as the neck's cache makes dynamo compile twice; the limit leaves twice that) on SAM2's shared code
+    # objects; past the default limit (8) dynamo would run the rest eager, silently
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(args.rows) * len(
         args.batches))
     torch.manual_seed(0)
