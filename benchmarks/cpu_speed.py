@@ -5,8 +5,9 @@
 
 Every Linear and 1x1 Conv2d of the image encoder is quantized one-shot (weights per output channel, inputs
 dynamically per token: no calibration needed for speed). Rows with "integer" multiply int8 codes
-(``qsam2_ext.integer_matmul``: one int8 GEMM per Linear, fast with AVX512-VNNI or AMX; on other CPUs torch's int8
-GEMM is a plain loop, tens of times slower, and these rows are skipped unless ``--force-integer``); "reference"
+(``qsam2_ext.integer_matmul``: one int8 GEMM per Linear, fast with AVX512-VNNI or AMX; on AVX2-only CPUs through
+oneDNN's u8 x s8 matmul for 2/3/4-bit weights, while 8-bit weights would meet torch's plain-loop int8 GEMM, tens of
+times slower: rows without a fast kernel here are skipped unless ``--force-integer``); "reference"
 rows dequantize and run the float op. Weights stay packed in memory (2 bits per weight for W2). Latency is the median
 of ``--repeats`` timed runs after one warm-up, in the same process as the float baseline (``--compile`` adds
 ``torch.compile`` rows: inductor fuses the quantization and the integer product's epilogue). SQNR against the float
@@ -20,6 +21,7 @@ import contextlib
 import copy
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -28,7 +30,8 @@ import torch
 from torchao.quantization import quantize_
 
 import qsam2_ext
-from qsam2_ext.core import is_linear_like
+from qsam2_ext.core import fast_int8_product, is_linear_like
+from qsam2_ext.core.cpu_int8 import u8s8_cpu
 from qsam2_ext.io import write_json, write_text
 from qsam2_ext.sam2.images import PHOTOS, photo_batch
 from qsam2_ext.sam2.models import build_model
@@ -39,9 +42,11 @@ ROWS = (  # name, weight bits, integer product, torch.compile
     ("W8A8 integer", 8, True, False),
     ("W4A8 integer", 4, True, False),
     ("W2A8 integer", 2, True, False),
+    ("W2A8 reference", 2, False, False),
     ("fp32 compiled", None, False, True),
     ("W8A8 integer compiled", 8, True, True),
     ("W2A8 integer compiled", 2, True, True),
+    ("W2A8 reference compiled", 2, False, True),
 )
 
 
@@ -87,10 +92,10 @@ def main() -> None:
                    help="run the integer rows on a CPU without a fast int8 GEMM too (torch's plain loop: very slow)")
     p.add_argument("--out", default="out/cpu_speed")
     args = p.parse_args()
-    fast_int8 = qsam2_ext.fast_int8_cpu()
+    fast_int8, u8s8 = qsam2_ext.fast_int8_cpu(), u8s8_cpu()
     if not fast_int8 and not args.force_integer:
         print("this CPU has neither AVX512-VNNI nor AMX (torch's int8 GEMM is a plain loop here): integer rows "
-              "skipped, --force-integer runs them", flush=True)
+              f"{'with 8-bit weights ' if u8s8 else ''}skipped, --force-integer runs them", flush=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     float_encoder = build_model(args.model, image_size=args.size).image_encoder.eval()
@@ -99,7 +104,7 @@ def main() -> None:
         reference = float_encoder(images)["vision_features"]
     rows = []
     for name, bits, integer, compile in ROWS:
-        if (compile and not args.compile) or (integer and not fast_int8 and not args.force_integer):
+        if (compile and not args.compile) or (integer and not fast_int8_product(bits) and not args.force_integer):
             continue
         encoder = float_encoder
         if bits is not None:
@@ -119,11 +124,13 @@ def main() -> None:
     cpu = platform.processor() or platform.machine()
     meta = {"model": args.model, "size": args.size, "batch": args.batch, "threads": args.threads,
             "repeats": args.repeats, "cpu": cpu, "cores": os.cpu_count(), "fast_int8_gemm": fast_int8,
+            "u8s8_matmul": u8s8,
             "torch": torch.__version__,
-            "command": " ".join(["python", "benchmarks/cpu_speed.py"] + sys.argv[1:])}
+            "command": shlex.join(["python", "benchmarks/cpu_speed.py"] + sys.argv[1:])}  # row names have spaces
     write_json(os.path.join(args.out, "cpu_speed.json"), {"meta": meta, "rows": rows})
     lines = [f"{args.model} image encoder, {args.size}², batch {args.batch}, {args.threads} threads on {cpu} "
-             f"({os.cpu_count()} cores; fast int8 GEMM (AVX512-VNNI or AMX): {'yes' if fast_int8 else 'no'}), "
+             f"({os.cpu_count()} cores; fast int8 GEMM (AVX512-VNNI or AMX): {'yes' if fast_int8 else 'no'}; "
+             f"oneDNN u8 x s8 matmul for <= 7-bit weights: {'yes' if u8s8 else 'no'}), "
              f"torch {torch.__version__}; median of {args.repeats} runs.", "",
              "| row | latency (ms) | speed-up vs fp32 eager | compile (s) | quantized weights (MB) | encoder (MB) | "
              "SQNR vs fp32 (dB) |", "|---|---:|---:|---:|---:|---:|---:|"]

@@ -9,7 +9,8 @@ from torchao.quantization import quantize_
 
 import qsam2_ext
 from qsam2_ext import qsam2_config
-from qsam2_ext.core import code_range, int_linear, quantize_tokens
+from qsam2_ext.core import code_range, cpu_int8, int8_product, int_linear, quantize_tokens
+from qsam2_ext.core.cpu_int8 import U8S8_MAX_WEIGHT_BITS, u8s8_cpu
 
 
 def _np_linear(codes, center, step, w_codes, w_center, w_step, bias):
@@ -27,9 +28,39 @@ def test_int_linear_equals_the_dequantized_product(w_bits, a_bits, k):
     center, step = torch.randn(50, 1, generator=g), torch.rand(50, 1, generator=g) + 0.01
     w_center, w_step = torch.randn(24, 1, generator=g) * 0.1, torch.rand(24, 1, generator=g) * 0.05 + 1e-3
     bias = torch.randn(24, generator=g)
-    got = int_linear(codes, center, step, w_codes, w_center, w_step, bias).double().numpy()
+    got = int_linear(codes, center, step, w_codes, w_center, w_step, bias, w_bits).double().numpy()
     want = _np_linear(*(t.numpy() for t in (codes, center, step, w_codes, w_center, w_step, bias)))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * np.abs(want).max())
+
+
+def _extreme_codes(bits, shape, g):
+    """Codes at the ends of the b-bit range (and some in between): the products a kernel could overflow on."""
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1  # any width up to 8 (the kernel's bound is 7 bits)
+    ends = torch.tensor([lo, hi], dtype=torch.int8)[torch.randint(0, 2, shape, generator=g)]
+    middle = torch.randint(lo, hi + 1, shape, generator=g, dtype=torch.int8)
+    return torch.where(torch.rand(shape, generator=g) < 0.8, ends, middle)
+
+
+@pytest.mark.parametrize("w_bits", [2, 3, 4, 8])
+def test_int8_product_is_the_exact_integer_product(w_bits):
+    """Whichever kernel it picks here (oneDNN's u8 x s8 matmul for <= 7-bit weights on CPUs without VNNI), the
+    product equals an int64 matmul, for codes at the ends of their ranges too."""
+    g = torch.Generator().manual_seed(w_bits)
+    codes, w_codes = _extreme_codes(8, (33, 1152), g), _extreme_codes(w_bits, (40, 1152), g)
+    want = (codes.long() @ w_codes.long().t()).float()  # |sum| < 2**24 here: float32 holds it exactly
+    assert torch.equal(int8_product(codes, w_codes, w_bits), want)
+
+
+@pytest.mark.skipif(not u8s8_cpu(), reason="oneDNN's u8 x s8 matmul needs an x86 CPU with AVX2")
+@pytest.mark.parametrize("w_bits", [2, 4, U8S8_MAX_WEIGHT_BITS])
+def test_u8s8_product_is_exact_up_to_seven_bit_weights(w_bits):
+    """The oneDNN kernel itself, on the worst case for its int16 pair sums (u8 255 against the widest weights)."""
+    g = torch.Generator().manual_seed(0)
+    codes = torch.full((16, 256), 127, dtype=torch.int8)
+    codes[1::2] = _extreme_codes(8, (8, 256), g)
+    w_codes = _extreme_codes(w_bits, (24, 256), g)
+    want = (codes.long() @ w_codes.long().t()).float()
+    assert torch.equal(torch.ops.qsam2.u8s8_product(codes, w_codes), want)
 
 
 def test_token_codes_reproduce_the_per_token_fake_quantizer():
@@ -109,19 +140,46 @@ def test_fast_int8_cpu_reads_the_cpus_own_flags():
 
 
 def test_cpus_without_a_fast_int8_gemm_keep_the_float_product(monkeypatch):
-    """Where torch's int8 GEMM is a plain loop, integer_matmul() warns and changes nothing; force=True still runs the
-    integer product."""
-    from qsam2_ext.integrations.torchao import packed_tensor
-
-    monkeypatch.setattr(packed_tensor, "fast_int8_cpu", lambda: False)
-    net, x = _converted(8, 8, False)
+    """Where torch's int8 GEMM is a plain loop and oneDNN's u8 x s8 matmul is missing too, integer_matmul() warns and
+    changes nothing; force=True still runs the integer product."""
+    monkeypatch.setattr(cpu_int8, "fast_int8_cpu", lambda: False)
+    monkeypatch.setattr(cpu_int8, "u8s8_cpu", lambda: False)
+    net, x = _converted(2, 8, False)
     with torch.no_grad():
         reference = net[0](x)
-        with pytest.warns(UserWarning, match="AVX512-VNNI nor AMX"), qsam2_ext.integer_matmul():
+        with pytest.warns(UserWarning, match="AVX512-VNNI nor AMX.*packed layers keep"), qsam2_ext.integer_matmul():
             assert torch.equal(net[0](x), reference)
         with qsam2_ext.integer_matmul(force=True):
             forced = net[0](x)
-    codes, center, step = quantize_tokens(x.reshape(-1, 128), 8)
-    w = net[0].weight
-    by_hand = int_linear(codes, center, step, w.codes(), w.center, w.step, net[0].bias).reshape(forced.shape)
-    assert torch.equal(forced, by_hand)
+    assert torch.equal(forced, _by_hand(net[0], x))
+
+
+@pytest.mark.skipif(not u8s8_cpu(), reason="oneDNN's u8 x s8 matmul needs an x86 CPU with AVX2")
+def test_without_vnni_low_bit_weights_take_the_u8s8_product_and_8_bit_weights_the_float_one(monkeypatch):
+    monkeypatch.setattr(cpu_int8, "fast_int8_cpu", lambda: False)  # what an AVX2-only CPU reports
+    w2, x = _converted(2, 8, False)
+    w8, _ = _converted(8, 8, False)
+    with torch.no_grad():
+        reference8 = w8[0](x)
+        with pytest.warns(UserWarning, match="2-4-bit weights multiply codes"), qsam2_ext.integer_matmul():
+            integer2, float8 = w2[0](x), w8[0](x)
+    assert torch.equal(integer2, _by_hand(w2[0], x))
+    assert torch.equal(float8, reference8)
+
+
+@pytest.mark.skipif(not u8s8_cpu(), reason="oneDNN's u8 x s8 matmul needs an x86 CPU with AVX2")
+def test_compiled_integer_path_keeps_the_u8s8_product_whole(monkeypatch):
+    """Inductor's own lowering of oneDNN's matmul wants a constant prepacked weight; ours is an opaque op."""
+    monkeypatch.setattr(cpu_int8, "fast_int8_cpu", lambda: False)
+    net, x = _converted(2, 8, False)
+    with torch.no_grad(), qsam2_ext.integer_matmul(force=True):
+        eager = net(x)
+        torch._dynamo.reset()
+        compiled = torch.compile(net)(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def _by_hand(layer, x):
+    codes, center, step = quantize_tokens(x.reshape(-1, x.shape[-1]), 8)
+    w = layer.weight
+    return int_linear(codes, center, step, w.codes(), w.center, w.step, layer.bias).reshape(*x.shape[:-1], -1)

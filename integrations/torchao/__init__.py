@@ -10,11 +10,12 @@
 from torchao.core.config import ALLOWED_AO_MODULES
 from torchao.quantization.qat.fake_quantizer import FakeQuantizerBase
 
+from qsam2_ext.core import fast_int8_cpu
 from qsam2_ext.train.optim import register_quantizer_type
 
 from . import qat, vrc  # noqa: F401  (registers the handlers)
 from .configs import QSAM2Config, VRCConfig, qsam2_config, vrc_config
-from .packed_tensor import QSAM2PackedTensor, fast_int8_cpu, integer_matmul
+from .packed_tensor import QSAM2PackedTensor, integer_matmul
 from .session import check_ready
 from .serialization import load_quantized, read_metadata, read_quantized, save_quantized, storage_report
 from .vrc import vrc_reports

@@ -19,7 +19,6 @@ expression: inductor generates the unpacking (merged with neighbouring kernels) 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import warnings
 from typing import Iterator, Optional
@@ -30,7 +29,7 @@ from torch.nn import functional as F
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
 from qsam2_ext import kernels
-from qsam2_ext.core import dequantize, int_linear, pack_codes, quantize, quantize_tokens, unpack_codes
+from qsam2_ext.core import cpu_int8, dequantize, int_linear, pack_codes, quantize, quantize_tokens, unpack_codes
 from qsam2_ext.core.grid import fake_quantize_per_token
 
 aten = torch.ops.aten
@@ -148,18 +147,7 @@ implements_torch_function = QSAM2PackedTensor.implements_torch_function
 
 
 _INTEGER_MATMUL = False
-
-
-@functools.cache
-def fast_int8_cpu() -> bool:
-    """Whether this CPU has what torch's int8 GEMM (``torch._int_mm``) needs to be fast: AVX512-VNNI or AMX, which
-    oneDNN uses. Without them torch runs a plain loop: on an AVX2-only AMD EPYC (2 cores) a 4096x384 @ 384x1536
-    product took 1.92 s in int8 against 41 ms in float32, and the compiled W8A8 hiera_t encoder 52 s per call (1.29 s
-    on an AVX512-VNNI machine)."""
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_vnni_supported", "_is_amx_tile_supported")]
-    if all(probe is None for probe in probes):  # a torch without these private probes: trust the caller's opt-in
-        return True
-    return any(probe() for probe in probes if probe is not None)
+_FORCE_INTEGER = False
 
 
 @contextlib.contextmanager
@@ -168,19 +156,23 @@ def integer_matmul(enabled: bool = True, force: bool = False) -> Iterator[None]:
 
     Off by default: each layer then equals the reference up to float rounding only, and a rounding difference
     can move a later layer's input across a grid boundary, so whole models differ from their fake-quantized
-    twins by occasional single grid steps instead of agreeing exactly. On a CPU without a fast int8 GEMM
-    (``fast_int8_cpu()``) it warns and keeps the float product, unless ``force`` (to test the integer path)."""
-    global _INTEGER_MATMUL
-    if enabled and not force and not fast_int8_cpu():
-        warnings.warn("integer_matmul(): this CPU has neither AVX512-VNNI nor AMX, so torch's int8 GEMM is a plain "
-                      "loop, tens of times slower than the float one; packed layers keep the float product "
+    twins by occasional single grid steps instead of agreeing exactly. Layers take the integer product where this
+    CPU has a fast exact kernel for their weight width (``qsam2_ext.core.fast_int8_product``: AVX512-VNNI / AMX for
+    any width, oneDNN's u8 x s8 matmul on AVX2 for 2/3/4-bit weights); the others keep the float product, with a
+    warning on entry, unless ``force`` (to test the integer path anywhere)."""
+    global _INTEGER_MATMUL, _FORCE_INTEGER
+    if enabled and not force and not cpu_int8.fast_int8_cpu():
+        some = "layers with 2-4-bit weights multiply codes through oneDNN's u8 x s8 matmul, and layers with 8-bit " \
+            "weights" if cpu_int8.u8s8_cpu() else "packed layers"
+        warnings.warn(f"integer_matmul(): this CPU has neither AVX512-VNNI nor AMX, so torch's int8 GEMM is a plain "
+                      f"loop, tens of times slower than the float one; {some} keep the float product "
                       "(integer_matmul(force=True) runs the integer product anyway)", stacklevel=3)
-        enabled = False
-    previous, _INTEGER_MATMUL = _INTEGER_MATMUL, enabled
+    previous = _INTEGER_MATMUL, _FORCE_INTEGER
+    _INTEGER_MATMUL, _FORCE_INTEGER = enabled, force
     try:
         yield
     finally:
-        _INTEGER_MATMUL = previous
+        _INTEGER_MATMUL, _FORCE_INTEGER = previous
 
 
 # Below this many inputs per output the CPU integer product loses to the float one: its int32 output and epilogue
@@ -190,10 +182,11 @@ INTEGER_MIN_INPUTS = 128
 
 
 def _integer_path(x: torch.Tensor, weight: QSAM2PackedTensor) -> bool:
-    """On CPUs (int8 GEMM through VNNI / AMX), for inference on layers with enough inputs whose grids factor out of
-    the sum. CUDA has its own kernels (``qsam2_ext.kernels``)."""
+    """On CPUs with a fast exact int8 kernel for the weight's width, for inference on layers with enough inputs whose
+    grids factor out of the sum. CUDA has its own kernels (``qsam2_ext.kernels``)."""
     return (
         _INTEGER_MATMUL and x.device.type == "cpu" and x.shape[-1] >= INTEGER_MIN_INPUTS and weight.grids_factor()
+        and (_FORCE_INTEGER or cpu_int8.fast_int8_product(weight.bits))
         and not (torch.is_grad_enabled() and x.requires_grad)
     )
 
@@ -226,7 +219,7 @@ def _linear(func, types, args, kwargs):
         center, step = weight.act_center.float(), weight.act_step.float()
         codes = quantize(rows.float(), center, step, weight.act_bits)
     out = int_linear(codes, center, step, weight.codes().reshape(weight.weight_shape[0], -1), weight.center,
-                     weight.step, bias)
+                     weight.step, bias, weight.bits)
     return out.reshape(*x.shape[:-1], -1).to(x.dtype)
 
 

@@ -7,6 +7,7 @@ build on it.
 from .calibration import VRCCalibration, apply_vrc, input_rows, is_linear_like, weight_matrix
 from .granularity import ActivationGranularity, WeightGranularity, effective_group_size
 from .grid import SUPPORTED_BITS, center_step, code_range, dequantize, fake_quantize, quantize
+from .cpu_int8 import fast_int8_cpu, fast_int8_product, int8_product
 from .int_linear import int_linear, quantize_tokens
 from .packing import pack_codes, packed_length, unpack_codes
 from .quantizers import (
@@ -25,8 +26,9 @@ __all__ = [
     "ActivationGranularity", "CalibrationError", "DEFAULT_LAM_REL", "FakeQuantizer", "GramObserver",
     "LSCQuantizer", "LSQQuantizer", "MinMaxQuantizer", "PACTQuantizer", "QUANTIZERS", "SUPPORTED_BITS",
     "VRCCalibration", "VRCReport", "WeightGranularity", "apply_vrc", "code_range", "dequantize",
-    "fake_quantize", "input_rows", "int_linear", "quantize_tokens", "is_linear_like", "make_quantizer", "observing", "pack_codes",
-    "packed_length", "quantize", "center_step", "effective_group_size", "unpack_codes", "vrc_report", "vrc_solve", "weight_matrix",
+    "fake_quantize", "fast_int8_cpu", "fast_int8_product", "input_rows", "int8_product", "int_linear",
+    "quantize_tokens", "is_linear_like", "make_quantizer", "observing", "pack_codes", "packed_length", "quantize",
+    "center_step", "effective_group_size", "unpack_codes", "vrc_report", "vrc_solve", "weight_matrix",
 ]
 
 from .modules import FakeQuantConv2d, FakeQuantized, FakeQuantLinear, fake_quantized, layer_quantizers  # noqa: E402

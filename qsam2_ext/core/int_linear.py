@@ -6,8 +6,9 @@ With a per-token (or per-tensor) input grid ``x = (a + 1/2) s_x + c_x`` and a pe
     y = s_x s_w (P + A/2 + B/2 + K/4) + s_x c_w (A + K/2) + c_x s_w (B + K/2) + K c_x c_w
 
 with ``P = a b^T`` (integer, exact in int32), ``A = sum_k a`` per token and ``B = sum_k b`` per channel. It is the
-reference dequantize-then-multiply result up to float rounding, at the cost of one integer GEMM (VNNI / AMX on
-CPUs). Weight codes of any width up to 8 bits fit int8, so 2-bit weights run through the same product (W2A8).
+reference dequantize-then-multiply result up to float rounding, at the cost of one integer GEMM (``int8_product``:
+VNNI / AMX, or oneDNN's u8 x s8 matmul on AVX2 for weights of up to 7 bits). Weight codes of any width up to 8 bits
+fit int8, so 2-bit weights run through the same product (W2A8).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Optional
 import torch
 
 from .grid import quantize, token_grid
+from .cpu_int8 import int8_product
 
 
 def quantize_tokens(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -28,11 +30,12 @@ def quantize_tokens(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
 
 def int_linear(codes: torch.Tensor, center: torch.Tensor, step: torch.Tensor, weight_codes: torch.Tensor,
                weight_center: torch.Tensor, weight_step: torch.Tensor,
-               bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+               bias: Optional[torch.Tensor] = None, weight_bits: int = 8) -> torch.Tensor:
     """``F.linear`` of dequantized inputs and weights, computed from their codes.
 
     ``codes`` ``(M, K)`` int8 with ``center``/``step`` of shape ``(M, 1)`` or scalars; ``weight_codes`` ``(N, K)``
-    int8 with ``weight_center``/``weight_step`` of shape ``(N, 1)``. Returns float32 ``(M, N)``.
+    int8 (at most ``weight_bits`` bits: it picks the kernel, ``int8_product``) with ``weight_center``/``weight_step``
+    of shape ``(N, 1)``. Returns float32 ``(M, N)``.
     """
     k = codes.shape[-1]
     a = codes.sum(dim=-1, keepdim=True, dtype=torch.int32).float()       # (M, 1)
@@ -43,5 +46,5 @@ def int_linear(codes: torch.Tensor, center: torch.Tensor, step: torch.Tensor, we
     rows = torch.cat([s_x * a / 2, s_x * (a + k / 2), s_x, c_x], dim=1)                         # (M, 4)
     cols = torch.cat([s_w, c_w, s_w * (b / 2 + k / 4), s_w * (b + k / 2) + k * c_w], dim=0)    # (4, N)
     out = rows @ cols if bias is None else torch.addmm(bias.float(), rows, cols)
-    product = torch._int_mm(codes, weight_codes.t()).float()  # exact: |sum| <= K * 2**14 < 2**31 for K < 2**17
+    product = int8_product(codes, weight_codes, weight_bits)  # exact in int32: |sum| <= K * 2**14 < 2**31
     return out.add_(product.mul_(s_w).mul_(s_x))
