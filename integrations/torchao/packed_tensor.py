@@ -162,8 +162,8 @@ def integer_matmul(enabled: bool = True, force: bool = False) -> Iterator[None]:
     warning on entry, unless ``force`` (to test the integer path anywhere)."""
     global _INTEGER_MATMUL, _FORCE_INTEGER
     if enabled and not force and not cpu_int8.fast_int8_cpu():
-        some = "layers with 2-4-bit weights multiply codes through oneDNN's u8 x s8 matmul, and layers with 8-bit " \
-            "weights" if cpu_int8.u8s8_cpu() else "packed layers"
+        some = ("layers with 2-4-bit weights multiply codes through oneDNN's u8 x s8 matmul, and layers with 8-bit "
+                "weights") if cpu_int8.u8s8_cpu() else "packed layers"
         warnings.warn(f"integer_matmul(): this CPU has neither AVX512-VNNI nor AMX, so torch's int8 GEMM is a plain "
                       f"loop, tens of times slower than the float one; {some} keep the float product "
                       "(integer_matmul(force=True) runs the integer product anyway)", stacklevel=3)

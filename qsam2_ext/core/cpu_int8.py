@@ -35,17 +35,22 @@ def u8s8_cpu() -> bool:
             and hasattr(torch.ops.onednn, "qlinear_pointwise"))
 
 
+def _takes_u8s8(weight_bits: int) -> bool:
+    """Whether ``weight_bits``-bit weight codes go through oneDNN's u8 x s8 matmul: where ``torch._int_mm`` is slow,
+    the kernel is there, and its int16 pair sums cannot saturate."""
+    return not fast_int8_cpu() and weight_bits <= U8S8_MAX_WEIGHT_BITS and u8s8_cpu()
+
+
 def fast_int8_product(weight_bits: int) -> bool:
     """Whether ``int8_product`` with ``weight_bits``-bit weight codes runs a fast kernel on this CPU."""
-    return fast_int8_cpu() or (weight_bits <= U8S8_MAX_WEIGHT_BITS and u8s8_cpu())
+    return fast_int8_cpu() or _takes_u8s8(weight_bits)
 
 
 def int8_product(codes: torch.Tensor, weight_codes: torch.Tensor, weight_bits: int = 8) -> torch.Tensor:
     """``codes @ weight_codes.T`` of int8 ``(M, K)`` and ``(N, K)`` codes, exactly, as float32 ``(M, N)`` (the
     int32 sum rounded to float32): oneDNN's u8 x s8 matmul for weights of up to 7 bits on CPUs without VNNI / AMX,
     else ``torch._int_mm``."""
-    if (codes.device.type == "cpu" and not fast_int8_cpu() and weight_bits <= U8S8_MAX_WEIGHT_BITS
-            and u8s8_cpu()):
+    if codes.device.type == "cpu" and _takes_u8s8(weight_bits):
         return torch.ops.qsam2.u8s8_product(codes, weight_codes)
     return torch._int_mm(codes, weight_codes.t()).float()
 
