@@ -7,8 +7,7 @@ visible, which is what bounds SAM2's compiled encoder at batch 1 on a GPU. Rows:
 they are, after torchao's ``unwrap_tensor_subclass`` (the subclass rebuilt inside the graph instead of unwrapped by
 AOT autograd on every call), and with ``torch.compiler.skip_guard_on_all_nn_modules_unsafe`` as guard filter (no
 per-call checks of module attributes and parameters: safe only while the weights are not replaced after
-compiling) and/or ours, ``qsam2_ext.skip_guard_on_packed_internals_unsafe`` (no per-call checks of the tensors
-inside packed weights). A row's latency is the median over ``--rounds`` rounds (which interleave the rows) of the 10th
+compiling). A row's latency is the median over ``--rounds`` rounds (which interleave the rows) of the 10th
 percentile of ``--repeats`` calls after warm-up (other processes on the machine only add time); every timing starts
 from empty dynamo caches; ratios to float compiled. The W2 rows must give identical outputs (checked). Writes
 ``<out>/compile_overhead.json`` and ``.md``.
@@ -30,25 +29,14 @@ from torchao.utils import unwrap_tensor_subclass
 import qsam2_ext
 from qsam2_ext.io import write_json, write_text
 
-ROWS = {  # name: (packed W2, unwrap_tensor_subclass, guard filters)
-    "float compiled": (False, False, ()),
-    "float compiled, module guards skipped": (False, False, ("modules",)),
-    "W2 compiled": (True, False, ()),
-    "W2 compiled, unwrapped": (True, True, ()),
-    "W2 compiled, module guards skipped": (True, False, ("modules",)),
-    "W2 compiled, unwrapped, module guards skipped": (True, True, ("modules",)),
-    "W2 compiled, packed internals unguarded": (True, False, ("packed",)),
-    "W2 compiled, packed internals unguarded, module guards skipped": (True, False, ("packed", "modules")),
+ROWS = {  # name: (packed W2, unwrap_tensor_subclass, skip module guards)
+    "float compiled": (False, False, False),
+    "float compiled, module guards skipped": (False, False, True),
+    "W2 compiled": (True, False, False),
+    "W2 compiled, unwrapped": (True, True, False),
+    "W2 compiled, module guards skipped": (True, False, True),
+    "W2 compiled, unwrapped, module guards skipped": (True, True, True),
 }
-GUARD_FILTERS = {"modules": torch.compiler.skip_guard_on_all_nn_modules_unsafe,
-                 "packed": qsam2_ext.skip_guard_on_packed_internals_unsafe}
-
-
-def guard_options(filters: tuple) -> dict | None:
-    """torch.compile options keeping the guards that every named filter keeps."""
-    if not filters:
-        return None
-    return {"guard_filter_fn": qsam2_ext.combine_guard_filters(*(GUARD_FILTERS[f] for f in filters))}
 
 
 def per_call_us(model, x, repeats: int, device: str) -> tuple[float, torch.Tensor]:
@@ -86,15 +74,15 @@ def main() -> None:
     timings = {row: [] for row in ROWS}
     results, reference = [], None
     for _ in range(args.rounds):  # rounds interleave the rows, so a slow spell of the machine hits all of them
-        for row, (packed, unwrap, filters) in ROWS.items():
+        for row, (packed, unwrap, skip_guards) in ROWS.items():
             model = copy.deepcopy(float_model)
             if packed:
                 quantize_(model, qsam2_ext.qsam2_config(bits=2))
             if unwrap:
                 unwrap_tensor_subclass(model)
+            options = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe} if skip_guards else None
             torch._dynamo.reset()
-            compiled = torch.compile(model, dynamic=False, options=guard_options(filters))
-            us, out = per_call_us(compiled, x, args.repeats, args.device)
+            us, out = per_call_us(torch.compile(model, dynamic=False, options=options), x, args.repeats, args.device)
             timings[row].append(us)
             if packed:
                 reference = out if reference is None else reference

@@ -8,9 +8,9 @@ bf16 autocast, as SAM2's examples run them (weights do not change speed; with a 
 Each row quantizes every Linear of the image encoder (the 1x1 convs of its neck stay bf16 in every row) and, when
 marked compiled, wraps the encoder as it is in ``torch.compile`` (default mode, ``dynamic=False``, under
 ``inference_mode``; ``--skip-module-guards`` adds dynamo's ``skip_guard_on_all_nn_modules_unsafe`` filter to every
-compiled row, ``--skip-packed-guards`` ours, ``qsam2_ext.skip_guard_on_packed_internals_unsafe``, ``--inductor
-KEY=VALUE`` inductor config such as ``combo_kernels=True`` or ``triton.cudagraphs=True`` (``mode="reduce-overhead"``);
-each row starts from empty dynamo caches; compile time is the wall time of the first two calls, see ``compile_s``):
+compiled row, ``--inductor KEY=VALUE`` inductor config such as ``combo_kernels=True`` or ``triton.cudagraphs=True``
+(what ``mode="reduce-overhead"`` sets); each row starts from empty dynamo caches; compile time is the wall time of
+the first two calls, see ``compile_s``):
 
 * bf16 eager / bf16 compiled: the baselines; every ratio is to "bf16 compiled" of the same model and batch in
   the same run;
@@ -389,9 +389,10 @@ def bench_row(config: str, row: str, args, record) -> dict:
         encoder = model.image_encoder.encoder
         quantize_encoder(encoder, quantization)
         linear_bytes, encoder_bytes = weight_bytes(encoder)
-        guards, keep = guard_filter(args)
         if compiled:
-            options = dict(args.inductor, **({"guard_filter_fn": keep} if keep else {}))
+            options = dict(args.inductor)
+            if args.skip_module_guards:
+                options["guard_filter_fn"] = torch.compiler.skip_guard_on_all_nn_modules_unsafe
             encoder.compile(dynamic=False, options=options or None)
     except Exception as e:  # noqa: BLE001 - a row that cannot be built is reported, not fatal
         record({"model": config, "row": row, "part": "build", "error": f"{type(e).__name__}: {e}"[:500]})
@@ -399,8 +400,8 @@ def bench_row(config: str, row: str, args, record) -> dict:
     common = {"model": config, "row": row, "linear_weight_bytes": linear_bytes, "encoder_bytes": encoder_bytes}
     if compiled and args.inductor:
         common["inductor_options"] = dict(args.inductor)
-    if compiled and guards:
-        common["guard_filters"] = guards
+    if compiled and args.skip_module_guards:
+        common["guard_filters"] = ["module guards skipped"]
     turns, calls = {}, {}
 
     def add_turn(part: str, batch: int, make) -> None:
@@ -433,20 +434,6 @@ def bench_row(config: str, row: str, args, record) -> dict:
     return turns
 
 
-def guard_filter(args) -> tuple[list[str], object]:
-    """The guard filters chosen by ``--skip-module-guards`` / ``--skip-packed-guards``, by label, and one
-    ``guard_filter_fn`` keeping the guards that all of them keep (``None``: dynamo's default guards)."""
-    import qsam2_ext
-
-    chosen = {}
-    if args.skip_module_guards:
-        chosen["module guards skipped"] = torch.compiler.skip_guard_on_all_nn_modules_unsafe
-    if args.skip_packed_guards:
-        chosen["packed-weight internals unguarded"] = qsam2_ext.skip_guard_on_packed_internals_unsafe
-
-    return list(chosen), qsam2_ext.combine_guard_filters(*chosen.values()) if chosen else None
-
-
 def inductor_option(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` for ``torch._inductor.config``, the value read as a Python literal (else kept as text)."""
     import ast
@@ -477,9 +464,6 @@ def main() -> None:
     p.add_argument("--skip-module-guards", action="store_true",
                    help="compile every compiled row, the baseline included, with dynamo's guard filter "
                         "torch.compiler.skip_guard_on_all_nn_modules_unsafe (no per-call checks of parameters)")
-    p.add_argument("--skip-packed-guards", action="store_true",
-                   help="compile every compiled row with qsam2_ext.skip_guard_on_packed_internals_unsafe as guard "
-                        "filter (no per-call checks of packed weights' inner tensors; a no-op for other rows)")
     p.add_argument("--inductor", nargs="+", default=[], type=inductor_option, metavar="KEY=VALUE",
                    help="inductor config for every compiled row, the baseline included (e.g. combo_kernels=True, or "
                         "triton.cudagraphs=True: mode='reduce-overhead')")

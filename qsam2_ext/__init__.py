@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 from . import core  # noqa: E402,F401
 
 _TORCHAO_API = {
-    "QSAM2Config", "QSAM2PackedTensor", "VRCConfig", "check_ready", "combine_guard_filters", "fast_int8_cpu",
-    "integer_matmul", "load_quantized", "qsam2_config", "read_metadata", "read_quantized", "save_quantized",
-    "skip_guard_on_packed_internals_unsafe", "storage_report", "vrc_config", "vrc_reports",
+    "QSAM2Config", "QSAM2PackedTensor", "VRCConfig", "check_ready", "fast_int8_cpu", "integer_matmul", "load_quantized",
+    "qsam2_config", "read_metadata", "read_quantized",
+    "save_quantized", "storage_report", "vrc_config", "vrc_reports",
 }
 
 

@@ -55,26 +55,7 @@ def test_inductor_options_are_checked_against_inductors_config():
     assert speed.inductor_option("triton.cudagraphs=True") == ("triton.cudagraphs", True)  # mode="reduce-overhead"
 
 
-def test_guard_filters_keep_what_each_chosen_filter_keeps_and_label_the_rows():
-    import torch
-    from torchao.quantization import quantize_
-
-    import qsam2_ext
-
-    assert speed.guard_filter(argparse.Namespace(skip_module_guards=False, skip_packed_guards=False)) == ([], None)
-    labels, keep = speed.guard_filter(argparse.Namespace(skip_module_guards=True, skip_packed_guards=True))
-    assert labels == ["module guards skipped", "packed-weight internals unguarded"]
-    net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 8)).eval()
-    quantize_(net, qsam2_ext.qsam2_config(bits=2), filter_fn=lambda m, fqn: fqn == "1")
-    seen = []
-    torch._dynamo.reset()
-    compiled = torch.compile(net, backend="eager", options={"guard_filter_fn": lambda e: seen.append(e) or keep(e)})
-    with torch.inference_mode():
-        compiled(torch.randn(2, 16))
-    entries = seen[0]
-    by_modules = torch.compiler.skip_guard_on_all_nn_modules_unsafe(entries)
-    by_packed = qsam2_ext.skip_guard_on_packed_internals_unsafe(entries)
-    assert keep(entries) == [a and b for a, b in zip(by_modules, by_packed)]
-    assert by_packed.count(False) and by_modules.count(False)  # each filter drops something here
-    assert speed.row_label({"row": "ours W2A16", "guard_filters": labels, "inductor_options": {"combo_kernels": True}}) \
-        == "ours W2A16 [combo_kernels=True, module guards skipped, packed-weight internals unguarded]"
+def test_rows_are_labelled_with_their_inductor_options_and_guard_filters():
+    entry = {"row": "ours W2A16", "guard_filters": ["module guards skipped"], "inductor_options": {"combo_kernels": True}}
+    assert speed.row_label(entry) == "ours W2A16 [combo_kernels=True, module guards skipped]"
+    assert speed.row_label({"row": "bf16 compiled"}) == "bf16 compiled"

@@ -15,7 +15,6 @@ from qsam2_ext.train.optim import register_quantizer_type
 
 from . import qat, vrc  # noqa: F401  (registers the handlers)
 from .configs import QSAM2Config, VRCConfig, qsam2_config, vrc_config
-from .guards import combine_guard_filters, skip_guard_on_packed_internals_unsafe
 from .packed_tensor import QSAM2PackedTensor, integer_matmul
 from .session import check_ready
 from .serialization import load_quantized, read_metadata, read_quantized, save_quantized, storage_report
@@ -27,7 +26,7 @@ ALLOWED_AO_MODULES.add(__name__)
 register_quantizer_type(FakeQuantizerBase)
 
 __all__ = [
-    "QSAM2Config", "QSAM2PackedTensor", "VRCConfig", "check_ready", "combine_guard_filters", "fast_int8_cpu",
-    "integer_matmul", "load_quantized", "qsam2_config", "read_metadata", "read_quantized", "save_quantized",
-    "skip_guard_on_packed_internals_unsafe", "storage_report", "vrc_config", "vrc_reports",
+    "QSAM2Config", "QSAM2PackedTensor", "VRCConfig", "check_ready", "fast_int8_cpu", "integer_matmul", "load_quantized",
+    "qsam2_config", "read_metadata", "read_quantized",
+    "save_quantized", "storage_report", "vrc_config", "vrc_reports",
 ]
