@@ -8,7 +8,8 @@ bf16 autocast, as SAM2's examples run them (weights do not change speed; with a 
 Each row quantizes every Linear of the image encoder (the 1x1 convs of its neck stay bf16 in every row) and, when
 marked compiled, wraps the encoder as it is in ``torch.compile`` (default mode, ``dynamic=False``, under
 ``inference_mode``; ``--skip-module-guards`` adds dynamo's ``skip_guard_on_all_nn_modules_unsafe`` filter to every
-compiled row, ``--inductor KEY=VALUE`` inductor config such as ``combo_kernels=True`` or ``triton.cudagraphs=True``
+compiled row, ``--unwrap`` torchao's ``unwrap_tensor_subclass`` to the quantized ones, ``--inductor KEY=VALUE``
+inductor config such as ``combo_kernels=True`` or ``triton.cudagraphs=True``
 (what ``mode="reduce-overhead"`` sets); each row starts from empty dynamo caches; compile time is the wall time of
 the first two calls, see ``compile_s``):
 
@@ -389,6 +390,11 @@ def bench_row(config: str, row: str, args, record) -> dict:
         encoder = model.image_encoder.encoder
         quantize_encoder(encoder, quantization)
         linear_bytes, encoder_bytes = weight_bytes(encoder)
+        unwrapped = args.unwrap and compiled and quantization is not None
+        if unwrapped:  # packed weights become plain tensors, the subclass rebuilt inside the compiled graph
+            from torchao.utils import unwrap_tensor_subclass
+
+            unwrap_tensor_subclass(encoder)
         if compiled:
             options = dict(args.inductor)
             if args.skip_module_guards:
@@ -402,6 +408,8 @@ def bench_row(config: str, row: str, args, record) -> dict:
         common["inductor_options"] = dict(args.inductor)
     if compiled and args.skip_module_guards:
         common["guard_filters"] = ["module guards skipped"]
+    if unwrapped:
+        common["unwrapped"] = True
     turns, calls = {}, {}
 
     def add_turn(part: str, batch: int, make) -> None:
@@ -464,6 +472,9 @@ def main() -> None:
     p.add_argument("--skip-module-guards", action="store_true",
                    help="compile every compiled row, the baseline included, with dynamo's guard filter "
                         "torch.compiler.skip_guard_on_all_nn_modules_unsafe (no per-call checks of parameters)")
+    p.add_argument("--unwrap", action="store_true",
+                   help="apply torchao's unwrap_tensor_subclass to every quantized compiled row before compiling "
+                        "(no per-call subclass unwrapping by AOT autograd; see README, Compiling packed models)")
     p.add_argument("--inductor", nargs="+", default=[], type=inductor_option, metavar="KEY=VALUE",
                    help="inductor config for every compiled row, the baseline included (e.g. combo_kernels=True, or "
                         "triton.cudagraphs=True: mode='reduce-overhead')")
@@ -522,8 +533,10 @@ def main() -> None:
 
 
 def row_label(entry: dict) -> str:
-    """The row's name, with the inductor options (``--inductor``) and guard filters it was compiled with, if any."""
+    """The row's name, with the inductor options (``--inductor``), guard filters and unwrapping it was compiled with,
+    if any."""
     tags = [f"{k}={v}" for k, v in entry.get("inductor_options", {}).items()] + entry.get("guard_filters", [])
+    tags += ["unwrapped"] if entry.get("unwrapped") else []
     return entry["row"] + (f" [{', '.join(tags)}]" if tags else "")
 
 

@@ -59,3 +59,4 @@ def test_rows_are_labelled_with_their_inductor_options_and_guard_filters():
     entry = {"row": "ours W2A16", "guard_filters": ["module guards skipped"], "inductor_options": {"combo_kernels": True}}
     assert speed.row_label(entry) == "ours W2A16 [combo_kernels=True, module guards skipped]"
     assert speed.row_label({"row": "bf16 compiled"}) == "bf16 compiled"
+    assert speed.row_label({"row": "ours W2A16", "unwrapped": True}) == "ours W2A16 [unwrapped]"
