@@ -90,14 +90,8 @@ def _converted(bits, act_bits, static, group_size=None, act_per_channel=False):
 @pytest.mark.parametrize("bits,act_bits,static", [(8, 8, False), (2, 8, False), (2, 8, True), (4, 4, True)])
 def test_packed_linear_integer_path_matches_the_reference_path(bits, act_bits, static):
     net, x = _converted(bits, act_bits, static)
-    layer, w = net[0], net[0].weight
-    rows = x.reshape(-1, 128)
-    if static:
-        center, step = w.act_center.float(), w.act_step.float()
-        codes = qsam2_ext.core.quantize(rows, center, step, act_bits)
-    else:
-        codes, center, step = quantize_tokens(rows, act_bits)
-    by_hand = int_linear(codes, center, step, w.codes(), w.center, w.step, layer.bias).reshape(4, 10, -1)
+    layer = net[0]
+    by_hand = _by_hand(layer, x, act_bits)
     with torch.no_grad():
         reference = layer(x)
         with qsam2_ext.integer_matmul(force=True):  # on any CPU, fast int8 GEMM or not
@@ -179,7 +173,12 @@ def test_compiled_integer_path_keeps_the_u8s8_product_whole(monkeypatch):
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
-def _by_hand(layer, x):
-    codes, center, step = quantize_tokens(x.reshape(-1, x.shape[-1]), 8)
-    w = layer.weight
+def _by_hand(layer, x, act_bits=8):
+    """The layer's integer product computed here: inputs on its static grid, or per token."""
+    w, rows = layer.weight, x.reshape(-1, x.shape[-1])
+    if w.act_center is not None:
+        center, step = w.act_center.float(), w.act_step.float()
+        codes = qsam2_ext.core.quantize(rows, center, step, act_bits)
+    else:
+        codes, center, step = quantize_tokens(rows, act_bits)
     return int_linear(codes, center, step, w.codes(), w.center, w.step, layer.bias).reshape(*x.shape[:-1], -1)
