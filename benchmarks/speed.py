@@ -484,13 +484,19 @@ def main() -> None:
     args = p.parse_args()
     if args.summarize_only:
         return summarize(args.out)
-    if not torch.cuda.is_available():
-        sys.exit("benchmarks/speed.py needs a CUDA GPU")
     if args.checkpoint and len(args.models) > 1:
         sys.exit("--checkpoint goes with one --models entry")
     if dict(args.inductor).get("triton.cudagraphs") and "encoder-graph" in args.parts:
         sys.exit("--inductor triton.cudagraphs=True replays compiled rows as CUDA graphs already (what "
                  "mode='reduce-overhead' does); the encoder-graph part cannot capture them again: leave it out")
+    if args.skip_module_guards and "predictor" in args.parts:
+        # in turns, every row's compiled encoder stays alive on SAM2's shared code objects, and without module
+        # guards a call hits whichever row's graph matches first (on an H200: KeyError 'parametrizations', the
+        # baseline's call running an unwrapped row's graph)
+        sys.exit("--skip-module-guards cannot go with the predictor part: its rows, timed in turns, share compiled "
+                 "code that only module guards tell apart; leave one out")
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks/speed.py needs a CUDA GPU")
     os.makedirs(args.out, exist_ok=True)
     jsonl = os.path.join(args.out, "speed.jsonl")
     device = torch.cuda.get_device_name()

@@ -60,3 +60,14 @@ def test_rows_are_labelled_with_their_inductor_options_and_guard_filters():
     assert speed.row_label(entry) == "ours W2A16 [combo_kernels=True, module guards skipped]"
     assert speed.row_label({"row": "bf16 compiled"}) == "bf16 compiled"
     assert speed.row_label({"row": "ours W2A16", "unwrapped": True}) == "ours W2A16 [unwrapped]"
+
+
+@pytest.mark.parametrize("flags, refusal", [
+    (["--skip-module-guards", "--parts", "encoder", "predictor"], "cannot go with the predictor part"),
+    (["--inductor", "triton.cudagraphs=True", "--parts", "encoder-graph"], "cannot capture them again"),
+])
+def test_conflicting_options_are_refused_before_anything_runs(flags, refusal, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["speed.py", "--out", str(tmp_path / "out"), *flags])
+    with pytest.raises(SystemExit, match=refusal):
+        speed.main()
+    assert not (tmp_path / "out").exists()
