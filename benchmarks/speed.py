@@ -8,7 +8,7 @@ bf16 autocast, as SAM2's examples run them (weights do not change speed; with a 
 Each row quantizes every Linear of the image encoder (the 1x1 convs of its neck stay bf16 in every row) and, when
 marked compiled, wraps the encoder as it is in ``torch.compile`` (default mode, ``dynamic=False``, under
 ``inference_mode``; ``--skip-module-guards`` adds dynamo's ``skip_guard_on_all_nn_modules_unsafe`` filter to every
-compiled row, ``--unwrap`` torchao's ``unwrap_tensor_subclass`` to the quantized ones, ``--inductor KEY=VALUE``
+compiled row (not with the predictor part), ``--unwrap`` torchao's ``unwrap_tensor_subclass`` to the quantized ones, ``--inductor KEY=VALUE``
 inductor config such as ``combo_kernels=True`` or ``triton.cudagraphs=True``
 (what ``mode="reduce-overhead"`` sets); each row starts from empty dynamo caches; compile time is the wall time of
 the first two calls, see ``compile_s``):
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
 import shlex
@@ -384,6 +385,7 @@ def bench_row(config: str, row: str, args, record) -> dict:
     # this each row's guards are checked after the earlier rows' (CPU time per call) and, past dynamo's recompile
     # limit (8 per code object), later rows silently run eager
     torch._dynamo.reset()
+    gc.collect()  # earlier rows' compiled models sit in reference cycles: freed later, they would make peaks negative
     held_by_earlier_rows = torch.cuda.memory_allocated()  # their graphs and predictors, kept for time_in_turns
     try:
         model = build(config, args.checkpoint, video=end_to_end and "video" in args.parts)
