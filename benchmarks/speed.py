@@ -8,9 +8,9 @@ bf16 autocast, as SAM2's examples run them (weights do not change speed; with a 
 Each row quantizes every Linear of the image encoder (the 1x1 convs of its neck stay bf16 in every row) and, when
 marked compiled, wraps the encoder as it is in ``torch.compile`` (default mode, ``dynamic=False``, under
 ``inference_mode``; ``--skip-module-guards`` adds dynamo's ``skip_guard_on_all_nn_modules_unsafe`` filter to every
-compiled row (not with the predictor part), ``--unwrap`` torchao's ``unwrap_tensor_subclass`` to the quantized ones, ``--inductor KEY=VALUE``
-inductor config such as ``combo_kernels=True`` or ``triton.cudagraphs=True``
-(what ``mode="reduce-overhead"`` sets); each row starts from empty dynamo caches; compile time is the wall time of
+compiled row (not with the predictor part), ``--unwrap`` torchao's ``unwrap_tensor_subclass`` to the quantized ones,
+``--inductor KEY=VALUE`` inductor config such as ``combo_kernels=True`` or ``triton.cudagraphs=True`` (what
+``mode="reduce-overhead"`` sets); each row starts from empty dynamo caches; compile time is the wall time of
 the first two calls, see ``compile_s``):
 
 * bf16 eager / bf16 compiled: the baselines; every ratio is to "bf16 compiled" of the same model and batch in
