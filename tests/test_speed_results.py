@@ -1,5 +1,6 @@
-"""The committed GPU results (benchmarks/results/speed.*) are what benchmarks/speed.py makes of its own JSONL, and
-its profile split by kind of kernel accounts for every kernel once."""
+"""The committed GPU results (benchmarks/results/speed.*) are what benchmarks/speed.py makes of its own JSONL, its
+profile split by kind of kernel accounts for every kernel once, and it refuses options that cannot go together
+before running anything (these run without a GPU)."""
 
 import argparse
 import json
