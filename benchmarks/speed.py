@@ -10,8 +10,9 @@ marked compiled, wraps the encoder as it is in ``torch.compile`` (default mode, 
 ``inference_mode``; ``--skip-module-guards`` adds dynamo's ``skip_guard_on_all_nn_modules_unsafe`` filter to every
 compiled row (not with the predictor part), ``--unwrap`` torchao's ``unwrap_tensor_subclass`` to the quantized ones,
 ``--inductor KEY=VALUE`` inductor config such as ``combo_kernels=True`` or ``triton.cudagraphs=True`` (what
-``mode="reduce-overhead"`` sets); each row starts from empty dynamo caches; compile time is the wall time of
-the first two calls, see ``compile_s``):
+``mode="reduce-overhead"`` sets), ``--integer-matmul`` our W8A8 / W2A8 rows' int8 GEMM (``integer_matmul()``);
+each row starts from empty dynamo caches; compile time is the wall time of the first two calls, see
+``compile_s``):
 
 * bf16 eager / bf16 compiled: the baselines; every ratio is to "bf16 compiled" of the same model and batch in
   the same run;
@@ -39,6 +40,7 @@ kernel (GEMM, attention, inductor's weight unpacking, ...) and the top operators
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import json
@@ -412,6 +414,8 @@ def bench_row(config: str, row: str, args, record) -> dict:
         common["guard_filters"] = ["module guards skipped"]
     if unwrapped:
         common["unwrapped"] = True
+    if args.integer_matmul and compiled and isinstance(quantization, tuple) and quantization[1]:
+        common["integer_matmul"] = True
     turns, calls = {}, {}
 
     def add_turn(part: str, batch: int, make) -> None:
@@ -477,6 +481,9 @@ def main() -> None:
     p.add_argument("--unwrap", action="store_true",
                    help="apply torchao's unwrap_tensor_subclass to every quantized compiled row before compiling "
                         "(no per-call subclass unwrapping by AOT autograd; see README, Compiling packed models)")
+    p.add_argument("--integer-matmul", action="store_true",
+                   help="run every row inside qsam2_ext.integer_matmul(): compiled, our W8A8 / W2A8 layers trace "
+                        "the int8 GEMM (torch._int_mm) instead of the dequantize expression")
     p.add_argument("--inductor", nargs="+", default=[], type=inductor_option, metavar="KEY=VALUE",
                    help="inductor config for every compiled row, the baseline included (e.g. combo_kernels=True, or "
                         "triton.cudagraphs=True: mode='reduce-overhead')")
@@ -519,32 +526,40 @@ def main() -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(args.rows) * len(
         args.batches))
     torch.manual_seed(0)
-    for config in args.models:
-        if "layers" in args.parts:
-            encoder = build(config, args.checkpoint, video=False).image_encoder
-            for batch in args.batches:
-                for entry in bench_layers(encoder, batch, args.rows):
-                    record({"model": config, "batch": batch, "part": "layers", **entry})
-            del encoder
-        turns = {}
-        for row in args.rows:
-            for (part, batch), turn in bench_row(config, row, args, record).items():
-                turns[part, row, batch] = turn
+    integer = contextlib.ExitStack()
+    if args.integer_matmul:  # for the whole process: dynamo traces at the rows' first calls
+        import qsam2_ext
+
+        # force: only layers on CPUs read it (no warning about this host's own int8 GEMM); ours are on CUDA
+        integer.enter_context(qsam2_ext.integer_matmul(force=True))
+    with integer:
+        for config in args.models:
+            if "layers" in args.parts:
+                encoder = build(config, args.checkpoint, video=False).image_encoder
+                for batch in args.batches:
+                    for entry in bench_layers(encoder, batch, args.rows):
+                        record({"model": config, "batch": batch, "part": "layers", **entry})
+                del encoder
+            turns = {}
+            for row in args.rows:
+                for (part, batch), turn in bench_row(config, row, args, record).items():
+                    turns[part, row, batch] = turn
+                torch.cuda.empty_cache()
+            for part, repeats in (("encoder-graph", args.repeats), ("predictor", max(5, args.repeats // 4))):
+                calls = {key: call for key, (call, _, _) in turns.items() if key[0] == part}
+                for key, (ms, frames) in time_in_turns(calls, repeats).items():
+                    record({**turns[key][1], "part": part, "ms": ms, "frames_compiled_while_timed": frames})
+            del turns
             torch.cuda.empty_cache()
-        for part, repeats in (("encoder-graph", args.repeats), ("predictor", max(5, args.repeats // 4))):
-            calls = {key: call for key, (call, _, _) in turns.items() if key[0] == part}
-            for key, (ms, frames) in time_in_turns(calls, repeats).items():
-                record({**turns[key][1], "part": part, "ms": ms, "frames_compiled_while_timed": frames})
-        del turns
-        torch.cuda.empty_cache()
     summarize(args.out)
 
 
 def row_label(entry: dict) -> str:
-    """The row's name, with the inductor options (``--inductor``), guard filters and unwrapping it was compiled with,
-    if any."""
+    """The row's name, with the inductor options (``--inductor``), guard filters, unwrapping and integer product it
+    was compiled with, if any."""
     tags = [f"{k}={v}" for k, v in entry.get("inductor_options", {}).items()] + entry.get("guard_filters", [])
     tags += ["unwrapped"] if entry.get("unwrapped") else []
+    tags += ["integer_matmul"] if entry.get("integer_matmul") else []
     return entry["row"] + (f" [{', '.join(tags)}]" if tags else "")
 
 

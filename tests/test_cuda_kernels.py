@@ -82,23 +82,32 @@ def test_int8_product_matches_integer_reference(bits, act_bits, static):
     assert relative_error(run(x, weight, bias, "unfused"), ref) < 1e-2
 
 
-def test_compiled_packed_layers_match_eager():
-    """Under torch.compile packed layers keep the reference expression (inductor fuses the unpacking): a compiled
-    stack agrees with the eager reference path and with the eager kernels."""
+@pytest.mark.parametrize("integer", [False, True])
+@pytest.mark.parametrize("bits", [2, 8])
+def test_compiled_packed_layers_match_eager(bits, integer):
+    """Under torch.compile packed layers keep the reference expression (inductor fuses the unpacking), and inside
+    ``integer_matmul()`` a W{bits}A8 layer becomes the int8 GEMM: a compiled stack agrees with the eager reference
+    path and with the eager kernels either way."""
+    import contextlib
+
     import qsam2_ext
+    from torch._inductor.utils import run_and_get_code
     from torchao.quantization import quantize_
 
     from qsam2_ext.kernels import cuda_kernels
 
     model = torch.nn.Sequential(torch.nn.Linear(K, 384), torch.nn.GELU(), torch.nn.Linear(384, N)).cuda().bfloat16()
-    quantize_(model[0], qsam2_ext.qsam2_config(bits=2, act_bits=8), filter_fn=None)
+    quantize_(model[0], qsam2_ext.qsam2_config(bits=bits, act_bits=8), filter_fn=None)
     quantize_(model[2], qsam2_ext.qsam2_config(bits=4), filter_fn=None)
     x = torch.randn(M, K, device="cuda").to(torch.bfloat16)
     with torch.inference_mode():
         kernels = model(x)
         with cuda_kernels(False):
             reference = model(x)
-        compiled = torch.compile(model, dynamic=False)(x)
+        torch._dynamo.reset()
+        with qsam2_ext.integer_matmul(force=True) if integer else contextlib.nullcontext():
+            compiled, code = run_and_get_code(torch.compile(model, dynamic=False), x)
+    assert ("_int_mm" in "".join(code)) == integer
     assert relative_error(compiled, reference) < 1e-2
     assert relative_error(compiled, kernels) < 1e-2
 

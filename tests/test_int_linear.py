@@ -173,6 +173,76 @@ def test_compiled_integer_path_keeps_the_u8s8_product_whole(monkeypatch):
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
+def test_a_compiled_model_follows_integer_matmul_in_and_out():
+    """Which expression a layer traces is part of its compiled graph's key: leaving ``integer_matmul()`` recompiles
+    (dynamo's guards) instead of reusing the integer graph, here or from compile caches (torch 2.11's AOT autograd
+    cache once returned it)."""
+    from torch._inductor.utils import run_and_get_code
+
+    net, x = _converted(2, 8, False)
+    compiled = torch.compile(net)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        with qsam2_ext.integer_matmul(force=True):
+            integer, code = run_and_get_code(compiled, x)
+        assert "u8s8_product" in "".join(code) or "_int_mm" in "".join(code)
+        reference, code = run_and_get_code(compiled, x)
+        assert code and "u8s8_product" not in "".join(code) and "_int_mm" not in "".join(code)
+        with qsam2_ext.integer_matmul(force=True):
+            assert torch.equal(compiled(x), integer)
+    torch.testing.assert_close(integer, reference, rtol=1e-4, atol=1e-4)
+
+
+def _traced_on_cuda(bits, act_bits, m=300, k=96, n=64, groups=1, static=False):
+    """The ATen ops of one packed Linear traced on fake CUDA tensors (no GPU needed), as torch.compile sees it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.nn import functional as F
+
+    from qsam2_ext.integrations.torchao import QSAM2PackedTensor
+
+    with FakeTensorMode():
+        grid = [torch.empty(n, groups, device="cuda") for _ in range(2)]
+        act_grid = [torch.empty((), device="cuda") for _ in range(2)] if static else [None, None]
+        packed = torch.empty(n, k * bits // 8, dtype=torch.uint8, device="cuda")
+        weight = QSAM2PackedTensor(packed, *grid, bits, (n, k), torch.bfloat16, *act_grid, act_bits)
+        x = torch.empty(m, k, dtype=torch.bfloat16, device="cuda")
+        with torch.no_grad():
+            graph = make_fx(F.linear)(x, weight)
+    return {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
+
+
+@pytest.mark.parametrize("bits,static", [(8, False), (2, False), (2, True)])
+def test_compiled_cuda_layers_with_quantized_inputs_take_the_int8_gemm_inside_integer_matmul(bits, static):
+    """Traced for torch.compile on CUDA, W8A8 / W2A8 layers become one int8 GEMM (cuBLASLt's ``_int_mm``) inside
+    ``integer_matmul()``, and keep the dequantize expression feeding cuBLAS outside it."""
+    with qsam2_ext.integer_matmul(force=True):  # force: no warning about this CPU's own int8 GEMM
+        assert "aten._int_mm.default" in _traced_on_cuda(bits, 8, static=static)
+    ops = _traced_on_cuda(bits, 8, static=static)
+    assert "aten._int_mm.default" not in ops and "aten.mm.default" in ops
+
+
+@pytest.mark.parametrize("case", [
+    dict(bits=2, act_bits=None),        # float inputs: the dequantize expression feeding cuBLAS
+    dict(bits=2, act_bits=8, groups=3),  # grouped weight grids do not factor out of the sum
+    dict(bits=8, act_bits=8, m=16),      # cuBLASLt's int8 GEMM wants more than 16 rows ...
+    dict(bits=8, act_bits=8, k=100),     # ... and inner and output sizes multiples of 8
+    dict(bits=8, act_bits=8, n=60),
+])
+def test_compiled_cuda_layers_the_int8_gemm_cannot_take_keep_the_reference(case):
+    with qsam2_ext.integer_matmul(force=True):
+        ops = _traced_on_cuda(**case)
+    assert "aten._int_mm.default" not in ops and "aten.mm.default" in ops
+
+
+def test_cuda_kernels_off_keeps_compiled_layers_on_the_reference():
+    from qsam2_ext.kernels import cuda_kernels
+
+    with cuda_kernels(False), qsam2_ext.integer_matmul(force=True):
+        ops = _traced_on_cuda(8, 8)
+    assert "aten._int_mm.default" not in ops and "aten.mm.default" in ops
+
+
 def _by_hand(layer, x, act_bits=8):
     """The layer's integer product computed here: inputs on its static grid, or per token."""
     w, rows = layer.weight, x.reshape(-1, x.shape[-1])

@@ -222,8 +222,11 @@ def test_torchao_range_learning_qat_scales_are_used_by_our_convert():
 @pytest.mark.parametrize("act_bits,step", [(None, None), (8, None), (4, "convert")])
 def test_flatten_equals_torchaos_generic_flatten(act_bits, step):
     """Our fast __tensor_flatten__ (dynamo's guards call it on every compiled call) returns exactly what
-    TorchAOBaseTensor's generic one derives from the name lists: no weight, dynamic and static input grids."""
+    TorchAOBaseTensor's generic one derives from the name lists: no weight, dynamic and static input grids; weights
+    with quantized inputs add the switches that pick their traced expression (``_trace_mode``)."""
     from torchao.utils import TorchAOBaseTensor
+
+    from qsam2_ext.integrations.torchao.packed_tensor import _trace_mode
 
     if step == "convert":
         net, _ = _converted_net(bits=2, act_bits=act_bits)
@@ -231,7 +234,9 @@ def test_flatten_equals_torchaos_generic_flatten(act_bits, step):
         net = Net()
         quantize_(net, qsam2_config(bits=2, act_bits=act_bits), filter_fn=_all_layers)
     for layer in (net.conv, net.fc1):
-        assert layer.weight.__tensor_flatten__() == TorchAOBaseTensor.__tensor_flatten__(layer.weight)
+        names, ctx = layer.weight.__tensor_flatten__()
+        assert ctx.pop("trace_mode", None) == (None if act_bits is None else _trace_mode())
+        assert (names, ctx) == TorchAOBaseTensor.__tensor_flatten__(layer.weight)
     assert ("act_center" in net.fc1.weight.__tensor_flatten__()[0]) == (step == "convert")
 
 

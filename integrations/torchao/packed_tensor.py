@@ -13,7 +13,9 @@ weight grids instead multiplies the integer codes (``qsam2_ext.core.int_linear``
 reference up to float rounding). On CUDA in eager mode, half-precision Linear inputs go to ``qsam2_ext.kernels``
 (Triton: 2/4/8-bit weights unpacked in registers, W8A8 and W2A8 as int8 GEMMs, or dequantize-then-cuBLAS, whichever
 measures faster per shape); ``kernels.cuda_kernels(False)`` keeps the reference. Compiled models keep the reference
-expression: inductor generates the unpacking (merged with neighbouring kernels) feeding cuBLAS.
+expression: inductor generates the unpacking (merged with neighbouring kernels) feeding cuBLAS; inside
+``integer_matmul()`` those on CUDA trace the integer product instead (one ``torch._int_mm``, with the activation
+quantization and the epilogue left to inductor to fuse into neighbouring kernels).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from torch.nn import functional as F
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
 from qsam2_ext import kernels
-from qsam2_ext.core import cpu_int8, dequantize, int_linear, pack_codes, quantize, quantize_tokens, unpack_codes
+from qsam2_ext.core import (
+    cpu_int8, cuda_int8_product_fits, dequantize, int_linear, pack_codes, quantize, quantize_tokens, unpack_codes,
+)
 from qsam2_ext.core.grid import fake_quantize_per_token
 
 aten = torch.ops.aten
@@ -53,6 +57,9 @@ class QSAM2PackedTensor(TorchAOBaseTensor):
         self.weight_shape = tuple(int(d) for d in weight_shape)
         self.act_center, self.act_step = act_center, act_step
         self.act_bits = None if act_bits is None else int(act_bits)
+        if self.act_bits is not None and _trace_mode() != _DEFAULT_TRACE_MODE:
+            # torch 2.11 keys its AOT autograd cache on the attributes of the weights a trace sees (rebuilt then)
+            self.trace_mode = _trace_mode()
 
     @classmethod
     def from_codes(
@@ -107,8 +114,10 @@ class QSAM2PackedTensor(TorchAOBaseTensor):
             names.append("act_center")
         if self.act_step is not None:
             names.append("act_step")
-        return names, {"bits": self.bits, "weight_shape": self.weight_shape, "dtype": self.dtype,
-                       "act_bits": self.act_bits}
+        ctx = {"bits": self.bits, "weight_shape": self.weight_shape, "dtype": self.dtype, "act_bits": self.act_bits}
+        if self.act_bits is not None:  # the expression a compiled layer traces depends on it: see _trace_mode
+            ctx["trace_mode"] = _trace_mode()
+        return names, ctx
 
     def grids_factor(self) -> bool:
         """Whether a product of codes can stand in for this layer: quantized inputs on a per-token or per-tensor
@@ -138,7 +147,8 @@ class QSAM2PackedTensor(TorchAOBaseTensor):
         for t in (self.packed, self.center, self.step, self.act_center, self.act_step):
             if t is not None:
                 h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-        h.update(repr((self.bits, self.weight_shape, self.dtype, self.act_bits)).encode())
+        mode = _trace_mode() if self.act_bits is not None else None
+        h.update(repr((self.bits, self.weight_shape, self.dtype, self.act_bits, mode)).encode())
         return h.hexdigest()
 
 
@@ -152,14 +162,17 @@ _FORCE_INTEGER = False
 
 @contextlib.contextmanager
 def integer_matmul(enabled: bool = True, force: bool = False) -> Iterator[None]:
-    """Multiply integer codes on CPUs inside this context (``with integer_matmul(): model(x)``).
+    """Multiply integer codes inside this context (``with integer_matmul(): model(x)``): on CPUs, and in models
+    compiled on CUDA (``torch._int_mm``; eager CUDA calls take ``qsam2_ext.kernels``' op, which has its own int8 GEMM).
 
     Off by default: each layer then equals the reference up to float rounding only, and a rounding difference
     can move a later layer's input across a grid boundary, so whole models differ from their fake-quantized
-    twins by occasional single grid steps instead of agreeing exactly. Layers take the integer product where this
-    CPU has a fast exact kernel for their weight width (``qsam2_ext.core.fast_int8_product``: AVX512-VNNI / AMX for
-    any width, oneDNN's u8 x s8 matmul on AVX2 for 2/3/4-bit weights); the others keep the float product, with a
-    warning on entry, unless ``force`` (to test the integer path anywhere)."""
+    twins by occasional single grid steps instead of agreeing exactly. On CUDA it is also slower where measured:
+    on an H200 (torch 2.11) ``torch._int_mm`` runs Ampere CUTLASS kernels, slower than cuBLAS's bf16 GEMMs
+    (``benchmarks/results/speed.md``). On CPUs, layers take the integer product where this CPU has a fast exact
+    kernel for their weight width (``qsam2_ext.core.fast_int8_product``: AVX512-VNNI / AMX for any width, oneDNN's
+    u8 x s8 matmul on AVX2 for 2/3/4-bit weights); the others keep the float product, with a warning on entry,
+    unless ``force`` (to test the integer path on any CPU)."""
     global _INTEGER_MATMUL, _FORCE_INTEGER
     if enabled and not force and not cpu_int8.fast_int8_cpu():
         some = ("layers with 2-4-bit weights multiply codes through oneDNN's u8 x s8 matmul, and layers with 8-bit "
@@ -175,6 +188,17 @@ def integer_matmul(enabled: bool = True, force: bool = False) -> Iterator[None]:
         _INTEGER_MATMUL, _FORCE_INTEGER = previous
 
 
+def _trace_mode() -> tuple[bool, bool, bool]:
+    """The switches that pick the expression a layer with quantized inputs traces (integer product or reference).
+    Part of such weights' flatten context and cache hash, so that dynamo recompiles when they change and compile
+    caches keep one entry per mode: keyed on the graph alone, torch 2.11's AOT autograd cache returned the integer
+    graph to a later process that compiled the same model outside ``integer_matmul()``."""
+    return _INTEGER_MATMUL, _FORCE_INTEGER, kernels.enabled()
+
+
+_DEFAULT_TRACE_MODE = _trace_mode()  # outside every context
+
+
 # Below this many inputs per output the CPU integer product loses to the float one: its int32 output and epilogue
 # passes cost more than the int8 GEMM saves (hiera_t's 96-input layers at 1024², compiled on 2 cores: 44-60 ms
 # against 37-47 ms; from 192 inputs on it wins or ties, from 384 on by 4-6x).
@@ -182,13 +206,16 @@ INTEGER_MIN_INPUTS = 128
 
 
 def _integer_path(x: torch.Tensor, weight: QSAM2PackedTensor) -> bool:
-    """On CPUs with a fast exact int8 kernel for the weight's width, for inference on layers with enough inputs whose
-    grids factor out of the sum. CUDA has its own kernels (``qsam2_ext.kernels``)."""
-    return (
-        _INTEGER_MATMUL and x.device.type == "cpu" and x.shape[-1] >= INTEGER_MIN_INPUTS and weight.grids_factor()
-        and (_FORCE_INTEGER or cpu_int8.fast_int8_product(weight.bits))
-        and not (torch.is_grad_enabled() and x.requires_grad)
-    )
+    """Inside ``integer_matmul()``, for inference on layers whose grids factor out of the sum: on CPUs where this CPU
+    has a fast exact int8 kernel for the weight's width and the layer enough inputs; on CUDA in compiled models
+    (eager calls take ``qsam2_ext.kernels``' op) where cuBLASLt's int8 GEMM takes the shape."""
+    if not (_INTEGER_MATMUL and weight.grids_factor()) or (torch.is_grad_enabled() and x.requires_grad):
+        return False
+    if x.is_cuda:
+        k = x.shape[-1]
+        return _traced(x) and kernels.enabled() and cuda_int8_product_fits(x.numel() // k, k, weight.weight_shape[0])
+    return (x.device.type == "cpu" and x.shape[-1] >= INTEGER_MIN_INPUTS
+            and (_FORCE_INTEGER or cpu_int8.fast_int8_product(weight.bits)))
 
 
 def _traced(x: torch.Tensor) -> bool:
@@ -205,19 +232,19 @@ def _linear(func, types, args, kwargs):
         # this handler runs before autocast would cast the input (a float32 LayerNorm output, say): cast it here
         x = x.to(torch.get_autocast_dtype(x.device.type))
     if not _traced(x) and kernels.supports(x, weight):
-        # eager only: traced for torch.compile, the dequantize expression below is left to inductor, which unpacks
-        # the weight in generated kernels feeding cuBLAS with no Python in between, while our op costs tens of
+        # eager only: traced for torch.compile, the expressions below are left to inductor, which unpacks the
+        # weight in generated kernels feeding cuBLAS with no Python in between, while our op costs tens of
         # microseconds of Python per call (benchmarks/results/speed.md)
         return kernels.packed_linear(x, weight.packed, weight.center.contiguous(), weight.step.contiguous(), bias,
                                      weight.act_center, weight.act_step, weight.bits, weight.act_bits or 0)
     if not _integer_path(x, weight):
         return F.linear(weight.quantize_input(x, -1), weight.dequantize(x.dtype), bias)
-    rows = x.reshape(-1, x.shape[-1])
+    rows = x.reshape(-1, x.shape[-1]).float()  # every activation grid in float32, as the reference computes it
     if weight.act_center is None:
         codes, center, step = quantize_tokens(rows, weight.act_bits)
     else:  # the static grid learned in QAT, computed in float32 as quantize_input does
         center, step = weight.act_center.float(), weight.act_step.float()
-        codes = quantize(rows.float(), center, step, weight.act_bits)
+        codes = quantize(rows, center, step, weight.act_bits)
     out = int_linear(codes, center, step, weight.codes().reshape(weight.weight_shape[0], -1), weight.center,
                      weight.step, bias, weight.bits)
     return out.reshape(*x.shape[:-1], -1).to(x.dtype)

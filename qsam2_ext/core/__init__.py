@@ -8,7 +8,7 @@ from .calibration import VRCCalibration, apply_vrc, input_rows, is_linear_like, 
 from .granularity import ActivationGranularity, WeightGranularity, effective_group_size
 from .grid import SUPPORTED_BITS, center_step, code_range, dequantize, fake_quantize, quantize
 from .cpu_int8 import fast_int8_cpu, fast_int8_product, int8_product
-from .int_linear import int_linear, quantize_tokens
+from .int_linear import cuda_int8_product_fits, int_linear, quantize_tokens
 from .packing import pack_codes, packed_length, unpack_codes
 from .quantizers import (
     QUANTIZERS,
@@ -25,8 +25,8 @@ from .vrc import DEFAULT_LAM_REL, CalibrationError, GramObserver, VRCReport, vrc
 __all__ = [
     "ActivationGranularity", "CalibrationError", "DEFAULT_LAM_REL", "FakeQuantizer", "GramObserver",
     "LSCQuantizer", "LSQQuantizer", "MinMaxQuantizer", "PACTQuantizer", "QUANTIZERS", "SUPPORTED_BITS",
-    "VRCCalibration", "VRCReport", "WeightGranularity", "apply_vrc", "code_range", "dequantize",
-    "fake_quantize", "fast_int8_cpu", "fast_int8_product", "input_rows", "int8_product", "int_linear",
+    "VRCCalibration", "VRCReport", "WeightGranularity", "apply_vrc", "code_range", "cuda_int8_product_fits",
+    "dequantize", "fake_quantize", "fast_int8_cpu", "fast_int8_product", "input_rows", "int8_product", "int_linear",
     "quantize_tokens", "is_linear_like", "make_quantizer", "observing", "pack_codes", "packed_length", "quantize",
     "center_step", "effective_group_size", "unpack_codes", "vrc_report", "vrc_solve", "weight_matrix",
 ]

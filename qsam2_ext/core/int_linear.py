@@ -7,8 +7,8 @@ With a per-token (or per-tensor) input grid ``x = (a + 1/2) s_x + c_x`` and a pe
 
 with ``P = a b^T`` (integer, exact in int32), ``A = sum_k a`` per token and ``B = sum_k b`` per channel. It is the
 reference dequantize-then-multiply result up to float rounding, at the cost of one integer GEMM (``int8_product``:
-VNNI / AMX, or oneDNN's u8 x s8 matmul on AVX2 for weights of up to 7 bits). Weight codes of any width up to 8 bits
-fit int8, so 2-bit weights run through the same product (W2A8).
+VNNI / AMX, or oneDNN's u8 x s8 matmul on AVX2 for weights of up to 7 bits; cuBLASLt's on CUDA). Weight codes of any
+width up to 8 bits fit int8, so 2-bit weights run through the same product (W2A8).
 """
 
 from __future__ import annotations
@@ -40,11 +40,18 @@ def int_linear(codes: torch.Tensor, center: torch.Tensor, step: torch.Tensor, we
     k = codes.shape[-1]
     a = codes.sum(dim=-1, keepdim=True, dtype=torch.int32).float()       # (M, 1)
     b = weight_codes.sum(dim=-1, dtype=torch.int32).float().unsqueeze(0)  # (1, N)
-    s_x, c_x = (t.float().expand(codes.shape[0], 1) for t in (step.reshape(-1, 1), center.reshape(-1, 1)))
+    s_x, c_x = step.float().reshape(-1, 1), center.float().reshape(-1, 1)  # (M, 1), or (1, 1) per tensor
     s_w, c_w = weight_step.float().reshape(1, -1), weight_center.float().reshape(1, -1)
-    # every term but the first is (row vector) x (column vector): one rank-4 product instead of M x N passes
-    rows = torch.cat([s_x * a / 2, s_x * (a + k / 2), s_x, c_x], dim=1)                         # (M, 4)
-    cols = torch.cat([s_w, c_w, s_w * (b / 2 + k / 4), s_w * (b + k / 2) + k * c_w], dim=0)    # (4, N)
-    out = rows @ cols if bias is None else torch.addmm(bias.float(), rows, cols)
+    # y = s_x (s_w P + a (s_w/2 + c_w) + w0) + c_x w1: only broadcasts, so inductor fuses the whole epilogue into
+    # one pass over the product (and eager runs it in place: faster on CPUs than a rank-4 matmul plus adds)
+    w0 = s_w * (b / 2 + k / 4) + c_w * (k / 2)
+    w1 = s_w * (b + k / 2) + c_w * k
     product = int8_product(codes, weight_codes, weight_bits)  # exact in int32: |sum| <= K * 2**14 < 2**31
-    return out.add_(product.mul_(s_w).mul_(s_x))
+    out = product.mul_(s_w).addcmul_(a, s_w / 2 + c_w).add_(w0).mul_(s_x).addcmul_(c_x, w1)
+    return out if bias is None else out.add_(bias.float())
+
+
+def cuda_int8_product_fits(m: int, k: int, n: int) -> bool:
+    """Whether ``torch._int_mm`` on CUDA (cuBLASLt) takes an ``(m, k) x (k, n)`` product: more than 16 rows, inner
+    and output sizes multiples of 8."""
+    return m > 16 and k % 8 == 0 and n % 8 == 0

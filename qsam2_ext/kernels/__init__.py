@@ -24,13 +24,19 @@ def triton_available() -> bool:
 
 @contextlib.contextmanager
 def cuda_kernels(enabled: bool = True) -> Iterator[None]:
-    """Use (default) or bypass the Triton kernels for packed layers on CUDA inside this context."""
+    """Use (default) or bypass the fast paths for packed layers on CUDA inside this context: the Triton kernels in
+    eager mode, the int8 GEMM in compiled models (``integer_matmul``)."""
     global _ENABLED
     previous, _ENABLED = _ENABLED, enabled
     try:
         yield
     finally:
         _ENABLED = previous
+
+
+def enabled() -> bool:
+    """Whether packed layers on CUDA may leave the reference path (``cuda_kernels``)."""
+    return _ENABLED
 
 
 def supports(x: torch.Tensor, weight) -> bool:

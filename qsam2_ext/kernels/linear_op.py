@@ -10,8 +10,8 @@ For each layer shape the op times two implementations the first time it meets th
 
 Both compute the reference (``QSAM2PackedTensor``'s dequantize-then-``F.linear``) with every grid in float32; they
 differ from it by accumulation order only. Only eager calls reach the op: traced for ``torch.compile``, packed
-layers keep the dequantize expression, which inductor compiles without per-call Python. ``force_path`` pins one
-implementation (tests, benchmarks).
+layers keep the dequantize expression (or, inside ``integer_matmul()``, the integer product), which inductor
+compiles without per-call Python. ``force_path`` pins one implementation (tests, benchmarks).
 """
 
 from __future__ import annotations
