@@ -526,13 +526,11 @@ def main() -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(args.rows) * len(
         args.batches))
     torch.manual_seed(0)
-    integer = contextlib.ExitStack()
-    if args.integer_matmul:  # for the whole process: dynamo traces at the rows' first calls
-        import qsam2_ext
+    import qsam2_ext
 
-        # force: only layers on CPUs read it (no warning about this host's own int8 GEMM); ours are on CUDA
-        integer.enter_context(qsam2_ext.integer_matmul(force=True))
-    with integer:
+    # for the whole process, as dynamo traces at the rows' first calls; force: only layers on CPUs read it (no
+    # warning about this host's own int8 GEMM), ours are on CUDA
+    with qsam2_ext.integer_matmul(force=True) if args.integer_matmul else contextlib.nullcontext():
         for config in args.models:
             if "layers" in args.parts:
                 encoder = build(config, args.checkpoint, video=False).image_encoder

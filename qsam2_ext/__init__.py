@@ -14,8 +14,7 @@ from . import core  # noqa: E402,F401
 
 _TORCHAO_API = {
     "QSAM2Config", "QSAM2PackedTensor", "VRCConfig", "check_ready", "fast_int8_cpu", "integer_matmul", "load_quantized",
-    "qsam2_config", "read_metadata", "read_quantized",
-    "save_quantized", "storage_report", "vrc_config", "vrc_reports",
+    "qsam2_config", "read_metadata", "read_quantized", "save_quantized", "storage_report", "vrc_config", "vrc_reports",
 }
 
 

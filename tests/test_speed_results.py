@@ -61,6 +61,7 @@ def test_rows_are_labelled_with_their_inductor_options_and_guard_filters():
     assert speed.row_label(entry) == "ours W2A16 [combo_kernels=True, module guards skipped]"
     assert speed.row_label({"row": "bf16 compiled"}) == "bf16 compiled"
     assert speed.row_label({"row": "ours W2A16", "unwrapped": True}) == "ours W2A16 [unwrapped]"
+    assert speed.row_label({"row": "ours W8A8", "integer_matmul": True}) == "ours W8A8 [integer_matmul]"
 
 
 @pytest.mark.parametrize("flags, refusal", [

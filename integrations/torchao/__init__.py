@@ -27,6 +27,5 @@ register_quantizer_type(FakeQuantizerBase)
 
 __all__ = [
     "QSAM2Config", "QSAM2PackedTensor", "VRCConfig", "check_ready", "fast_int8_cpu", "integer_matmul", "load_quantized",
-    "qsam2_config", "read_metadata", "read_quantized",
-    "save_quantized", "storage_report", "vrc_config", "vrc_reports",
+    "qsam2_config", "read_metadata", "read_quantized", "save_quantized", "storage_report", "vrc_config", "vrc_reports",
 ]

@@ -57,9 +57,10 @@ class QSAM2PackedTensor(TorchAOBaseTensor):
         self.weight_shape = tuple(int(d) for d in weight_shape)
         self.act_center, self.act_step = act_center, act_step
         self.act_bits = None if act_bits is None else int(act_bits)
-        if self.act_bits is not None and _trace_mode() != _DEFAULT_TRACE_MODE:
+        mode = _trace_mode()
+        if self.act_bits is not None and mode != _DEFAULT_TRACE_MODE:
             # torch 2.11 keys its AOT autograd cache on the attributes of the weights a trace sees (rebuilt then)
-            self.trace_mode = _trace_mode()
+            self.trace_mode = mode
 
     @classmethod
     def from_codes(
