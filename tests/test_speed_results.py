@@ -73,3 +73,16 @@ def test_conflicting_options_are_refused_before_anything_runs(flags, refusal, tm
     with pytest.raises(SystemExit, match=refusal):
         speed.main()
     assert not (tmp_path / "out").exists()
+
+
+def test_act_quant_table_is_rebuilt_from_its_json_and_its_rows_compute_the_shipped_grid():
+    import torch
+
+    import act_quant
+
+    with open(os.path.join(RESULTS, "act_quant.json")) as f:
+        results = json.load(f)
+    with open(os.path.join(RESULTS, "act_quant.md")) as f:
+        assert f.read() == act_quant.markdown(results["meta"], results["rows"])
+    h = torch.randn(32, 2304, dtype=torch.bfloat16) * 2  # eager: the benchmark's "before" row and what ships agree
+    assert torch.equal(act_quant.gelu_quantized_one_pass(h), act_quant.gelu_quantized(h))
