@@ -12,7 +12,8 @@ reduction, against what ``qsam2_ext.core.grid.row_extrema`` now traces (min and 
 channels first), and against our Triton row quantizer (``qsam2_ext.kernels``) after a compiled GELU. Each row is
 compiled anew (``dynamic=False``) and timed with ``triton.testing.do_bench``; ``mismatch`` is the fraction of
 outputs that differ from the one-pass row's (inductor keeps the GELU in float32 inside a fused kernel, while a
-separate GELU kernel rounds it to bf16 first, hence the Triton row's). Writes ``<out>/act_quant.json`` and ``act_quant.md``.
+separate GELU kernel rounds it to bf16 first, hence the Triton row's). Writes ``<out>/act_quant.json`` and
+``act_quant.md``.
 """
 
 from __future__ import annotations
@@ -157,8 +158,8 @@ def main() -> None:
             m, k = (int(v) for v in shape.lower().split("x"))
             rows += bench_shape(m, k, args.dump_code)
             print(table(rows[-len(VARIANTS) - 1:]), flush=True)
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "command": shlex.join(["python", *sys.argv]),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "command": shlex.join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_json(os.path.join(args.out, "act_quant.json"), {"meta": meta, "rows": rows})
     write_text(os.path.join(args.out, "act_quant.md"), markdown(meta, rows))
 
