@@ -103,6 +103,8 @@ def row_extrema(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Ten
     2304-wide MLP activations took 0.27 instead of 0.51 ms (``benchmarks/results/act_quant.md``)."""
     dim = dim % x.ndim
     k = x.shape[dim]
+    # a symbolic length (torch.compile(dynamic=True) on a long input dim) is specialized here: layers' channel
+    # dims come from static weights and are concrete anyway
     chunk = next((c for c in range(REGISTER_ROW, 63, -1) if k % c == 0), k) if k > REGISTER_ROW else k
     if chunk == k:  # short, or no divisor of 64..1024 elements
         return x.amin(dim=dim, keepdim=True), x.amax(dim=dim, keepdim=True)
