@@ -9,6 +9,9 @@ import torch
 torch.set_num_threads(1)
 # GPU kernel tests check numerics: autotune over two tile shapes (a large and a small one), not all of them
 os.environ.setdefault("QSAM2_KERNEL_TUNING", "quick")
+# NNCF builds its CPU extension on first use and gives up after 60 s: a loaded 2-core machine can take longer (a
+# suite running beside another process that was building it failed so)
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
 
 
 @pytest.fixture(autouse=True)
