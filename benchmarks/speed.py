@@ -86,15 +86,19 @@ def quantize_encoder(encoder: torch.nn.Module, quantization) -> None:
 
     if quantization is None:
         return
+    # torchao's configs by default set its recommended inductor options process-wide, coordinate-descent tuning among
+    # them: hiera_t's encoder then did not finish compiling within minutes, and every later row in the process would
+    # compile tuned too. Off, every compiled row compiles with the same options (``--inductor`` sets them for all).
     if quantization == "torchao_int8":
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig
 
-        quantize_(encoder, Int8DynamicActivationInt8WeightConfig(), filter_fn=is_linear)
+        quantize_(encoder, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False), filter_fn=is_linear)
     elif quantization == "torchao_int4":
         from torchao.quantization import Int4WeightOnlyConfig
 
         # tinygemm (torch's own _weight_int4pack_mm); torchao 0.18's default "plain" format needs the mslk package
-        quantize_(encoder, Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d"),
+        quantize_(encoder, Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d",
+                                                set_inductor_config=False),
                   filter_fn=lambda m, fqn: is_linear(m) and m.in_features % 128 == 0)
     else:
         import qsam2_ext

@@ -86,3 +86,14 @@ def test_act_quant_table_is_rebuilt_from_its_json_and_its_rows_compute_the_shipp
         assert f.read() == act_quant.markdown(results["meta"], results["rows"])
     h = torch.randn(32, 2304, dtype=torch.bfloat16) * 2  # eager: the benchmark's "before" row and what ships agree
     assert torch.equal(act_quant.gelu_quantized_one_pass(h), act_quant.gelu_quantized(h))
+
+
+def test_quantizing_a_torchao_row_leaves_inductors_options_to_every_row_alike():
+    import torch
+    from torch._inductor import config
+
+    before = config.get_config_copy()
+    layers = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.GELU(), torch.nn.Linear(32, 16))
+    speed.quantize_encoder(layers, "torchao_int8")
+    assert type(layers[0].weight).__name__ != "Parameter" and layers[0].weight.dtype == torch.float32
+    assert config.get_config_copy() == before  # torchao's default would turn on coordinate-descent tuning

@@ -294,6 +294,18 @@ def test_load_rejects_mismatched_or_malformed_checkpoints(tmp_path):
     assert qsam2_ext.save_quantized(net, tmp_path / "new" / "dir" / "q.pt").is_file()  # parents are created
 
 
+def test_quantizing_leaves_inductors_options_as_the_user_set_them():
+    """torchao's own configs set its recommended inductor options process-wide by default (coordinate-descent
+    tuning among them); ours change no compiler setting, so a model compiles as the user configured inductor."""
+    from torch._inductor import config
+
+    before = config.get_config_copy()
+    net, _ = _converted_net()
+    quantize_(Net(), qsam2_config(bits=4), filter_fn=_all_layers)  # one-shot
+    assert isinstance(net.fc1.weight, QSAM2PackedTensor)
+    assert config.get_config_copy() == before
+
+
 def test_compile_fullgraph_and_export():
     net, x = _converted_net()
     with torch.no_grad():
