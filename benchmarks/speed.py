@@ -18,7 +18,7 @@ each row starts from empty dynamo caches; compile time is the wall time of the f
   the same run;
 * torchao int8 dynamic (``Int8DynamicActivationInt8WeightConfig``) and int4 weight-only
   (``Int4WeightOnlyConfig(group_size=128)``, tinygemm layout; only layers whose inputs 128 divides), compiled and
-  eager;
+  eager, both with ``set_inductor_config=False`` so that they compile with the same inductor options as every row;
 * ours: one-shot ``qsam2_config`` with per-channel grids, packed. Compiled, inductor generates the unpacking
   feeding cuBLAS; eager rows run ``qsam2_ext.kernels`` (Triton; per layer shape the faster of the fused
   GEMM and dequantize-then-cuBLAS, measured on first use).
