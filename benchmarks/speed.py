@@ -87,8 +87,9 @@ def quantize_encoder(encoder: torch.nn.Module, quantization) -> None:
     if quantization is None:
         return
     # torchao's configs by default set its recommended inductor options process-wide, coordinate-descent tuning among
-    # them: hiera_t's encoder then did not finish compiling within minutes, and every later row in the process would
-    # compile tuned too. Off, every compiled row compiles with the same options (``--inductor`` sets them for all).
+    # them: hiera_t's encoder then had not finished compiling after 115-170 s on an H200 (23-60 s without), and every
+    # later row in the process would compile tuned too. Off, every compiled row compiles with the same options
+    # (``--inductor`` sets them for all).
     if quantization == "torchao_int8":
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig
 
