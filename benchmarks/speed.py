@@ -141,8 +141,9 @@ def cuda_ms(fn, repeats: int, warmup: int = 3) -> float:
 
 
 def compile_s(fn) -> float:
-    """Wall time of the first two calls: dynamo compiles the encoder twice, because SAM2's neck fills its
-    position-encoding cache (a dict dynamo guards on) during the first call."""
+    """Wall time of the first two calls: the first compiles; the second compiled again while SAM2's first call filled
+    its position tables (a dict dynamo guards on), which ``build_model`` now fills beforehand
+    (``qsam2_ext.sam2.warm_position_encodings``; on CUDA at 1024² sam2 itself did)."""
     torch.cuda.synchronize()
     started = time.perf_counter()
     fn()
@@ -525,8 +526,8 @@ def main() -> None:
             f.write(json.dumps(entry) + "\n")
         print(json.dumps(entry), flush=True)
 
-    # compiled rows called again in turns (the predictor) hold dynamo cache entries for every row and batch (two
-    # each, as the neck's cache makes dynamo compile twice; the limit leaves twice that) on SAM2's shared code
+    # compiled rows called again in turns (the predictor) hold dynamo cache entries for every row and batch (one
+    # each, two where a first call changes what dynamo guards on; the limit leaves twice that) on SAM2's shared code
     # objects; past the default limit (8) dynamo would run the rest eager, silently
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(args.rows) * len(
         args.batches))

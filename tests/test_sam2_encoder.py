@@ -86,3 +86,41 @@ def test_padded_rows_are_excluded_on_a_real_hiera_block(tiny, block_index):
     torch.testing.assert_close(obs.gram, real_proj.T @ real_proj, rtol=1e-5, atol=1e-6)
     # without the masks the padding rows do enter the statistics
     assert unmasked.observers["proj"].tokens > obs.tokens
+
+
+@pytest.mark.parametrize("image_size, sides", [(256, [64, 32, 16, 8]), (1024, [256, 128, 64, 32])])
+def test_built_models_hold_the_position_tables_their_first_call_would_add(image_size, sides):
+    """A call that adds no table leaves nothing for dynamo to recompile on (SAM2 caches them in a dict it guards)."""
+    import copy
+
+    from sam2.modeling.position_encoding import PositionEmbeddingSine
+
+    model = build_model("sam2.1_hiera_t", image_size=image_size)
+    neck, memory = model.image_encoder.neck.position_encoding, model.memory_encoder.position_encoding
+    assert set(neck.cache) >= {(s, s) for s in sides} and (image_size // 16,) * 2 in memory.cache
+    for encoding in (neck, memory):
+        assert isinstance(encoding, PositionEmbeddingSine)
+        fresh = copy.deepcopy(encoding)
+        fresh.cache = {}
+        for key, table in encoding.cache.items():  # what the module computes without its cache
+            assert torch.equal(table, fresh(torch.zeros(1, 1, *key))[0])
+    if image_size == 256:
+        tables = {key: table.clone() for key, table in neck.cache.items()}
+        with torch.inference_mode():
+            model.image_encoder(torch.randn(1, 3, image_size, image_size))
+        assert neck.cache.keys() == tables.keys()
+        assert all(torch.equal(neck.cache[key], table) for key, table in tables.items())
+
+
+@pytest.mark.slow
+def test_a_built_model_compiles_its_encoder_once():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    encoder = build_model("sam2.1_hiera_t", image_size=256).image_encoder.eval()
+    encoder.compile(dynamic=False)
+    with torch.inference_mode():
+        for _ in range(2):
+            encoder(torch.randn(1, 3, 256, 256))
+    assert counters["frames"]["total"] == 1

@@ -96,7 +96,28 @@ def build_model(
     model = builder(config_path(config), None, device=device, hydra_overrides_extra=overrides)
     if checkpoint is not None:  # loaded here (not by build_sam2) for errors that list what does not match
         load_checkpoint(model, checkpoint)
+    warm_position_encodings(model)
     return model
+
+
+def warm_position_encodings(model: nn.Module) -> None:
+    """Fill the sine position-encoding tables a SAM2 model uses at its input size, on its device, so that
+    ``torch.compile`` compiles it once.
+
+    ``PositionEmbeddingSine`` caches a table per feature-map size in a dict, filling it on first use, and dynamo
+    guards on that dict: a model compiled before its first call compiles again on its second. sam2 fills the tables
+    itself only for 1024² inputs and only where CUDA is available; on CPUs, or at other sizes, call this on models
+    built with ``build_sam2`` (``build_model`` does). The tables are what the first call would compute and keep.
+    """
+    device = next(model.parameters()).device
+    neck = model.image_encoder.neck
+    first_stride = model.image_encoder.trunk.patch_embed.proj.stride[0]  # Hiera's levels: 4, 8, 16, 32
+    levels = range(len(neck.convs))
+    sizes = {neck.position_encoding: [model.image_size // (first_stride * 2**level) for level in levels],
+             model.memory_encoder.position_encoding: [model.sam_image_embedding_size]}  # the memory: stride 16
+    for encoding, sides in sizes.items():
+        for side in sides:
+            encoding(torch.empty(1, 0, side, side, device=device))  # a table depends only on the map's size
 
 
 def read_checkpoint(path: str) -> Mapping[str, torch.Tensor]:
