@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from qsam2_ext.core import VRCCalibration, is_linear_like
-from qsam2_ext.sam2 import build_model, padding_masks, row_mask
+from qsam2_ext.sam2 import build_model, padding_masks, row_mask, warm_position_encodings
 
 # Linear layers of the Hiera trunk, per size (sam2 1.1 configs), plus the neck's four 1x1 convs.
 TRUNK_LINEARS = {"t": 51, "s": 67, "b+": 99, "l": 195}
@@ -97,6 +97,8 @@ def test_built_models_hold_the_position_tables_their_first_call_would_add(image_
 
     model = build_model("sam2.1_hiera_t", image_size=image_size)
     neck, memory = model.image_encoder.neck.position_encoding, model.memory_encoder.position_encoding
+    assert not neck.cache and not memory.cache  # sam2 fills them ahead only at 1024² on CUDA
+    warm_position_encodings(model)
     assert set(neck.cache) >= {(s, s) for s in sides} and (image_size // 16,) * 2 in memory.cache
     for encoding in (neck, memory):
         assert isinstance(encoding, PositionEmbeddingSine)
@@ -113,12 +115,14 @@ def test_built_models_hold_the_position_tables_their_first_call_would_add(image_
 
 
 @pytest.mark.slow
-def test_a_built_model_compiles_its_encoder_once():
+def test_a_model_with_warm_position_tables_compiles_its_encoder_once():
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    encoder = build_model("sam2.1_hiera_t", image_size=256).image_encoder.eval()
+    model = build_model("sam2.1_hiera_t", image_size=256)
+    warm_position_encodings(model)
+    encoder = model.image_encoder.eval()
     encoder.compile(dynamic=False)
     with torch.inference_mode():
         for _ in range(2):

@@ -96,7 +96,6 @@ def build_model(
     model = builder(config_path(config), None, device=device, hydra_overrides_extra=overrides)
     if checkpoint is not None:  # loaded here (not by build_sam2) for errors that list what does not match
         load_checkpoint(model, checkpoint)
-    warm_position_encodings(model)
     return model
 
 
@@ -106,8 +105,9 @@ def warm_position_encodings(model: nn.Module) -> None:
 
     ``PositionEmbeddingSine`` caches a table per feature-map size in a dict, filling it on first use, and dynamo
     guards on that dict: a model compiled before its first call compiles again on its second. sam2 fills the tables
-    itself only for 1024² inputs and only where CUDA is available; on CPUs, or at other sizes, call this on models
-    built with ``build_sam2`` (``build_model`` does). The tables are what the first call would compute and keep.
+    ahead only for 1024² inputs and only where CUDA is available. The tables are what the first call would compute
+    and keep. Call this once the model is on its device: the dict does not move with ``model.to``, and a table on
+    another device is copied over on every call.
     """
     device = next(model.parameters()).device
     neck = model.image_encoder.neck
