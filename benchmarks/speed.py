@@ -141,9 +141,9 @@ def cuda_ms(fn, repeats: int, warmup: int = 3) -> float:
 
 
 def compile_s(fn) -> float:
-    """Wall time of the first two calls: the first compiles; the second compiled again while SAM2's first call filled
-    its position tables (a dict dynamo guards on), which ``build_model`` now fills beforehand
-    (``qsam2_ext.sam2.warm_position_encodings``; on CUDA at 1024² sam2 itself did)."""
+    """Wall time of the first two calls: the first compiles; a second compile would follow where SAM2's first call
+    fills its position tables (a dict dynamo guards on), but at 1024² on CUDA sam2 fills them ahead
+    (``qsam2_ext.sam2.warm_position_encodings`` does it elsewhere)."""
     torch.cuda.synchronize()
     started = time.perf_counter()
     fn()
