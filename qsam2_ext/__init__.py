@@ -10,12 +10,17 @@ torchao (and register Q-SAM2 with ``quantize_``) the first time one of them is u
 
 __version__ = "0.1.0"
 
+import importlib
+
 from . import core  # noqa: E402,F401
+from .errors import BadFileError, NonFiniteError, OutputFolderError, QSAM2Error  # noqa: F401
 
 _TORCHAO_API = {
-    "QSAM2Config", "QSAM2PackedTensor", "VRCConfig", "check_ready", "fast_int8_cpu", "integer_matmul", "load_quantized",
+    "QSAM2Config", "QSAM2PackedTensor", "VRCConfig", "check_ready", "fast_int8_cpu", "integer_matmul",
     "qsam2_config", "read_metadata", "read_quantized", "save_quantized", "storage_report", "vrc_config", "vrc_reports",
 }
+_SAM2_API = {"load_quantized": "qsam2_ext.sam2.artifact", "default_checkpoint": "qsam2_ext.sam2.models"}
+_SUBMODULES = {"integrations", "recipes", "sam2", "train"}
 
 
 def __getattr__(name):
@@ -23,8 +28,26 @@ def __getattr__(name):
         from .integrations import torchao as _torchao
 
         return getattr(_torchao, name)
+    if name in _SAM2_API:
+        return getattr(importlib.import_module(_SAM2_API[name]), name)
+    if name in _SUBMODULES:  # `qsam2_ext.sam2.models...` works after a bare `import qsam2_ext`
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'qsam2_ext' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | _TORCHAO_API)
+    return sorted(set(globals()) | _TORCHAO_API | set(_SAM2_API) | _SUBMODULES)
+
+
+def _expose_sam2_configs() -> None:
+    """Let sam2's ``build_sam2("configs/qsam2/qsam2_mini.yaml", ...)`` find the packaged config after
+    ``import qsam2_ext``, in every kind of install (an editable one hides the Hydra search-path plugin)."""
+    try:
+        from .sam2.models import require_sam2
+
+        require_sam2()
+    except ImportError:  # sam2 (a dependency) missing: the SAM2 entry points say so when used
+        pass
+
+
+_expose_sam2_configs()

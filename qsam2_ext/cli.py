@@ -13,8 +13,10 @@ import dataclasses
 import logging
 import os
 import sys
+import warnings
 from typing import Optional, Sequence
 
+from .errors import QSAM2Error
 from .evaluate import PROMPTS, VIDEO_PROMPTS
 from .sam2.data import FORMATS, POLICIES, BadSample, DatasetError, open_dataset
 
@@ -23,9 +25,13 @@ log = logging.getLogger("qsam2_ext.cli")
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="SAM2 config: a short name (sam2.1_hiera_t/s/b+/l) or a config path; default: "
-                   "sam2.1_hiera_t, or with --quantized the config stored in the checkpoint by qsam2 quantize")
-    g.add_argument("--checkpoint", help="SAM2 checkpoint ({'model': state_dict}); default: random initialisation")
+    g.add_argument("--model", help="SAM2 config: a packaged short name (sam2.1_hiera_t/s/b+/l, qsam2_mini) or a "
+                   "config path; default: the one a quantized --checkpoint names, a packaged name matching the "
+                   "checkpoint's file name, or qsam2_mini (the embedded model) without --checkpoint")
+    g.add_argument("--checkpoint", help="float SAM2 checkpoint ({'model': state_dict}) or a quantized file written by "
+                   "qsam2 quantize / qsam2_ext.save_quantized (recognised by itself)")
+    g.add_argument("--random-weights", action="store_true",
+                   help="use the config's random initialisation when there is no --checkpoint (else an error)")
     g.add_argument("--image-size", type=int, help="square input side (a multiple of 32); default: the config's 1024")
     g.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Hydra override of the SAM2 config (repeatable)")
@@ -39,13 +45,48 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--on-bad-sample", choices=POLICIES, default="skip", help="skip (report and go on) or raise")
 
 
-def _build(args, checkpoint: Optional[str], video: bool, quantized: bool = False):
-    """The model of ``--model`` with ``checkpoint``: a float one through build_sam2, or packed Q-SAM2 weights loaded
-    into the freshly built float model (the torchao integration's ``load_quantized``)."""
-    from .sam2.models import build_model
+def _is_quantized(path: str) -> bool:
+    """A file written by ``save_quantized``: safetensors, or a ``.pt`` carrying its metadata entry."""
+    from .checkpoint import check_file, load_torch
 
-    model = build_model(args.model or "sam2.1_hiera_t", None if quantized else checkpoint, video=video,
-                        image_size=args.image_size, overrides=args.override)
+    check_file(path)
+    if path.endswith(".safetensors"):
+        return True
+    ckpt = load_torch(path)
+    return isinstance(ckpt, dict) and "qsam2_ext" in ckpt
+
+
+def _build(args, checkpoint: Optional[str], video: bool, quantized: bool = False):
+    """The model the arguments describe (``--model``, ``--checkpoint`` or ``checkpoint``, ``--random-weights``): a
+    float checkpoint through build_sam2, or a quantized file's packed weights loaded into a freshly built float
+    model. A quantized file names its packaged model; the caller's ``--model`` (trusted) always wins."""
+    from .sam2.models import DEFAULT_MODEL, PACKAGED_CONFIGS, build_model, default_checkpoint
+
+    model_name, image_size = args.model, args.image_size
+    quantized = checkpoint is not None and (quantized or _is_quantized(checkpoint))
+    if quantized:
+        from . import read_metadata
+        from .sam2.artifact import artifact_info
+
+        meta = read_metadata(checkpoint)
+        info = artifact_info(meta, checkpoint) if meta.get("model") is not None or args.model is None else None
+        model_name = model_name or info.model
+        image_size = image_size or (info.image_size if info is not None else meta.get("image_size"))
+    elif checkpoint is not None and model_name is None:
+        stem = os.path.splitext(os.path.basename(checkpoint))[0]
+        if stem not in PACKAGED_CONFIGS:
+            raise ValueError(f"--model is needed for {checkpoint} (a float checkpoint whose file name is not one of "
+                             f"{sorted(PACKAGED_CONFIGS)})")
+        model_name = stem
+    elif checkpoint is None:
+        model_name = model_name or DEFAULT_MODEL
+        if model_name == DEFAULT_MODEL:
+            checkpoint = default_checkpoint()
+        elif not args.random_weights:
+            raise ValueError(f"no --checkpoint for {model_name}: pass one (e.g. {model_name}.pt), or "
+                             "--random-weights to use an untrained model on purpose")
+    model = build_model(model_name, None if quantized else checkpoint, video=video, image_size=image_size,
+                        overrides=args.override)
     if quantized:
         from . import load_quantized
 
@@ -59,12 +100,6 @@ def run_eval(args) -> int:
     dataset = open_dataset(args.format, args.data, annotations=args.annotations)
     if args.quantized and not args.checkpoint:
         raise ValueError("--quantized needs the quantized --checkpoint")
-    if args.quantized and args.model is None:  # written by qsam2 quantize: the file names its config
-        from . import read_metadata
-
-        meta = read_metadata(args.checkpoint)
-        args.model = meta.get("model")
-        args.image_size = args.image_size or meta.get("image_size")
     device = args.device or _default_device()
     model = _build(args, args.checkpoint, dataset.video, args.quantized).to(device)
     reference = None
@@ -76,6 +111,11 @@ def run_eval(args) -> int:
     print(format_table(results))
     if args.out:
         print(f"wrote {args.out}")
+    if results["samples"] and results["scored"] == 0:
+        reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in results["skipped"][:3])
+        print(f"qsam2 eval: error: every one of the {results['samples']} samples was skipped, nothing was scored "
+              f"({reasons or 'no instance to prompt'})", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -84,11 +124,12 @@ def add_eval(sub) -> None:
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--quantized", action="store_true",
-                   help="the checkpoint holds Q-SAM2 packed weights (qsam2_ext.save_quantized), for this --model")
+                   help="the checkpoint holds Q-SAM2 packed weights (recognised without this flag too)")
     p.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=PROMPTS, help="image prompt kinds")
     p.add_argument("--video-prompt", default="mask", choices=VIDEO_PROMPTS, help="how each video object is prompted")
     p.add_argument("--reference-checkpoint",
-                   help="unlabeled data: the reference (float) model's checkpoint, same config; default: random")
+                   help="unlabeled data: the reference (float) model's checkpoint, same config (without it: as "
+                   "--checkpoint would be read without one: qsam2_mini's embedded weights, or --random-weights)")
     p.add_argument("--grid", type=int, default=4, help="unlabeled data: point prompts per image side")
     p.add_argument("--limit", type=int, help="evaluate the first N samples only")
     p.add_argument("--device", help="default: cuda if available, else cpu")
@@ -111,6 +152,9 @@ def _config_args(p: argparse.ArgumentParser, config_cls, skip: Sequence[str]) ->
 def run_train(args) -> int:
     from .train import TrainConfig, train
 
+    from .outputs import check_output_folder
+
+    check_output_folder(args.out, allow_existing=args.resume)  # a new or empty run folder, unless resuming
     settings = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
     config = TrainConfig(**settings, on_bad_sample=args.on_bad_sample)
     dataset = open_dataset(args.format, args.data, annotations=args.annotations,
@@ -130,8 +174,9 @@ def add_train(sub) -> None:
     p = sub.add_parser("train", help="train or fine-tune SAM2 (the shared QAT loop; torchrun for several processes)")
     _add_model_args(p)
     _add_data_args(p)
-    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, model.pt")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("--out", required=True, help="run folder (new or empty): checkpoint.pt, log.jsonl, model.pt")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint (an error if "
+                   "there is none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _config_args(p, TrainConfig, skip=("on_bad_sample",))  # a data option here
     p.set_defaults(run=run_train)
@@ -148,8 +193,8 @@ def run_quantize(args) -> int:
 
     job = QuantizeJob(recipe=args.recipe, model=args.model, checkpoint=args.checkpoint, image_size=args.image_size,
                       calibration=data("calib"), training=data("train"), evaluation=data("eval"),
-                      evaluate=not args.no_eval, steps=args.steps, out=args.out, device=args.device,
-                      progress=not args.no_progress)
+                      evaluate=not args.no_eval, steps=args.steps, out=args.out, force=args.force,
+                      calibration_images=args.calib_images, device=args.device, progress=not args.no_progress)
     result = run(job)
     ev = result["evaluation"]
     if ev is not None:
@@ -159,7 +204,7 @@ def run_quantize(args) -> int:
         for kind, q in ev["quantized"]["results"].items():
             f = ev["float"]["results"][kind]["mIoU"] if "float" in ev else None
             print(f"{kind:>5} mIoU: float {pct(f)}, quantized {pct(q['mIoU'])}")
-    print(f"wrote {result['model_path']} and {os.path.join(args.out, 'report.md')}")
+    print(f"wrote {result['model_path']} and {os.path.join(args.out, 'report.md')} (mIoU in percent)")
     return 0
 
 
@@ -179,9 +224,14 @@ def add_quantize(sub) -> None:
                        if prefix != "train" else "dataset root")
         g.add_argument(f"--{prefix}-format", choices=FORMATS, default="sa1b", help="dataset layout")
         g.add_argument(f"--{prefix}-annotations", help="COCO instances JSON")
+    p.add_argument("--calib-images", type=int, metavar="N",
+                   help="calibrate on N images; default: the recipe's calibration.images")
     p.add_argument("--steps", type=int, help="QAT steps (0: post-training quantization); default: the recipe's")
     p.add_argument("--no-eval", action="store_true", help="skip the float vs quantized evaluation")
-    p.add_argument("--out", default="out/quantize", help="output folder (model, report.md, report.json, masks.png)")
+    p.add_argument("--out", default="out/quantize", help="output folder (model, report.md, report.json, masks.png): "
+                   "new or empty, unless --force")
+    p.add_argument("--force", action="store_true", help="replace the files an earlier qsam2 run wrote in --out (and "
+                   "only those)")
     p.add_argument("--device", help="default: cuda if available, else cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run_quantize)
@@ -220,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
+    for command in sub.choices.values():  # options every sub-command takes
+        g = command.add_argument_group("output")
+        g.add_argument("--quiet", action="store_true", help="print results and errors only (no progress bars, "
+                       "no log lines, no warnings from the libraries)")
+        g.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
@@ -229,14 +284,33 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _quiet(args) -> None:
+    """``--quiet``: no warnings, log lines or progress bars; ``--no-progress`` (or quiet) reaches sam2's bars too."""
+    if args.quiet:
+        warnings.simplefilter("ignore")
+        for name in ("", "qsam2_ext", "torch", "torchao", "nncf"):  # torch's loggers do not propagate to the root
+            logging.getLogger(name).setLevel(logging.ERROR)
+        if hasattr(args, "no_progress"):
+            args.no_progress = True
+    if args.quiet or getattr(args, "no_progress", False):
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm's own switch: sam2's bars (frame loading, propagation) obey it
+
+
+ERRORS = (QSAM2Error, DatasetError, BadSample, ValueError, OSError)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("qsam2_ext").setLevel(logging.INFO)  # sam2 logs every image embedding at INFO on the root
+    _quiet(args)
     try:
         return args.run(args)
-    except (DatasetError, BadSample, ValueError, FileExistsError, FileNotFoundError) as e:
-        print(f"qsam2 {args.command}: error: {e}", file=sys.stderr)
+    except ERRORS as e:
+        if args.debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"qsam2 {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

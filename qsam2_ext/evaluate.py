@@ -224,8 +224,9 @@ def evaluate(
         body = _evaluate_images(model, dataset, list(prompts), samples, bad, progress)
     else:
         body = _evaluate_agreement(model, reference, dataset, list(prompts), samples, bad, progress, grid)
+    scored = len(body["sequences"]) if dataset.video else len(body["instances"])  # instances or sequences
     results = {"format": dataset.format, "samples": len(samples), "image_size": model.image_size, **body,
-               "skipped": bad.to_json()}
+               "scored": scored, "skipped": bad.to_json()}
     if out is not None:
         write_json(out, results)
     return results

@@ -21,8 +21,11 @@ from typing import Optional
 
 import torch
 
+from .errors import BadFileError, OutputFolderError
+from .outputs import check_output_folder, claim_output_folder
 from .recipes import DEFAULT_RECIPE, load_recipe
-from .sam2.models import DEFAULT_MODEL_CONFIG, build_model, config_path, default_checkpoint, load_checkpoint
+from .sam2.models import (DEFAULT_MODEL_CONFIG, PACKAGED_CONFIGS, build_model, config_path, default_checkpoint,
+                          load_checkpoint, packaged_name)
 
 BUNDLED_SEED = 1000
 EVAL_START, EVAL_COUNT = 5000, 32
@@ -59,6 +62,8 @@ class QuantizeJob:
     evaluate: bool = True
     steps: Optional[int] = None  # QAT steps; default: the recipe's (0: post-training quantization)
     out: str = "out/quantize"
+    force: bool = False  # replace an earlier qsam2 run's files in ``out`` (else ``out`` must be empty or new)
+    calibration_images: Optional[int] = None  # default: the recipe's calibration.images
     device: Optional[str] = None
     progress: bool = True
 
@@ -70,7 +75,7 @@ class QuantizeJob:
 def _checkpoint(job: QuantizeJob, config: str) -> str:
     if job.checkpoint is not None:
         if not os.path.isfile(job.checkpoint):
-            raise FileNotFoundError(f"no checkpoint at {job.checkpoint}")
+            raise BadFileError(job.checkpoint, "no such file (--checkpoint)")
         return job.checkpoint
     if config_path(config) != DEFAULT_MODEL_CONFIG:
         raise ValueError(f"--checkpoint is required for {config} (only the embedded default model has one built in)")
@@ -82,12 +87,12 @@ def _checkpoint(job: QuantizeJob, config: str) -> str:
 
 
 def _check_writable(folder: str) -> None:
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise ValueError(f"cannot write to the output folder {folder}: {e.strerror or e}") from None
+    """The folder (or, if it does not exist yet, its nearest existing parent) accepts new files; creates nothing."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"{folder}: cannot write there ({existing} is not a writable folder)")
 
 
 def _calibration_batches(dataset, count: int, batch_size: int, image_size: int, progress: bool):
@@ -116,7 +121,7 @@ def run(job: QuantizeJob) -> dict:
     from torchao.quantization import quantize_
 
     from . import check_ready, load_quantized, save_quantized, vrc_reports
-    from .report import evaluate_pair, write_report
+    from .report import REPORT_FILES, evaluate_pair, write_report
 
     times: dict = {}
     recipe = load_recipe(job.recipe)
@@ -127,6 +132,10 @@ def run(job: QuantizeJob) -> dict:
     steps = spec.training.steps if job.steps is None else job.steps
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    calibration_images = spec.calibration.images if job.calibration_images is None else job.calibration_images
+    if calibration_images < 1:
+        raise ValueError(f"calibration images must be >= 1, got {calibration_images}")
+    check_output_folder(job.out, force=job.force)  # a refused job creates nothing
     _check_writable(job.out)
     device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -139,14 +148,14 @@ def run(job: QuantizeJob) -> dict:
     train_config = spec.training.train_config(steps=max(steps, 1), checkpoint_every=max(steps, 1),
                                               num_workers=spec.training.options.get("num_workers", 0))
     with tempfile.TemporaryDirectory(prefix="qsam2-data-") as bundled:
-        calibration_count = max(spec.calibration.images, train_config.batch_size)  # bundled: enough for QAT too
+        calibration_count = max(calibration_images, train_config.batch_size)  # bundled: enough for QAT too
         calibration = job.calibration.open(bundled, 0, calibration_count, image_size)
         train_data = calibration if job.training is None else job.training.open(bundled, 0, calibration_count,
                                                                                 image_size)
         evaluation = job.evaluation.open(bundled, EVAL_START, EVAL_COUNT, image_size) if job.evaluate else None
-        if len(calibration) < spec.calibration.images:
-            raise ValueError(f"calibration needs {spec.calibration.images} images (recipe calibration.images); "
-                             f"the calibration data has {len(calibration)}")
+        if len(calibration) < calibration_images:
+            raise ValueError(f"calibration needs {calibration_images} images (recipe calibration.images; "
+                             f"--calib-images N to use fewer); the calibration data has {len(calibration)}")
         float_model = copy.deepcopy(model)  # reference for the report, teacher for distillation
         teacher = float_model if train_config.loss_weights.distills else None
         if steps > 0:
@@ -156,7 +165,7 @@ def run(job: QuantizeJob) -> dict:
         if spec.calibration.vrc and any(p.vrc for p in plans):
             with _timed(times, "vrc"), torch.no_grad():
                 quantize_(model, recipe.vrc_to_torchao(model, "prepare", plans), filter_fn=None)
-                for images in _calibration_batches(calibration, spec.calibration.images,
+                for images in _calibration_batches(calibration, calibration_images,
                                                    spec.calibration.batch_size, image_size, job.progress):
                     model.forward_image(images.to(device))
                 check_ready(model)
@@ -169,7 +178,7 @@ def run(job: QuantizeJob) -> dict:
 
             with _timed(times, "qat"):
                 quantize_(model, recipe.to_torchao(model, "prepare", plans), filter_fn=None)
-                with tempfile.TemporaryDirectory(dir=job.out, prefix=".qat-") as run_dir:
+                with tempfile.TemporaryDirectory(prefix="qsam2-qat-") as run_dir:
                     summary = train(model, train_data, train_config, run_dir, teacher=teacher, device=device,
                                     progress=job.progress)
                     qat_log = summary["last"]
@@ -180,12 +189,22 @@ def run(job: QuantizeJob) -> dict:
             with _timed(times, "convert"):
                 quantize_(model, recipe.to_torchao(model, None, plans), filter_fn=None)
 
-        model_path = os.path.join(job.out, f"{recipe.name}.{spec.output.format}")
-        metadata = {"model": config_path(config), "image_size": image_size, "recipe": recipe.name,
-                    "qat_steps": steps}
+        model_name = f"{recipe.name}.{spec.output.format}"
+        model_path = os.path.join(job.out, model_name)
+        # the file names its model only if it is a packaged one (a custom config is the caller's to build)
+        packaged = config_path(config) in PACKAGED_CONFIGS.values()
+        metadata = {"image_size": image_size, "recipe": recipe.name, "qat_steps": steps}
+        if packaged:
+            metadata["model"] = packaged_name(config_path(config))
+        claim_output_folder(job.out, [model_name, *REPORT_FILES], force=job.force)
         with _timed(times, "save"):
             save_quantized(model.cpu(), model_path, metadata=metadata)
-        quantized = load_quantized(model_path).to(device)  # evaluate what was written, as users will load it
+        # evaluate what was written, as users will load it
+        if packaged:
+            quantized = load_quantized(model_path)
+        else:
+            quantized = load_quantized(build_model(config, image_size=image_size), model_path)
+        quantized = quantized.to(device)
 
         results = None
         if evaluation is not None:

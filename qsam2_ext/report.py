@@ -16,6 +16,7 @@ from .sam2.prompts import grid_points, tight_box
 
 COLORS = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240]])
 MASK_IMAGES = 3  # rows of the mask figure
+REPORT_FILES = ("report.json", "report.md", "masks.png")  # what write_report may write (besides the model file)
 
 
 def _encoder_ms(model, image: torch.Tensor, repeats: int = 3) -> float:

@@ -14,7 +14,8 @@ from qsam2_ext.sam2 import image_predictor
 from qsam2_ext.sam2.data import BadSample, open_dataset
 from qsam2_ext.sam2.metrics import mask_iou
 
-MODEL_ARGS = ["--image-size", "64"] + [f"--override={o}" for o in TINY]
+MODEL_ARGS = ["--model", "sam2.1_hiera_t", "--random-weights", "--image-size", "64",
+              *[f"--override={o}" for o in TINY]]
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +138,7 @@ def test_cli_train_then_resume(tmp_path, capsys):
             "--batch-size", "2", "--num-workers", "0", "--no-progress", *MODEL_ARGS]
     assert cli.main(args + ["--steps", "1"]) == 0
     assert cli.main(args + ["--steps", "1"]) == 2  # an existing run is never overwritten
-    assert "exists" in capsys.readouterr().err
+    assert "not empty" in capsys.readouterr().err
     assert cli.main(args + ["--steps", "2"]) == 2  # nor resumed with other settings
     assert cli.main(args + ["--steps", "1", "--resume"]) == 0
     state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["model"]

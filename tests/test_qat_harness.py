@@ -33,7 +33,8 @@ def test_qat_through_the_loop_then_packed_evaluation(tmp_path):
     quantize_(model, FqnToConfig({TARGETS: qsam2_config(bits=2, act_bits=8, step="convert")}), filter_fn=None)
     path = qsam2_ext.save_quantized(model, tmp_path / "tiny.w2a8.pt")
     out = tmp_path / "eval.json"
-    args = ["eval", "--format", "sa1b", "--data", str(tmp_path / "data"), "--image-size", "64",
+    args = ["eval", "--format", "sa1b", "--data", str(tmp_path / "data"), "--model", "sam2.1_hiera_t",
+            "--image-size", "64",
             *[f"--override={o}" for o in TINY], "--checkpoint", str(path), "--quantized", "--out", str(out),
             "--no-progress"]
     assert cli.main(args) == 0

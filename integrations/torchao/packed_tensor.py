@@ -34,7 +34,7 @@ from qsam2_ext import kernels
 from qsam2_ext.core import (
     cpu_int8, cuda_int8_product_fits, dequantize, int_linear, pack_codes, quantize, quantize_tokens, unpack_codes,
 )
-from qsam2_ext.core.grid import fake_quantize_per_token
+from qsam2_ext.core.grid import carry_nonfinite, fake_quantize_per_token
 
 aten = torch.ops.aten
 
@@ -105,7 +105,7 @@ class QSAM2PackedTensor(TorchAOBaseTensor):
             shape[channel_dim] = -1
             center, step = center.reshape(shape), step.reshape(shape)
         xf = x.float()
-        return dequantize(quantize(xf, center, step, self.act_bits), center, step).to(x.dtype)
+        return carry_nonfinite(dequantize(quantize(xf, center, step, self.act_bits), center, step), xf).to(x.dtype)
 
     def __tensor_flatten__(self):
         # what TorchAOBaseTensor's generic version returns, without its scans over the name lists: dynamo's guards
@@ -246,6 +246,7 @@ def _linear(func, types, args, kwargs):
     else:  # the static grid learned in QAT, computed in float32 as quantize_input does
         center, step = weight.act_center.float(), weight.act_step.float()
         codes = quantize(rows, center, step, weight.act_bits)
+        center = center + (rows * 0).sum(dim=-1, keepdim=True)  # a NaN or infinite input makes its row NaN
     out = int_linear(codes, center, step, weight.codes().reshape(weight.weight_shape[0], -1), weight.center,
                      weight.step, bias, weight.bits)
     return out.reshape(*x.shape[:-1], -1).to(x.dtype)

@@ -16,14 +16,16 @@ from typing import Mapping, Optional, Union
 import torch
 from torch import nn
 
+from qsam2_ext.checkpoint import (check_file, check_state_dict, load_torch, parse_json_metadata, read_checkpoint,
+                                  safetensors_metadata)
+from qsam2_ext.errors import BadFileError, describe
 from qsam2_ext.io import atomic_write
-from qsam2_ext.sam2.models import check_state_dict, read_checkpoint
 
 from .packed_tensor import QSAM2PackedTensor
 
 PathLike = Union[str, os.PathLike]
 _PREFIX = "model."
-_METADATA = "qsam2_ext"  # how to rebuild the float model: {"model": config, "image_size": ..., "overrides": [...]}
+_METADATA = "qsam2_ext"  # JSON metadata (qsam2 quantize: the packaged model's name, image size, recipe)
 
 
 def _register_safetensors() -> None:
@@ -39,9 +41,10 @@ def save_quantized(model_or_state_dict: Union[nn.Module, Mapping[str, torch.Tens
     """Write a quantized state dict: ``.safetensors`` through torchao's safetensors support, anything else as
     ``torch.save({"model": state_dict})`` (SAM2's official checkpoint layout). The file appears atomically.
 
-    ``metadata`` (JSON-able) is stored with it; with the SAM2 config under ``"model"`` (and ``"image_size"``,
-    ``"overrides"``), ``load_quantized(path)`` rebuilds the model by itself."""
+    ``metadata`` (JSON-able, at most 64 KiB) is stored with it; ``qsam2_ext.load_quantized(path)`` builds the
+    packaged SAM2 it names (``qsam2_ext.sam2.artifact.ArtifactInfo``)."""
     meta = json.dumps(metadata or {})  # fails before writing if not JSON-able
+    parse_json_metadata(meta, os.fspath(path))  # and if it could not be read back
     if isinstance(model_or_state_dict, nn.Module):
         _check_not_unwrapped(model_or_state_dict)
         sd = model_or_state_dict.state_dict()
@@ -78,79 +81,60 @@ def _check_not_unwrapped(model: nn.Module) -> None:
 
 
 def read_metadata(path: PathLike) -> dict:
-    """The ``metadata`` a file was saved with by ``save_quantized`` ({} if none)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            text = (f.metadata() or {}).get(_METADATA)
+    """The ``metadata`` a file was saved with by ``save_quantized`` ({} if none), as plain JSON data (bounded in size
+    and depth). Reading it runs nothing: acting on it is the caller's business (see ``qsam2_ext.sam2.artifact``)."""
+    path = check_file(path)
+    if path.endswith(".safetensors"):
+        text = safetensors_metadata(path).get(_METADATA)
     else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_torch(path)
         text = ckpt.get(_METADATA) if isinstance(ckpt, dict) else None
-    return json.loads(text) if text else {}
+    return parse_json_metadata(text, path)
 
 
 def read_quantized(path: PathLike) -> dict[str, torch.Tensor]:
     """The state dict of a file written by ``save_quantized`` (or any official-layout checkpoint)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-        from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+    path = check_file(path)
+    if not path.endswith(".safetensors"):
+        return dict(read_checkpoint(path))
+    from safetensors.torch import load_file
+    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
 
-        _register_safetensors()
-        with safe_open(str(path), "pt") as f:
-            metadata = f.metadata()
-        sd, leftover = unflatten_tensor_state_dict(load_file(str(path)), metadata)
-        if leftover:
-            raise ValueError(f"{path}: {len(leftover)} tensors could not be reassembled: {sorted(leftover)[:5]}")
-        if not all(k.startswith(_PREFIX) for k in sd):
-            raise ValueError(f"{path} was not written by qsam2_ext.save_quantized (keys outside '{_PREFIX}')")
-        return {k[len(_PREFIX):]: v for k, v in sd.items()}
-    return read_checkpoint(str(path))
+    metadata = safetensors_metadata(path)  # a one-line error for an empty, truncated or foreign file
+    _register_safetensors()
+    try:
+        sd, leftover = unflatten_tensor_state_dict(load_file(path), metadata)
+    except Exception as e:  # noqa: BLE001 - torchao / safetensors raise many kinds for a damaged layout
+        raise BadFileError(path, f"its tensors cannot be reassembled ({describe(e, 160)})") from None
+    if leftover:
+        raise BadFileError(path, f"{len(leftover)} tensors could not be reassembled: {sorted(leftover)[:5]}")
+    if not all(isinstance(k, str) and k.startswith(_PREFIX) for k in sd):
+        raise BadFileError(path, f"not written by qsam2_ext.save_quantized (keys outside '{_PREFIX}')")
+    return {k[len(_PREFIX):]: v for k, v in sd.items()}
 
 
-def load_quantized(model_or_path: Union[nn.Module, PathLike],
-                   checkpoint: Optional[Union[PathLike, Mapping[str, torch.Tensor]]] = None, *,
-                   video: bool = False, device: str = "cpu") -> nn.Module:
-    """A quantized SAM2, ready for ``SAM2ImagePredictor`` (or, with ``video=True``, a ``SAM2VideoPredictor``).
+def load_into(model: nn.Module, checkpoint: Union[PathLike, Mapping[str, torch.Tensor]]) -> nn.Module:
+    """Load a quantized checkpoint (path or state dict) into a freshly built float ``model``, in place.
 
-    >>> model = load_quantized("sam2.1_hiera_t_w2a8.safetensors")      # written by `qsam2 quantize`
-    >>> model = load_quantized(build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None), "q.safetensors")
-
-    With a path alone, the model is built from the SAM2 config stored in the file's metadata. With a freshly
-    built float model and a checkpoint (path or state dict), that model is loaded in place. Keys and shapes must
-    match exactly (a checkpoint of another config fails, listing them, before anything is loaded).
-    """
-    if isinstance(model_or_path, nn.Module):
-        if checkpoint is None:
-            raise TypeError("load_quantized(model, checkpoint): the checkpoint is missing")
-        model = model_or_path
-    else:
-        if checkpoint is not None:
-            raise TypeError("load_quantized(path) or load_quantized(model, checkpoint), not (path, checkpoint)")
-        checkpoint = model_or_path
-        meta = read_metadata(checkpoint)
-        if "model" not in meta:
-            raise ValueError(f"{checkpoint} does not name its SAM2 config (not written by qsam2 quantize): "
-                             "use load_quantized(build_model(CONFIG), path)")
-        from qsam2_ext.sam2.models import build_model
-
-        model = build_model(meta["model"], video=video, image_size=meta.get("image_size"),
-                            overrides=meta.get("overrides", ()))
+    Keys and shapes must match exactly (a checkpoint of another config fails, listing them, before anything is
+    loaded); each float weight is swapped for its packed tensor (``load_state_dict(assign=True)``)."""
     sd = dict(checkpoint) if isinstance(checkpoint, Mapping) else read_quantized(checkpoint)
-    check_state_dict(model, sd, "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint))
+    check_state_dict(model, sd, "checkpoint" if isinstance(checkpoint, Mapping) else os.fspath(checkpoint))
     model.load_state_dict(sd, strict=True, assign=True)
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if isinstance(param, QSAM2PackedTensor) and param.requires_grad:
                 setattr(module, name, nn.Parameter(param.detach(), requires_grad=False))
-    return model if isinstance(model_or_path, nn.Module) else model.to(device)
+    return model
+
+
+def load_quantized(model: nn.Module, checkpoint: Union[PathLike, Mapping[str, torch.Tensor]]) -> nn.Module:
+    """``load_into(model, checkpoint)``: the model is the caller's. ``qsam2_ext.load_quantized(path)`` (the SAM2
+    layer) also builds a packaged SAM2 named by a file's metadata."""
+    if not isinstance(model, nn.Module):
+        raise TypeError("the torchao adapter's load_quantized(model, checkpoint) needs a model: use "
+                        "qsam2_ext.load_quantized(path) to build the SAM2 a file names")
+    return load_into(model, checkpoint)
 
 
 def storage_report(model: nn.Module) -> dict:
@@ -167,4 +151,4 @@ def storage_report(model: nn.Module) -> dict:
             "packed_ratio_vs_bf16": packed / packed_bf16 if packed_bf16 else None}
 
 
-__all__ = ["load_quantized", "read_metadata", "read_quantized", "save_quantized", "storage_report"]
+__all__ = ["load_into", "load_quantized", "read_metadata", "read_quantized", "save_quantized", "storage_report"]

@@ -49,6 +49,13 @@ def quantize(x: torch.Tensor, center: torch.Tensor, step: torch.Tensor, bits: in
     return torch.floor((x - center) / step).clamp_(qmin, qmax).to(torch.int8)
 
 
+def carry_nonfinite(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``out`` with NaN wherever ``x`` is NaN or infinite, and unchanged elsewhere (``x * 0`` is zero for a finite
+    ``x``, NaN otherwise). A fixed grid turns NaN into a code like any other value: a quantized model must not
+    answer a NaN input with a number where its float model answers NaN."""
+    return out + x * 0
+
+
 def dequantize(codes: torch.Tensor, center: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     """Grid values of signed codes; the exact expression the fake quantizer uses, so both agree bit for bit."""
     return (codes.to(step.dtype) + 0.5) * step + center

@@ -22,6 +22,8 @@ from typing import Optional
 
 import torch
 
+from ..errors import QSAM2Error
+
 # Chosen by measurement (benchmarks/core_defaults.py, hiera_t at 512², held-out photos): 1e-2 gives the best
 # W2 + W3 weight-only MinMax fidelity (+6.2 / +2.8 dB encoder SQNR over no VRC); W4 prefers less (1e-4..1e-3).
 DEFAULT_LAM_REL = 1e-2
@@ -29,7 +31,7 @@ DEFAULT_LAM_REL = 1e-2
 _RCOND = 1e-10
 
 
-class CalibrationError(ValueError):
+class CalibrationError(QSAM2Error):
     """Calibration data or statistics cannot produce a VRC update; the message names the layer."""
 
 

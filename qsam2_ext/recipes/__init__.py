@@ -22,7 +22,7 @@ when loading, and, in ``resolve``, a rule or calibration pattern matching no lay
 A recipe file has ``model``, ``defaults`` (quantization fields), ``rules`` (ordered; ``match`` is an exact
 module name or ``re:<regex>`` matched in full; the first matching rule decides, as in torchao's FqnToConfig;
 ``skip: true`` keeps layers in float), ``calibration``, ``training``, ``output`` and optionally ``extends: BASE``
-(a shipped name or a path relative to the file): the child's fields override the base's and its rules are tried
+(a shipped name, or the name of a file in the same folder: a recipe never names a path): the child's fields override the base's and its rules are tried
 before the base's.
 """
 
@@ -50,26 +50,47 @@ def list_recipes(include_bases: bool = False) -> list[str]:
     return [n for n in names if include_bases or not n.startswith("_")]
 
 
-def recipe_path(name_or_path: str, relative_to: Optional[str] = None) -> str:
-    """The file of a shipped recipe name, or of a path (relative to ``relative_to`` or the working folder)."""
-    candidate = os.path.join(relative_to or "", os.path.expanduser(name_or_path))
+def _unknown(name: str) -> RecipeError:
+    close = [n for n in list_recipes(True) if name.split("_")[0] in n][:5]
+    return RecipeError(f"unknown recipe {name!r}: neither a file nor a shipped recipe "
+                       f"({', '.join(close) if close else 'qsam2 recipe list shows them'})")
+
+
+def shipped_recipe_path(name: str) -> str:
+    """The file of a shipped recipe (``RecipeError`` if there is none by that name)."""
+    path = os.path.join(_shipped_dir(), name + ".yaml")
+    if "/" in name or os.sep in name or name.startswith(".") or not os.path.isfile(path):
+        raise _unknown(name)
+    return path
+
+
+def recipe_path(name_or_path: str) -> str:
+    """The file of a recipe the caller names: a path (relative to the working folder), else a shipped name."""
+    candidate = os.path.expanduser(name_or_path)
     if os.path.isfile(candidate):
         return candidate
-    shipped = os.path.join(_shipped_dir(), name_or_path + ".yaml")
-    if os.sep not in name_or_path and os.path.isfile(shipped):
-        return shipped
     if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
         raise RecipeError(f"no recipe file at {candidate}")
-    close = [n for n in list_recipes(True) if name_or_path.split("_")[0] in n][:5]
-    raise RecipeError(f"unknown recipe {name_or_path!r}: neither a file nor a shipped recipe "
-                      f"({', '.join(close) if close else 'qsam2 recipe list shows them'})")
+    return shipped_recipe_path(name_or_path)
+
+
+def base_recipe_path(name: str, folder: str) -> str:
+    """The file an ``extends`` names: a file beside the recipe (``name`` or ``name.yaml``) or a shipped recipe.
+    The name comes from a file, so it may not be a path (no folders, no ``..``)."""
+    if os.path.isabs(name) or "/" in name or "\\" in name or name.startswith(".") or len(name) > 128:
+        raise RecipeError(f"extends names a shipped recipe or a file beside this one, not a path: {name[:80]!r}")
+    for candidate in (name, name + ".yaml"):
+        path = os.path.join(folder, candidate)
+        if os.path.isfile(path):
+            return path
+    return shipped_recipe_path(name)
 
 
 def load_recipe(name_or_path: str) -> Recipe:
     """Load and validate a recipe (shipped name or YAML path); raises ``RecipeError`` with file and line."""
     path = recipe_path(name_or_path)
     name = os.path.splitext(os.path.basename(path))[0]
-    return Recipe(name, load_located(path, recipe_path), path)
+    return Recipe(name, load_located(path, base_recipe_path), path)
 
 
 __all__ = ["DEFAULT_RECIPE", "LayerPlan", "Recipe", "RecipeError", "explain", "list_recipes", "load_recipe",

@@ -15,6 +15,12 @@ from pydantic import field_validator, model_validator
 from qsam2_ext.core import DEFAULT_LAM_REL, QUANTIZERS, SUPPORTED_BITS
 
 REGEX_PREFIX = "re:"  # as in torchao's FqnToConfig: "re:<pattern>" is matched with re.fullmatch
+MAX_PATTERN = 512
+
+try:  # Python's own regex parser: 3.11+ keeps it private, 3.10 as sre_parse
+    from re import _parser as _re_parser
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_parse as _re_parser  # type: ignore[no-redef]
 
 
 class _Strict(BaseModel):
@@ -27,13 +33,44 @@ def _check_bits(value: Optional[int]) -> Optional[int]:
     return value
 
 
+MAX_REPEATS = 3  # repetitions in one pattern: backtracking over k of them grows as len(name) ** k
+
+
+def _repeats(parsed, inside: bool = False) -> int:
+    """The number of repetitions in a parsed pattern; raises on a repetition or an alternation inside a repetition:
+    the shapes whose backtracking is exponential in the name's length (a recipe is a file: its patterns must not
+    hang the matcher)."""
+    count = 0
+    for op, arg in parsed:
+        name = str(op)
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            low, high, sub = arg
+            repeated = high is _re_parser.MAXREPEAT or high > 1
+            if repeated and inside:
+                raise ValueError("nested repetition (e.g. '(a+)*') can take exponential time: simplify it")
+            count += repeated + _repeats(sub, inside or repeated)
+        elif name == "BRANCH":
+            if inside:
+                raise ValueError("an alternation inside a repetition (e.g. '(a|b)*') can take exponential time: "
+                                 "simplify it")
+            count += sum(_repeats(sub, inside) for sub in arg[1])
+        elif name in ("SUBPATTERN", "ATOMIC_GROUP", "ASSERT", "ASSERT_NOT"):
+            count += _repeats(arg[-1], inside)
+    return count
+
+
 def check_pattern(pattern: str) -> str:
     """A module name, or ``re:`` and a regular expression (compiled here so a bad one fails on its line)."""
     if not pattern:
         raise ValueError("must be a module name or 're:<regex>'")
+    if len(pattern) > MAX_PATTERN:
+        raise ValueError(f"longer than {MAX_PATTERN} characters")
     if pattern.startswith(REGEX_PREFIX):
         try:
-            re.compile(pattern[len(REGEX_PREFIX):])
+            regex = pattern[len(REGEX_PREFIX):]
+            re.compile(regex)
+            if _repeats(_re_parser.parse(regex)) > MAX_REPEATS:
+                raise ValueError(f"more than {MAX_REPEATS} repetitions (*, +, {{m,n}}): split it into several rules")
         except re.error as e:
             raise ValueError(f"invalid regular expression: {e}") from None
     return pattern
@@ -136,11 +173,20 @@ class Output(_Strict):
 
 
 class RecipeSpec(_Strict):
-    description: str = ""
-    model: str  # SAM2 config: short name (sam2.1_hiera_t) or config path (configs/qsam2/qsam2_mini.yaml)
-    image_size: Optional[PositiveInt] = None  # None: the config's
+    description: str = Field(default="", max_length=1000)
+    # a packaged SAM2 by short name (sam2.1_hiera_{t,s,b+,l}, qsam2_mini): a file never names a config path (a
+    # custom architecture is the caller's: `qsam2 quantize --model CONFIG`)
+    model: str = Field(max_length=64)
+    image_size: Optional[PositiveInt] = Field(default=None, le=4096)  # None: the config's
     defaults: Quant = Field(default_factory=Quant)
     rules: list[Rule] = Field(min_length=1)
     calibration: Calibration = Field(default_factory=Calibration)
     training: Training = Field(default_factory=Training)
     output: Output = Field(default_factory=Output)
+
+    @field_validator("model")
+    @classmethod
+    def _packaged(cls, value: str) -> str:
+        from qsam2_ext.sam2.models import packaged_name
+
+        return packaged_name(value)

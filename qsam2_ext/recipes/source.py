@@ -13,10 +13,20 @@ from typing import Optional
 
 import yaml
 
+from qsam2_ext.errors import QSAM2Error
+
 FieldPath = tuple  # a field path such as ("rules", 2, "bits")
 
+# A recipe is a small hand-written file: bounds that no real one comes near, checked on the event stream before any
+# node is built (PyYAML bounds neither alias expansion nor nesting: a few hundred bytes can take gigabytes).
+MAX_RECIPE_BYTES = 256 * 1024
+MAX_DEPTH = 16
+MAX_EVENTS = 50_000
+_OPEN = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_CLOSE = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 
-class RecipeError(ValueError):
+
+class RecipeError(QSAM2Error):
     """A recipe problem, located: ``file:line: field: message``."""
 
     def __init__(self, message: str, file: Optional[str] = None, line: Optional[int] = None, field: str = ""):
@@ -67,18 +77,44 @@ def _walk(node: yaml.Node, path: FieldPath, file: str, out: dict, line: Optional
             _walk(value, path + (i,), file, out)
 
 
+def _check_events(text: str, path: str) -> None:
+    """Refuse anchors/aliases, nesting deeper than ``MAX_DEPTH`` and more than ``MAX_EVENTS`` YAML events."""
+    depth = 0
+    for count, event in enumerate(yaml.parse(text, Loader=yaml.SafeLoader)):
+        line = event.start_mark.line + 1 if event.start_mark else None
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise RecipeError("YAML anchors and aliases (&name, *name) are not allowed in recipes: write the "
+                              "values out, or use `extends`", path, line)
+        if isinstance(event, _OPEN):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise RecipeError(f"nested deeper than {MAX_DEPTH} levels", path, line)
+        elif isinstance(event, _CLOSE):
+            depth -= 1
+        if count >= MAX_EVENTS:
+            raise RecipeError(f"more than {MAX_EVENTS} YAML values: not a recipe", path, line)
+
+
 def read_yaml(path: str) -> Located:
     """One YAML file as a mapping with the location of every value (no ``extends`` handling)."""
     try:
-        text = Path(path).read_text()
+        size = os.path.getsize(path)
+        if size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{size} bytes: a recipe is at most {MAX_RECIPE_BYTES // 1024} KiB", path)
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise RecipeError(f"cannot read the recipe: {e.strerror or e}", path) from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"not UTF-8 text (byte {e.start})", path) from None
     try:
+        _check_events(text, path)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else None
         raise RecipeError(f"invalid YAML: {e.problem}", path, line) from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"invalid YAML: {' '.join(str(e).split())[:160]}", path) from None
     if not isinstance(data, dict):
         raise RecipeError("a recipe is a YAML mapping (model, defaults, rules, ...)", path, 1)
     locations: dict = {}

@@ -8,6 +8,8 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from ..checkpoint import check_state_dict, read_checkpoint
+
 # Short names of the packaged SAM2.1 configs (the names of the official checkpoints without ``.pt``).
 SAM2_CONFIGS = {
     "sam2.1_hiera_t": "configs/sam2.1/sam2.1_hiera_t.yaml",
@@ -17,7 +19,23 @@ SAM2_CONFIGS = {
 }
 
 # The embedded default: the project's own small trained SAM2 (see configs/qsam2/qsam2_mini.yaml).
+DEFAULT_MODEL = "qsam2_mini"
 DEFAULT_MODEL_CONFIG = "configs/qsam2/qsam2_mini.yaml"
+
+# The models a *file* (a quantized artifact's metadata, a recipe) may name: the packaged configs, by short name.
+# Any other architecture is built by the caller's code or an explicit --config argument, never from a file.
+PACKAGED_CONFIGS = {**SAM2_CONFIGS, DEFAULT_MODEL: DEFAULT_MODEL_CONFIG}
+
+
+def packaged_name(name: str) -> str:
+    """The short name of a packaged config named by its short name or its packaged path; ``ValueError`` otherwise."""
+    if isinstance(name, str):
+        if name in PACKAGED_CONFIGS:
+            return name
+        for short, path in PACKAGED_CONFIGS.items():
+            if name == path:
+                return short
+    raise ValueError(f"must be one of the packaged models {sorted(PACKAGED_CONFIGS)}, got {str(name)[:80]!r}")
 
 
 def default_checkpoint() -> str:
@@ -59,8 +77,8 @@ def _expose_our_configs() -> None:
 
 
 def config_path(config: str) -> str:
-    """A packaged config for a short name (``sam2.1_hiera_t``), or ``config`` itself (a config path)."""
-    return SAM2_CONFIGS.get(config, config)
+    """A packaged config for a short name (``sam2.1_hiera_t``, ``qsam2_mini``), or ``config`` itself (a path)."""
+    return PACKAGED_CONFIGS.get(config, config)
 
 
 def check_image_size(image_size: int) -> int:
@@ -118,34 +136,6 @@ def warm_position_encodings(model: nn.Module) -> None:
     for encoding, sides in sizes.items():
         for side in sides:
             encoding(torch.empty(1, 0, side, side, device=device))  # a table depends only on the map's size
-
-
-def read_checkpoint(path: str) -> Mapping[str, torch.Tensor]:
-    """The state dict of an official-format SAM2 checkpoint (``{"model": state_dict}``), with clear errors."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a file that is not a checkpoint
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), Mapping):
-        found = list(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path} is not in the official SAM2 checkpoint format (a dict with a 'model' state "
-                         f"dict); found {found}")
-    return ckpt["model"]
-
-
-def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """Raise, listing them, if keys or shapes of ``state_dict`` do not match ``model`` (nothing is loaded)."""
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
-    shapes = sorted(f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-                    if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape))
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"{source} does not match the model config: {len(missing)} missing keys {missing[:5]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:5]}, {len(shapes)} shape mismatches {shapes[:3]}"
-        )
 
 
 def load_checkpoint(model: nn.Module, path: str) -> nn.Module:

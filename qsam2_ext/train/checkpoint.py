@@ -11,6 +11,8 @@ from typing import Optional
 
 import torch
 
+from ..checkpoint import load_torch
+from ..errors import BadFileError
 from ..io import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
@@ -38,7 +40,7 @@ def load(path: str) -> Optional[dict]:
     """The checkpoint at ``path``, or None if there is none."""
     if not os.path.exists(path):
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch(path)
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} is not a qsam2 training checkpoint (format {FORMAT_VERSION})")
+        raise BadFileError(path, f"not a qsam2 training checkpoint (format {FORMAT_VERSION})")
     return state

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import NonFiniteError, OutputFolderError
 from ..io import atomic_write
 from ..sam2.data import BadSampleLog
 from ..sam2.forward import forward_clip
@@ -132,7 +133,7 @@ def _train(model, dataset, config, out_dir, teacher, resume, progress, ctx) -> d
         start = _restore(state, config, model, optimizer, scheduler, bad, ckpt_path)
         log.info("resuming %s at step %d of %d", ckpt_path, start, config.steps)
     elif resume:
-        log.info("no checkpoint in %s: starting from step 0", out_dir)
+        raise OutputFolderError(f"{out_dir}: no {checkpoint.CHECKPOINT} to resume from (run without resume to start)")
     if ctx.is_main:
         os.makedirs(out_dir, exist_ok=True)
         _trim_log(log_path, start)
@@ -167,8 +168,8 @@ def _train(model, dataset, config, out_dir, teacher, resume, progress, ctx) -> d
         loss = sum(terms.values())
         reduced = distributed.all_reduce_sum(torch.stack([t.detach() for t in terms.values()]), ctx)
         if not torch.isfinite(reduced).all():
-            raise FloatingPointError(f"non-finite loss at step {step}: {dict(zip(terms, reduced.tolist()))}; "
-                                     f"the last checkpoint in {out_dir} is intact")
+            raise NonFiniteError(f"non-finite loss at step {step}: {dict(zip(terms, reduced.tolist()))}; "
+                                 f"the last checkpoint in {out_dir} is intact")
         lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
         optimizer.zero_grad(set_to_none=True)
         (loss * ctx.world).backward()  # DDP averages gradients over processes; the counts already span them all
