@@ -60,18 +60,22 @@ def _build(args, checkpoint: Optional[str], video: bool, quantized: bool = False
     """The model the arguments describe (``--model``, ``--checkpoint`` or ``checkpoint``, ``--random-weights``): a
     float checkpoint through build_sam2, or a quantized file's packed weights loaded into a freshly built float
     model. A quantized file names its packaged model; the caller's ``--model`` (trusted) always wins."""
-    from .sam2.models import DEFAULT_MODEL, PACKAGED_CONFIGS, build_model, default_checkpoint
+    from .sam2.models import DEFAULT_MODEL, PACKAGED_CONFIGS, build_model, default_checkpoint, packaged_name
 
     model_name, image_size = args.model, args.image_size
+    if model_name in PACKAGED_CONFIGS.values():  # a packaged config by its path: the same as by its name
+        model_name = packaged_name(model_name)
     quantized = checkpoint is not None and (quantized or _is_quantized(checkpoint))
     if quantized:
         from . import read_metadata
         from .sam2.artifact import artifact_info
 
         meta = read_metadata(checkpoint)
-        info = artifact_info(meta, checkpoint) if meta.get("model") is not None or args.model is None else None
-        model_name = model_name or info.model
-        image_size = image_size or (info.image_size if info is not None else meta.get("image_size"))
+        info = artifact_info(meta, checkpoint) if meta else None  # validated even where --model decides
+        model_name = model_name or (info.model if info is not None else None)
+        if model_name is None:
+            raise ValueError(f"--model is needed for {checkpoint}: the file does not name a packaged model")
+        image_size = image_size or (info.image_size if info is not None else None)
     elif checkpoint is not None and model_name is None:
         stem = os.path.splitext(os.path.basename(checkpoint))[0]
         if stem not in PACKAGED_CONFIGS:
@@ -80,9 +84,11 @@ def _build(args, checkpoint: Optional[str], video: bool, quantized: bool = False
         model_name = stem
     elif checkpoint is None:
         model_name = model_name or DEFAULT_MODEL
-        if model_name == DEFAULT_MODEL:
+        if args.random_weights:
+            pass
+        elif model_name == DEFAULT_MODEL:
             checkpoint = default_checkpoint()
-        elif not args.random_weights:
+        else:
             raise ValueError(f"no --checkpoint for {model_name}: pass one (e.g. {model_name}.pt), or "
                              "--random-weights to use an untrained model on purpose")
     model = build_model(model_name, None if quantized else checkpoint, video=video, image_size=image_size,

@@ -20,6 +20,24 @@ def _seed():
     np.random.seed(0)
 
 
+_GLOBAL_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_backward_pre_hooks",
+                 "_global_backward_hooks", "_global_module_registration_hooks", "_global_parameter_registration_hooks",
+                 "_global_buffer_registration_hooks")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_global_state():
+    """Tests must not depend on their order (CI runs them shuffled): a test that leaves a process-wide module hook
+    behind fails here, and the hook is removed so that later tests run as they would alone."""
+    from torch.nn.modules import module
+
+    yield
+    leaked = {name: dict(getattr(module, name)) for name in _GLOBAL_HOOKS if getattr(module, name, None)}
+    for name in leaked:
+        getattr(module, name).clear()
+    assert not leaked, f"the test left process-wide torch module hooks installed: {leaked}"
+
+
 def np_qdq(x, center, half_range, bits):
     """Independent NumPy reference of the mid-rise grid: nearest of 2**b levels, clipped to center ± half_range."""
     x, center, half_range = (np.asarray(a, dtype=np.float64) for a in (x, center, half_range))

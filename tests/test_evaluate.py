@@ -161,7 +161,7 @@ def test_cli_trains_and_evaluates_the_project_model_on_video(tmp_path, capsys):
     from qsam2_ext.sam2.synthetic import write_video_split
 
     write_video_split(str(tmp_path / "clips"), 2, seed=0, frames=4, size=64)
-    model = ["--model", "configs/qsam2/qsam2_mini.yaml", "--image-size", "64"]
+    model = ["--model", "configs/qsam2/qsam2_mini.yaml", "--random-weights", "--image-size", "64"]
     data = ["--format", "video", "--data", str(tmp_path / "clips")]
     assert cli.main(["train", *model, *data, "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "2",
                      "--clip-length", "3", "--distill-mask", "1", "--distill-features", "1", "--num-workers", "0",

@@ -72,7 +72,7 @@ def test_shipped_recipes_resolve_on_their_real_models(size):
 def test_default_model_recipes(mini):
     for name in ("qsam2_mini_w4a8", "qsam2_mini_w2a8"):
         recipe = load_recipe(name)
-        assert recipe.spec.model == MINI
+        assert recipe.spec.model == "qsam2_mini"
         plans = recipe.resolve(mini)
         assert sum(not p.skip for p in plans) == sum(not n.startswith(ISLANDS) for n in _targets(mini))
     table = explain(recipe, plans)

@@ -83,6 +83,8 @@ def base_recipe_path(name: str, folder: str) -> str:
         path = os.path.join(folder, candidate)
         if os.path.isfile(path):
             return path
+    if name.endswith((".yaml", ".yml")):
+        raise RecipeError(f"no recipe file {name} beside this recipe (in {folder})")
     return shipped_recipe_path(name)
 
 
@@ -94,4 +96,4 @@ def load_recipe(name_or_path: str) -> Recipe:
 
 
 __all__ = ["DEFAULT_RECIPE", "LayerPlan", "Recipe", "RecipeError", "explain", "list_recipes", "load_recipe",
-           "recipe_path"]
+           "recipe_path", "shipped_recipe_path"]

@@ -27,15 +27,16 @@ class ArtifactInfo(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    model: str = Field(max_length=64)  # a packaged config's short name (older files: its packaged path)
+    # a packaged config's short name (older files: its packaged path); None: an architecture the caller builds
+    model: Optional[str] = Field(default=None, max_length=64)
     image_size: Optional[int] = Field(default=None, ge=32, le=MAX_IMAGE_SIZE)
     recipe: Optional[str] = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9_.+-]+$")
     qat_steps: Optional[int] = Field(default=None, ge=0, le=10**9)
 
     @field_validator("model")
     @classmethod
-    def _packaged(cls, value: str) -> str:
-        return packaged_name(value)
+    def _packaged(cls, value: Optional[str]) -> Optional[str]:
+        return value if value is None else packaged_name(value)
 
     @field_validator("image_size")
     @classmethod
@@ -45,9 +46,6 @@ class ArtifactInfo(BaseModel):
 
 def artifact_info(metadata: dict, source: str) -> ArtifactInfo:
     """Validate a file's metadata; ``BadFileError`` naming the file and the first problem."""
-    if not metadata:
-        raise BadFileError(source, "does not name its SAM2 model (not written by qsam2 quantize): build the model "
-                                   "yourself and call load_quantized(model, path)")
     try:
         return ArtifactInfo.model_validate(metadata)
     except ValidationError as e:
@@ -83,6 +81,10 @@ def load_quantized(model_or_path: Union[nn.Module, PathLike], checkpoint=None, *
     if checkpoint is not None:
         raise TypeError("load_quantized(path) or load_quantized(model, checkpoint), not (path, checkpoint)")
     info = read_info(model_or_path)  # validated before anything is built
+    if info.model is None:
+        raise BadFileError(model_or_path, "does not name its SAM2 model (not one of the packaged ones, or not written "
+                                          "by qsam2 quantize): build the model yourself and call "
+                                          "load_quantized(model, path)")
     model = build_model(info.model, video=video, image_size=info.image_size)
     return load_into(model, model_or_path).to(device)
 

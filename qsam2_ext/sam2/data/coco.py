@@ -58,7 +58,17 @@ class CocoReader:
         return len(self.images)
 
     def source(self, index: int) -> str:
-        return os.path.join(self.image_dir, self.images[index]["file_name"])
+        """The image file of a record: its ``file_name`` (data from the annotation file) must stay inside the image
+        folder the caller passed (no absolute path, no ``..`` out of it)."""
+        name = self.images[index].get("file_name")
+        if not isinstance(name, str) or not name:
+            raise BadSample(f"image id {self.images[index].get('id')}", f"file_name is not a file name: {name!r:.80}")
+        root = os.path.realpath(self.image_dir)
+        path = os.path.realpath(os.path.join(root, name))
+        if os.path.isabs(name) or os.path.commonpath([root, path]) != root:
+            raise BadSample(f"image id {self.images[index].get('id')}", f"file_name {name[:80]!r} points outside "
+                                                                       f"the image folder {self.image_dir}")
+        return os.path.join(self.image_dir, name)
 
     def load(self, index: int, rng: Optional[np.random.Generator] = None, max_objects: Optional[int] = None) -> Sample:
         info = self.images[index]
