@@ -53,7 +53,7 @@ def test_quantize_end_to_end(tmp_path, checkpoint, eval_data):
     masks, _, _ = predictor.predict(box=[40, 40, 160, 160], multimask_output=False)
     assert masks.shape == (1, 256, 256)
     assert type(qsam2_ext.load_quantized(path, video=True)).__name__ == "SAM2VideoPredictor"
-    assert cli.main(["eval", "--format", "sa1b", "--data", eval_data, "--checkpoint", str(path), "--quantized",
+    assert cli.main(["eval", "--format", "sa1b", "--data", eval_data, "--checkpoint", str(path),  # recognised
                      "--out", str(tmp_path / "eval.json"), "--no-progress"]) == 0  # config and size from the file
     again = json.loads((tmp_path / "eval.json").read_text())["results"]
     assert again == report["evaluation"]["quantized"]["results"]
