@@ -64,10 +64,14 @@ class FakeQuantizer(nn.Module):
         return out.reshape(x.shape).to(x.dtype)
 
     @torch.no_grad()
-    def grid(self, x: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def grid(self, x: Optional[torch.Tensor] = None, within_range: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``(center, step)`` this quantizer rounds onto, shaped ``stat_shape``, without updating anything.
 
         Weights need the weight ``x`` (live statistics); activations use their frozen statistics.
+        ``within_range`` (one-shot PTQ of a weight) keeps the clip range inside each unit's ``[min, max]``: a bound
+        beyond the data clips nothing and only coarsens the grid. LSC's initial ``mu ± 2.5 sigma`` at 4 bits lies
+        beyond the range of uniform (randomly initialised) rows, whose max is ``sqrt(3) sigma``: 20.3 dB SQNR on a
+        random 512-input Linear against 23.6 dB within the range (torchao's symmetric intx: 23.5 dB).
         """
         if x is None:
             if not self.tracks_statistics:
@@ -76,12 +80,18 @@ class FakeQuantizer(nn.Module):
         else:
             view = _compute_precision(self.granularity.view(x))
         lo, hi = self.clip_range(view, update=False)
+        if within_range:
+            if x is None or self.tracks_statistics:
+                raise ValueError("within_range applies to weights")
+            lo = torch.maximum(lo, self._stat(view, torch.amin))
+            hi = torch.maximum(torch.minimum(hi, self._stat(view, torch.amax)), lo + 2 * _MIN_HALF_RANGE)
         return center_step(lo.detach(), hi.detach(), self.bits)
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Signed int8 codes shaped like ``x`` plus ``(center, step)`` of ``stat_shape``: what convert stores."""
-        center, step = self.grid(x)
+    def encode(self, x: torch.Tensor, within_range: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Signed int8 codes shaped like ``x`` plus ``(center, step)`` of ``stat_shape``: what convert stores
+        (``within_range``: see ``grid``)."""
+        center, step = self.grid(x, within_range)
         view = _compute_precision(self.granularity.view(x))
         g = self.granularity
         codes = quantize(view, g.expand(center, view), g.expand(step, view), self.bits)

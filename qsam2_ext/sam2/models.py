@@ -8,6 +8,8 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from qsam2_ext.core.files import check_state_dict, read_checkpoint  # noqa: F401  (public here too)
+
 # Short names of the packaged SAM2.1 configs (the names of the official checkpoints without ``.pt``).
 SAM2_CONFIGS = {
     "sam2.1_hiera_t": "configs/sam2.1/sam2.1_hiera_t.yaml",
@@ -118,34 +120,6 @@ def warm_position_encodings(model: nn.Module) -> None:
     for encoding, sides in sizes.items():
         for side in sides:
             encoding(torch.empty(1, 0, side, side, device=device))  # a table depends only on the map's size
-
-
-def read_checkpoint(path: str) -> Mapping[str, torch.Tensor]:
-    """The state dict of an official-format SAM2 checkpoint (``{"model": state_dict}``), with clear errors."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a file that is not a checkpoint
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), Mapping):
-        found = list(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path} is not in the official SAM2 checkpoint format (a dict with a 'model' state "
-                         f"dict); found {found}")
-    return ckpt["model"]
-
-
-def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """Raise, listing them, if keys or shapes of ``state_dict`` do not match ``model`` (nothing is loaded)."""
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
-    shapes = sorted(f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-                    if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape))
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"{source} does not match the model config: {len(missing)} missing keys {missing[:5]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:5]}, {len(shapes)} shape mismatches {shapes[:3]}"
-        )
 
 
 def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
