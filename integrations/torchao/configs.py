@@ -23,6 +23,8 @@ from qsam2_ext.core import DEFAULT_LAM_REL, QUANTIZERS, SUPPORTED_BITS
 
 # options that only some methods take
 _METHOD_OPTIONS = {"alpha_init": ("lsc",), "act_alpha_init": ("lsc",), "momentum": ("lsc", "minmax")}
+# methods whose weight grids are centred on exactly 0, which torchao's intx tensors store exactly (weights.py)
+SYMMETRIC_METHODS = ("pact",)
 _INT_DTYPES = {getattr(torch, f"int{b}"): b for b in SUPPORTED_BITS}
 
 
@@ -32,7 +34,7 @@ class QSAM2PackingFormat(str, enum.Enum):
     * ``QSAM2_PACKED``: ``QSAM2PackedTensor``, codes truly packed (2 bits take 2 bits); the only format torchao lacks.
     * ``UNPACKED_TO_INT8``: torchao's own ``IntxUnpackedToInt8Tensor`` (one int8 per weight, float zero point
       ``-1/2 - center/step``), the format torchao's export/ExecuTorch lowering matches. Only where it stores the
-      grid exactly: see ``torchao_grid.exact_in_intx``; a layer whose grid it would round raises before any change.
+      grid exactly (zero-centred grids, ``SYMMETRIC_METHODS``; checked per layer by ``weights.exact_in_intx``).
     """
 
     QSAM2_PACKED = "qsam2_packed"
@@ -197,9 +199,15 @@ class QSAM2Config(AOBaseConfig):
                 raise ValueError(f"{option} applies to method {' or '.join(methods)}, not {method!r}")
         if act_alpha_init is not None and self.activation_dtype is None:
             raise ValueError("act_alpha_init needs act_bits (activation_dtype)")
-        if self.packing_format == QSAM2PackingFormat.UNPACKED_TO_INT8 and self.activation_dtype is not None:
-            raise ValueError("packing_format='unpacked_to_int8' is weight-only (torchao's tensor has no static or "
-                             "b-bit per-token input grid): use packing_format='qsam2_packed' with act_bits")
+        if self.packing_format == QSAM2PackingFormat.UNPACKED_TO_INT8:
+            if self.activation_dtype is not None:
+                raise ValueError("packing_format='unpacked_to_int8' is weight-only (torchao's tensor has no static "
+                                 "or b-bit per-token input grid): use packing_format='qsam2_packed' with act_bits")
+            if method not in SYMMETRIC_METHODS:
+                raise ValueError(
+                    f"packing_format='unpacked_to_int8' stores only zero-centred grids exactly (method "
+                    f"{' or '.join(SYMMETRIC_METHODS)}); {method!r} centres its grid on the data, which torchao's "
+                    "(q - zero_point) * scale rounds differently: use packing_format='qsam2_packed'")
         if not isinstance(act_per_channel, bool):
             raise ValueError(f"act_per_channel must be a bool, got {act_per_channel!r}")
         self.act_per_channel = act_per_channel

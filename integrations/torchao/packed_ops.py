@@ -1,6 +1,7 @@
 """Layout ops of ``QSAM2PackedTensor``, as torchao's own tensors implement them for sharded and stitched loading
-(vLLM's ``narrow`` + ``copy_``, tensor-parallel ``slice``, ``cat`` of shards, row gathers): ``slice`` / ``narrow``,
-``cat``, ``index`` along the output dim, ``view`` / ``reshape`` that keep each output row, ``to`` with a dtype.
+(vLLM's ``narrow`` + ``copy_``, tensor-parallel ``slice``, ``chunk`` and ``cat`` of shards, row gathers):
+``slice`` / ``narrow`` / ``split``, ``cat``, ``index`` along the output dim, ``view`` / ``reshape`` that keep each
+output row, ``to`` with a dtype.
 
 Rows (output channels) are independent, so any cut along dim 0 is a view of the codes and grids. A cut along the
 inputs (dim 1 of a Linear weight) must fall between packing groups (4 codes a byte at 2 bits, 8 codes in 3 bytes
@@ -69,6 +70,16 @@ def _slice(func, types, args, kwargs):
     else:
         raise NotImplementedError(f"slicing a {t.ndim}-D QSAM2PackedTensor along dim {dim}")
     return return_and_correct_aliasing(func, args, kwargs, new)
+
+
+@implements([aten.split.Tensor, aten.split_with_sizes.default])
+def _split(func, types, args, kwargs):
+    t, sizes, dim = fill_defaults(args, 3, [None, 0])
+    n = t.shape[dim]
+    if isinstance(sizes, int):
+        sizes = [min(sizes, n - start) for start in range(0, n, sizes)]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [aten.slice.Tensor(t, dim, start, start + size) for start, size in zip(starts, sizes)]
 
 
 def _same_grids(tensors, what: str) -> None:

@@ -2,10 +2,10 @@
 inference weight (``weights.inference_weight``), one-shot PTQ, and interop with torchao's own range-learning QAT
 (``QATConfig(QSAM2Config(...), step="convert")``).
 
-The handler quantizes what it is given or raises: a module holding a weight it cannot quantize (an Embedding, a
-Conv1d, an AWQ-style wrapper, MoE experts' 3-D weights) or a parameter other than a layer's ``weight`` is an error,
-never a silently float layer. Biases matched by an ``FqnToConfig`` regex stay float (Q-SAM2 never quantizes them),
-and so do modules without a weight of their own (containers matched by a regex) or with 1-D weights (norms).
+The handler quantizes what it is given or raises (``check_quantizable``): a Linear holding a 3-D weight, a bare
+weight of another shape, a layer parameter other than weight and bias. What a name pattern sweeps up besides
+layers (embeddings, norms, position embeddings) stays float, logged: ``FqnToConfig({"re:image_encoder[.].*": ..})``
+is how the project targets a SAM2 submodule, and a handler cannot tell a pattern's match from an exact key.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import nn
 from torchao.quantization import register_quantize_module_handler
-from torchao.utils import TorchAOBaseTensor
+from torchao.utils import DummyModule, TorchAOBaseTensor
 
 from qsam2_ext.core import (
     FakeQuantized,
@@ -99,25 +99,39 @@ def _check_ready(layer: nn.Module) -> None:
         raise RuntimeError(f"{describe(layer)}: {e}") from None
 
 
-def check_quantizable(module: nn.Module, parameter_name: str, config_name: str) -> bool:
-    """True for a layer to quantize, False for something that holds nothing to quantize; raises for a weight
-    the config cannot quantize (shared by every Q-SAM2 handler)."""
-    if parameter_name != "weight":
+def check_quantizable(module: nn.Module, parameter_name: str, config_name: str, bare_weights: bool = True) -> bool:
+    """Whether the handler should quantize ``module``'s ``parameter_name``; raises for what it was asked to
+    quantize but cannot (shared by every Q-SAM2 handler).
+
+    * ``nn.Linear`` / ``nn.Conv2d``: their 2-D / 4-D ``weight`` is quantized; any other shape raises (a 3-D MoE
+      stack stitched into a Linear); their ``bias`` stays float; another parameter of theirs raises.
+    * torchao's ``DummyModule``, the bare-weight holder through which AWQ and MoE tooling apply a base config:
+      a 2-D (or 4-D) weight is quantized (with ``bare_weights``), anything else raises.
+    * Any other module (an Embedding, a ConvTranspose2d, a norm, a container, a model parameter such as a position
+      embedding) is what a name pattern such as ``re:image_encoder[.].*`` sweeps up: it stays float, logged.
+    """
+    weight = getattr(module, parameter_name, None)
+    if isinstance(module, _QUANTIZABLE):
         if parameter_name == "bias":
-            return False  # matched by an FqnToConfig regex over a layer's parameters: biases stay float
-        raise ValueError(f"{config_name} quantizes the 'weight' of Linear / Conv2d layers, not the parameter "
-                         f"{parameter_name!r} of {type(module).__name__}")
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor) or (weight.ndim < 2 and not isinstance(module, _QUANTIZABLE)):
-        return False  # a container matched by a regex, or a norm layer: nothing to quantize
-    if not isinstance(module, _QUANTIZABLE):
-        raise ValueError(f"{config_name} quantizes nn.Linear and nn.Conv2d weights; {type(module).__name__} holds "
-                         f"a {weight.ndim}-D weight it cannot quantize (exclude it with filter_fn or FqnToConfig)")
-    expected = 2 if isinstance(module, nn.Linear) else 4
-    if weight.ndim != expected:
-        raise ValueError(f"{config_name}: {type(module).__name__} has a {weight.ndim}-D weight of shape "
-                         f"{tuple(weight.shape)}; only {expected}-D weights can be quantized")
-    return True
+            return False
+        if parameter_name != "weight":
+            raise ValueError(f"{config_name} quantizes the weight of {type(module).__name__}, not {parameter_name!r}")
+        expected = 2 if isinstance(module, nn.Linear) else 4
+        if weight.ndim != expected:
+            raise ValueError(f"{config_name}: {type(module).__name__} has a {weight.ndim}-D weight of shape "
+                             f"{tuple(weight.shape)}; only {expected}-D weights can be quantized")
+        return True
+    if isinstance(module, DummyModule):
+        if not bare_weights:
+            raise ValueError(f"{config_name} calibrates layers (nn.Linear / 1x1 nn.Conv2d), not a bare weight")
+        if parameter_name != "weight" or not isinstance(weight, torch.Tensor) or weight.ndim not in (2, 4):
+            shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
+            raise ValueError(f"{config_name} quantizes 2-D (Linear) and 4-D (Conv2d) weights, not {parameter_name!r} "
+                             f"of shape {shape}: quantize each expert's 2-D weight on its own")
+        return True
+    log.info("%s: %s.%s stays float (%s quantizes Linear and Conv2d weights)", config_name, type(module).__name__,
+             parameter_name, config_name)
+    return False
 
 
 @register_quantize_module_handler(QSAM2Config)
@@ -126,6 +140,8 @@ def _qsam2_transform(
 ) -> nn.Module:
     if custom_scale is not None:  # called by torchao's QATConfig(..., step="convert") after range learning
         return _convert_from_torchao(module, config, custom_scale, custom_zero_point)
+    if parameter_name == "bias":
+        return module  # an FqnToConfig pattern over a layer's parameters: the weight's call did the work
     if isinstance(module, FakeQuantized):
         if config.step != "convert":
             raise RuntimeError(f"{describe(module)} is already prepared for QAT: convert it with step='convert'")
@@ -139,6 +155,9 @@ def _qsam2_transform(
     if config.step == "convert":
         return module  # never prepared: converting it would silently quantize a layer nobody trained
     weight_q, input_q = _quantizers(module, config)
+    if config.step is not None and not isinstance(module, _QUANTIZABLE):
+        raise ValueError("QSAM2Config(step='prepare') trains nn.Linear / nn.Conv2d layers; a bare weight is quantized "
+                         "one-shot (step=None)")
     if config.step is None:  # one-shot PTQ, in place: initial weight grids, inputs quantized per token
         return _quantize(module, weight_q, input_q, config, one_shot=True)
     fq = fake_quantized(module, weight_q, input_q)

@@ -68,11 +68,11 @@ def _convert(layer: nn.Module, config: VRCConfig) -> nn.Module:
 
 @register_quantize_module_handler(VRCConfig)
 def _vrc_transform(module: nn.Module, config: VRCConfig, *, parameter_name: str = "weight") -> nn.Module:
-    if not check_quantizable(module, parameter_name, "VRCConfig"):
+    if not check_quantizable(module, parameter_name, "VRCConfig", bare_weights=False):
         return module
-    if not is_linear_like(module):
-        raise ValueError(f"VRCConfig calibrates nn.Linear and 1x1 nn.Conv2d layers (stride 1, no padding, one group); "
-                         f"{describe(module)} is not one")
+    if not is_linear_like(module):  # a 3x3 conv: its inputs are patches, not rows; VRC leaves it as it is
+        return module if config.base_config is None else _QUANTIZE_CONFIG_HANDLER[type(config.base_config)](
+            module, config.base_config)
     return _prepare(module, config) if config.step == "prepare" else _convert(module, config)
 
 
