@@ -52,7 +52,7 @@ def check(layer: nn.Module) -> None:
 def _convert(layer: nn.Module, config: VRCConfig) -> nn.Module:
     state = getattr(layer, STATE, None)
     if state is None:
-        return layer  # never observed: nothing to calibrate
+        return layer  # never observed: nothing to calibrate, and (as AWQ) nothing of base_config's to apply
     observer, handle, session = state
     session.check_all(check)
     (report,) = apply_vrc([(observer.name, layer, observer)], config.lam_rel).values()
@@ -70,9 +70,8 @@ def _convert(layer: nn.Module, config: VRCConfig) -> nn.Module:
 def _vrc_transform(module: nn.Module, config: VRCConfig, *, parameter_name: str = "weight") -> nn.Module:
     if not check_quantizable(module, parameter_name, "VRCConfig", bare_weights=False):
         return module
-    if not is_linear_like(module):  # a 3x3 conv: its inputs are patches, not rows; VRC leaves it as it is
-        return module if config.base_config is None else _QUANTIZE_CONFIG_HANDLER[type(config.base_config)](
-            module, config.base_config)
+    if not is_linear_like(module):
+        return module  # a 3x3 conv: its inputs are patches, not rows; never observed, so never converted either
     return _prepare(module, config) if config.step == "prepare" else _convert(module, config)
 
 
