@@ -16,7 +16,8 @@ from . import core  # noqa: E402,F401
 core.row_masks.register_row_mask_source("qsam2_ext.sam2.hiera", trigger="sam2")
 
 _TORCHAO_API = {
-    "QSAM2Config", "QSAM2PackedTensor", "VRCConfig", "check_ready", "fast_int8_cpu", "integer_matmul", "load_quantized",
+    "LSCFakeQuantizeConfig", "QSAM2Config", "QSAM2PackedTensor", "QSAM2PackingFormat", "QSAM2QATConfig", "VRCConfig",
+    "check_ready", "fast_int8_cpu", "integer_matmul", "load_quantized",
     "qsam2_config", "read_metadata", "read_quantized", "save_quantized", "storage_report", "vrc_config", "vrc_reports",
 }
 

@@ -240,6 +240,14 @@ def test_export_records_a_quant_op_for_each_weight_format():
         assert torch.equal(exported.module()(x), module(x))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_compiled_half_precision_dequantization_equals_eager(dtype):
+    torch.manual_seed(0)
+    w = QSAM2PackedTensor.from_hp(torch.randn(32, 128, dtype=dtype), torch.int4, PerGroup(32))
+    assert w.step.dtype == dtype  # grids stored in half precision too
+    assert torch.equal(torch.compile(lambda t: t.dequantize())(w), w.dequantize())
+
+
 # ------------------------------------------------------------------ handlers quantize or raise
 @pytest.mark.parametrize("config", [qsam2_config(bits=4), vrc_config(step="prepare")])
 def test_weights_a_handler_cannot_quantize_raise_instead_of_staying_float(config):

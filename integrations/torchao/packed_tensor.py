@@ -194,7 +194,11 @@ def _dequantize_packed(packed, center, step, bits, weight_shape, dtype) -> torch
     for d in weight_shape[1:]:
         k *= d
     codes = unpack_codes(packed, bits, k).reshape(out, groups, -1)
-    return dequantize(codes, center.unsqueeze(-1), step.unsqueeze(-1)).reshape(weight_shape).to(dtype)
+    # in float32 whatever the grid's dtype, rounded once at the end: what inductor computes for half-precision
+    # grids too (eager bf16 arithmetic rounded twice and differed from compiled models by one ulp), and what the
+    # fake quantizer computes
+    center, step = center.float().unsqueeze(-1), step.float().unsqueeze(-1)
+    return dequantize(codes, center, step).reshape(weight_shape).to(dtype)
 
 
 @torch.library.custom_op("qsam2::dequantize_packed", mutates_args=())
