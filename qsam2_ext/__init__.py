@@ -1,7 +1,8 @@
 """qsam2_ext: Q-SAM2 (Variance-Reduced Calibration + Learnable Statistical Clipping) for SAM2.
 
-``import qsam2_ext`` is cheap: it loads the framework-free core only. The torchao entry points below import
-torchao (and register Q-SAM2 with ``quantize_``) the first time one of them is used::
+``import qsam2_ext`` is cheap: it loads the framework-free core and registers the packaged SAM2 configs with Hydra
+(no model code). The torchao entry points below import torchao (and register Q-SAM2 with ``quantize_``) the first
+time one of them is used::
 
     from torchao.quantization import quantize_
     import qsam2_ext
@@ -11,12 +12,17 @@ torchao (and register Q-SAM2 with ``quantize_``) the first time one of them is u
 __version__ = "0.1.0"
 
 import importlib
+import sys
 
 from . import core  # noqa: E402,F401
 from .errors import BadFileError, NonFiniteError, OutputFolderError, QSAM2Error  # noqa: F401
 
+# calibration masks SAM2's Hiera window padding whenever sam2 is loaded (core imports no model code itself)
+core.row_masks.register_row_mask_source("qsam2_ext.sam2.hiera", trigger="sam2")
+
 _TORCHAO_API = {
-    "QSAM2Config", "QSAM2PackedTensor", "VRCConfig", "check_ready", "fast_int8_cpu", "integer_matmul",
+    "LSCFakeQuantizeConfig", "QSAM2Config", "QSAM2PackedTensor", "QSAM2PackingFormat", "QSAM2QATConfig", "VRCConfig",
+    "check_ready", "fast_int8_cpu", "integer_matmul",
     "qsam2_config", "read_metadata", "read_quantized", "save_quantized", "storage_report", "vrc_config", "vrc_reports",
 }
 _SAM2_API = {"load_quantized": "qsam2_ext.sam2.artifact", "default_checkpoint": "qsam2_ext.sam2.models"}
@@ -41,13 +47,20 @@ def __dir__():
 
 def _expose_sam2_configs() -> None:
     """Let sam2's ``build_sam2("configs/qsam2/qsam2_mini.yaml", ...)`` find the packaged config after
-    ``import qsam2_ext``, in every kind of install (an editable one hides the Hydra search-path plugin)."""
+    ``import qsam2_ext``, in every kind of install (an editable one hides the Hydra search-path plugin from Hydra's
+    scan). Registering the plugin with Hydra imports neither sam2 nor any model code; only if sam2 was imported
+    first (its Hydra search path already fixed) is that search path rebuilt."""
     try:
+        from hydra.core.plugins import Plugins
+
+        from hydra_plugins.qsam2_ext import QSAM2ConfigSearchPath
+    except ImportError:  # Hydra comes with sam2 (a dependency): the SAM2 entry points say so when it is missing
+        return
+    Plugins.instance().register(QSAM2ConfigSearchPath)
+    if "sam2" in sys.modules:
         from .sam2.models import require_sam2
 
         require_sam2()
-    except ImportError:  # sam2 (a dependency) missing: the SAM2 entry points say so when used
-        pass
 
 
 _expose_sam2_configs()

@@ -47,7 +47,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _is_quantized(path: str) -> bool:
     """A file written by ``save_quantized``: safetensors, or a ``.pt`` carrying its metadata entry."""
-    from .checkpoint import check_file, load_torch
+    from .core.files import check_file, load_torch
 
     check_file(path)
     if path.endswith(".safetensors"):

@@ -1,24 +1,44 @@
 """torchao configs for Q-SAM2: ``VRCConfig`` (calibration) and ``QSAM2Config`` (LSC / baseline QAT and PTQ).
 
-Both follow torchao's calibrate-then-convert convention (``step="prepare"`` / ``step="convert"``) and are applied
-with ``torchao.quantization.quantize_``. Every field is validated when the config is built, so a bad config fails
-before any layer is touched.
+Fields and names follow torchao's own configs (``IntxWeightOnlyConfig``, ``AWQConfig``): ``weight_dtype``
+(``torch.int2`` .. ``torch.int8``), ``granularity`` (``PerAxis(0)`` or ``PerGroup(n)``), ``activation_dtype``,
+``step`` (torchao's ``QuantizationStep``), ``packing_format`` and ``version``. ``qsam2_config(bits=2)`` is the short
+form; ``QSAM2Config(bits=.., act_bits=.., group_size=..)`` is accepted too and maps onto the same fields. Every
+field is validated when the config is built, so a bad config fails before any layer is touched.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torchao.core.config import AOBaseConfig
+from torchao.quantization.granularity import Granularity, PerAxis, PerGroup
+from torchao.quantization.quantize_.common.quantization_step import QuantizationStep
 
 from qsam2_ext.core import DEFAULT_LAM_REL, QUANTIZERS, SUPPORTED_BITS
 
-STEPS = (None, "prepare", "convert")
 # options that only some methods take
 _METHOD_OPTIONS = {"alpha_init": ("lsc",), "act_alpha_init": ("lsc",), "momentum": ("lsc", "minmax")}
+# methods whose weight grids are centred on exactly 0, which torchao's intx tensors store exactly (weights.py)
+SYMMETRIC_METHODS = ("pact",)
+_INT_DTYPES = {getattr(torch, f"int{b}"): b for b in SUPPORTED_BITS}
+
+
+class QSAM2PackingFormat(str, enum.Enum):
+    """How converted weights are stored.
+
+    * ``QSAM2_PACKED``: ``QSAM2PackedTensor``, codes truly packed (2 bits take 2 bits); the only format torchao lacks.
+    * ``UNPACKED_TO_INT8``: torchao's own ``IntxUnpackedToInt8Tensor`` (one int8 per weight, float zero point
+      ``-1/2 - center/step``), the format torchao's export/ExecuTorch lowering matches. Only where it stores the
+      grid exactly (zero-centred grids, ``SYMMETRIC_METHODS``; checked per layer by ``weights.exact_in_intx``).
+    """
+
+    QSAM2_PACKED = "qsam2_packed"
+    UNPACKED_TO_INT8 = "unpacked_to_int8"
 
 
 def _check_positive(name: str, value, kind=(int, float)) -> None:
@@ -28,81 +48,188 @@ def _check_positive(name: str, value, kind=(int, float)) -> None:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
-@dataclass
-class VRCConfig(AOBaseConfig):
-    """Variance-Reduced Calibration of Linear and 1x1 Conv2d weights.
+def _step(value, allowed: tuple) -> Optional[str]:
+    """A ``QuantizationStep`` given as the enum or its string value, stored as the string as torchao's
+    ``AWQConfig`` stores it (``None`` where one-shot is allowed)."""
+    if value is None and None in allowed:
+        return None
+    try:
+        step = QuantizationStep(value.lower() if isinstance(value, str) else value)
+    except (ValueError, AttributeError):
+        step = None
+    if step is None or step not in allowed:
+        raise ValueError(f"step must be one of {[getattr(s, 'value', s) for s in allowed]}, got {value!r}")
+    return step.value
 
-    ``step="prepare"`` attaches Gram observers; run calibration forwards; ``step="convert"`` applies
-    ``W' = W G (G + lam I)^-1`` with ``lam = lam_rel * tr(G) / d_in``, removes the observers and records a
-    ``VRCReport`` on each layer (``qsam2_ext.vrc_reports(model)`` collects them).
+
+def _int_dtype(name: str, value, optional: bool) -> Optional[torch.dtype]:
+    if value is None and optional:
+        return None
+    if isinstance(value, torch.dtype) and value in _INT_DTYPES:
+        return value
+    allowed = ", ".join(str(d) for d in _INT_DTYPES)
+    raise ValueError(f"{name} must be one of {allowed}{' or None' if optional else ''}, got {value!r}")
+
+
+def _bits_dtype(name: str, bits) -> torch.dtype:
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SUPPORTED_BITS:
+        raise ValueError(f"{name} must be one of {SUPPORTED_BITS}, got {bits!r}")
+    return getattr(torch, f"int{bits}")
+
+
+@dataclass(init=False)
+class VRCConfig(AOBaseConfig):
+    """Variance-Reduced Calibration of Linear and 1x1 Conv2d weights, in the shape of torchao's calibration flows
+    (``AWQConfig`` / ``SmoothQuantConfig``): ``step="prepare"`` attaches Gram observers; run calibration forwards;
+    ``step="convert"`` applies ``W' = W G (G + lam I)^-1`` with ``lam = lam_rel * tr(G) / d_in``, removes the
+    observers and records a ``VRCReport`` on each layer (``qsam2_ext.vrc_reports(model)`` collects them).
+
+    With ``base_config`` set, convert then quantizes each calibrated layer with it (any torchao config with a
+    registered handler: ``QSAM2Config``, ``IntxWeightOnlyConfig``, ...), as ``AWQConfig(base_config)`` does.
     """
 
-    step: str = "prepare"
-    lam_rel: float = DEFAULT_LAM_REL
+    step: QuantizationStep
+    lam_rel: float
+    base_config: Optional[AOBaseConfig]
 
-    def __post_init__(self):
-        if self.step not in ("prepare", "convert"):
-            raise ValueError(f"VRCConfig.step must be 'prepare' or 'convert', got {self.step!r}")
-        if isinstance(self.lam_rel, bool) or not isinstance(self.lam_rel, (int, float)) or not (
-            math.isfinite(self.lam_rel) and self.lam_rel >= 0
+    def __init__(self, step: Union[str, QuantizationStep] = "prepare", lam_rel: float = DEFAULT_LAM_REL,
+                 base_config: Optional[AOBaseConfig] = None):
+        self.step = _step(step, (QuantizationStep.PREPARE, QuantizationStep.CONVERT))
+        if isinstance(lam_rel, bool) or not isinstance(lam_rel, (int, float)) or not (
+            math.isfinite(lam_rel) and lam_rel >= 0
         ):
-            raise ValueError(f"lam_rel must be a finite number >= 0, got {self.lam_rel!r}")
+            raise ValueError(f"lam_rel must be a finite number >= 0, got {lam_rel!r}")
+        if base_config is not None and not isinstance(base_config, AOBaseConfig):
+            raise ValueError(f"base_config must be a torchao AOBaseConfig, got {type(base_config).__name__}")
+        self.lam_rel = lam_rel
+        self.base_config = base_config
 
 
-@dataclass
+@dataclass(init=False)
 class QSAM2Config(AOBaseConfig):
     """Low-bit quantization of Linear and Conv2d layers with Q-SAM2's LSC (or a baseline quantizer).
 
-    * ``step="prepare"``: swap layers for fake-quantized twins (weights; inputs too when ``act_bits`` is set) to
-      train (QAT).
-    * ``step="convert"``: replace fake-quantized layers by float layers whose weight is a packed
-      ``QSAM2PackedTensor`` built from the learned grid (no recomputation); inputs are quantized with the learned
-      static clip. Layers that were not prepared are left as they are.
-    * ``step=None``: one-shot post-training quantization with the quantizer's initial grid; inputs (``act_bits``)
-      are quantized dynamically per token, since no statistics exist.
+    * ``step="prepare"``: swap layers for fake-quantized twins (weights; inputs too when ``activation_dtype`` is
+      set) to train (QAT).
+    * ``step="convert"``: replace fake-quantized layers by float layers whose weight holds the learned grid in the
+      ``packing_format`` asked for (no recomputation); inputs are quantized with the learned static clip. Layers
+      that were not prepared are left as they are.
+    * ``step=None``: one-shot post-training quantization with the quantizer's initial grid, kept within each
+      weight row's (or group's) range; inputs are quantized dynamically per token, since no statistics exist.
 
-    ``group_size=None`` is per output channel. A layer whose inputs per channel the group size does not divide
-    falls back to per output channel (logged, and visible in the layer's repr).
+    ``granularity=PerAxis(0)`` is one grid per output channel, ``PerGroup(n)`` one per ``n`` inputs. A layer whose
+    inputs per channel ``n`` does not divide falls back to per output channel (logged, visible in its repr).
+    A module this config cannot quantize (a 3-D weight, a module that is neither Linear nor Conv2d but holds a
+    ``weight``) raises instead of staying float.
     """
 
-    bits: int = 2
-    act_bits: Optional[int] = None
-    group_size: Optional[int] = None
-    method: str = "lsc"
-    step: Optional[str] = None
-    alpha_init: Optional[float] = None
-    act_alpha_init: Optional[float] = None
-    momentum: Optional[float] = None
-    act_per_channel: bool = False
-    scale_dtype: Optional[torch.dtype] = None  # dtype of stored grids; None: the weight's dtype
+    weight_dtype: torch.dtype
+    granularity: Granularity
+    activation_dtype: Optional[torch.dtype]
+    method: str
+    step: Optional[QuantizationStep]
+    packing_format: QSAM2PackingFormat
+    alpha_init: Optional[float]
+    act_alpha_init: Optional[float]
+    momentum: Optional[float]
+    act_per_channel: bool
+    scale_dtype: Optional[torch.dtype]  # dtype of stored grids; None: the weight's dtype
+    version: int
 
-    def __post_init__(self):
-        if self.method not in QUANTIZERS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(QUANTIZERS)}")
-        for name in ("bits", "act_bits"):
-            value = getattr(self, name)
-            if (value is not None or name == "bits") and (
-                isinstance(value, bool) or not isinstance(value, int) or value not in SUPPORTED_BITS
-            ):
-                raise ValueError(f"{name} must be one of {SUPPORTED_BITS}{' or None' if name == 'act_bits' else ''}, got {value!r}")
-        if self.step not in STEPS:
-            raise ValueError(f"step must be one of {STEPS}, got {self.step!r}")
-        _check_positive("group_size", self.group_size, int)
-        _check_positive("alpha_init", self.alpha_init)
-        _check_positive("act_alpha_init", self.act_alpha_init)
-        if self.momentum is not None and (
-            isinstance(self.momentum, bool) or not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1
+    def __init__(
+        self,
+        weight_dtype: Optional[torch.dtype] = None,
+        granularity: Optional[Granularity] = None,
+        activation_dtype: Optional[torch.dtype] = None,
+        method: str = "lsc",
+        step: Optional[Union[str, QuantizationStep]] = None,
+        packing_format: Union[str, QSAM2PackingFormat] = QSAM2PackingFormat.QSAM2_PACKED,
+        alpha_init: Optional[float] = None,
+        act_alpha_init: Optional[float] = None,
+        momentum: Optional[float] = None,
+        act_per_channel: bool = False,
+        scale_dtype: Optional[torch.dtype] = None,
+        version: int = 1,
+        *,
+        bits: Optional[int] = None,
+        act_bits: Optional[int] = None,
+        group_size: Optional[int] = None,
+    ):
+        # the short forms (bits / act_bits / group_size) map onto torchao's fields; giving both is ambiguous
+        if bits is not None:
+            if weight_dtype is not None:
+                raise ValueError("give weight_dtype or bits, not both")
+            weight_dtype = _bits_dtype("bits", bits)
+        if act_bits is not None:
+            if activation_dtype is not None:
+                raise ValueError("give activation_dtype or act_bits, not both")
+            activation_dtype = _bits_dtype("act_bits", act_bits)
+        if group_size is not None:
+            if granularity is not None:
+                raise ValueError("give granularity or group_size, not both")
+            _check_positive("group_size", group_size, int)
+            granularity = PerGroup(group_size)
+        self.weight_dtype = _int_dtype("weight_dtype", torch.int2 if weight_dtype is None else weight_dtype, False)
+        self.activation_dtype = _int_dtype("activation_dtype", activation_dtype, True)
+        granularity = PerAxis(0) if granularity is None else granularity
+        if not (isinstance(granularity, PerAxis) and granularity.axis == 0) and not (
+            isinstance(granularity, PerGroup) and not isinstance(granularity.group_size, bool)
+            and isinstance(granularity.group_size, int) and granularity.group_size > 0
         ):
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+            raise ValueError(f"granularity must be PerAxis(0) or PerGroup(n) with n > 0, got {granularity!r}")
+        self.granularity = granularity
+        if method not in QUANTIZERS:
+            raise ValueError(f"unknown method {method!r}; choose one of {sorted(QUANTIZERS)}")
+        self.method = method
+        self.step = _step(step, (None, QuantizationStep.PREPARE, QuantizationStep.CONVERT))
+        try:
+            self.packing_format = QSAM2PackingFormat(packing_format)
+        except ValueError:
+            raise ValueError(f"packing_format must be one of {[f.value for f in QSAM2PackingFormat]}, "
+                             f"got {packing_format!r}") from None
+        _check_positive("alpha_init", alpha_init)
+        _check_positive("act_alpha_init", act_alpha_init)
+        if momentum is not None and (
+            isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1
+        ):
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.alpha_init, self.act_alpha_init, self.momentum = alpha_init, act_alpha_init, momentum
         for option, methods in _METHOD_OPTIONS.items():
-            if getattr(self, option) is not None and self.method not in methods:
-                raise ValueError(f"{option} applies to method {' or '.join(methods)}, not {self.method!r}")
-        if self.act_alpha_init is not None and self.act_bits is None:
-            raise ValueError("act_alpha_init needs act_bits")
-        if not isinstance(self.act_per_channel, bool):
-            raise ValueError(f"act_per_channel must be a bool, got {self.act_per_channel!r}")
-        if self.scale_dtype is not None and self.scale_dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"scale_dtype must be float32, bfloat16, float16 or None, got {self.scale_dtype!r}")
+            if getattr(self, option) is not None and method not in methods:
+                raise ValueError(f"{option} applies to method {' or '.join(methods)}, not {method!r}")
+        if act_alpha_init is not None and self.activation_dtype is None:
+            raise ValueError("act_alpha_init needs act_bits (activation_dtype)")
+        if self.packing_format == QSAM2PackingFormat.UNPACKED_TO_INT8:
+            if self.activation_dtype is not None:
+                raise ValueError("packing_format='unpacked_to_int8' is weight-only (torchao's tensor has no static "
+                                 "or b-bit per-token input grid): use packing_format='qsam2_packed' with act_bits")
+            if method not in SYMMETRIC_METHODS:
+                raise ValueError(
+                    f"packing_format='unpacked_to_int8' stores only zero-centred grids exactly (method "
+                    f"{' or '.join(SYMMETRIC_METHODS)}); {method!r} centres its grid on the data, which torchao's "
+                    "(q - zero_point) * scale rounds differently: use packing_format='qsam2_packed'")
+        if not isinstance(act_per_channel, bool):
+            raise ValueError(f"act_per_channel must be a bool, got {act_per_channel!r}")
+        self.act_per_channel = act_per_channel
+        if scale_dtype is not None and scale_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"scale_dtype must be float32, bfloat16, float16 or None, got {scale_dtype!r}")
+        self.scale_dtype = scale_dtype
+        if version != 1:
+            raise ValueError(f"QSAM2Config version must be 1, got {version!r}")
+        self.version = version
+
+    # the short forms, read-only
+    @property
+    def bits(self) -> int:
+        return _INT_DTYPES[self.weight_dtype]
+
+    @property
+    def act_bits(self) -> Optional[int]:
+        return None if self.activation_dtype is None else _INT_DTYPES[self.activation_dtype]
+
+    @property
+    def group_size(self) -> Optional[int]:
+        return self.granularity.group_size if isinstance(self.granularity, PerGroup) else None
 
     def weight_options(self) -> dict:
         """Keyword options of the weight quantizer (validated above to apply to ``method``)."""
@@ -114,9 +241,10 @@ class QSAM2Config(AOBaseConfig):
         return {k: v for k, v in options.items() if v is not None}
 
 
-def vrc_config(step: str = "prepare", lam_rel: float = DEFAULT_LAM_REL) -> VRCConfig:
-    """``VRCConfig(step, lam_rel)``: Variance-Reduced Calibration through ``quantize_``."""
-    return VRCConfig(step=step, lam_rel=lam_rel)
+def vrc_config(step: str = "prepare", lam_rel: float = DEFAULT_LAM_REL,
+               base_config: Optional[AOBaseConfig] = None) -> VRCConfig:
+    """``VRCConfig(step, lam_rel, base_config)``: Variance-Reduced Calibration through ``quantize_``."""
+    return VRCConfig(step=step, lam_rel=lam_rel, base_config=base_config)
 
 
 def qsam2_config(bits: int = 2, act_bits: Optional[int] = None, group_size: Optional[int] = None,

@@ -82,15 +82,50 @@ class QSAM2PackedTensor(TorchAOBaseTensor):
             act_center, act_step, act_bits,
         )
 
+    @classmethod
+    def from_hp(
+        cls,
+        hp_tensor: torch.Tensor,
+        weight_dtype: torch.dtype = torch.int2,
+        granularity=None,
+        method: str = "lsc",
+        scale_dtype: Optional[torch.dtype] = None,
+    ) -> "QSAM2PackedTensor":
+        """torchao's constructor convention: quantize a high-precision weight (2-D, or a 4-D conv weight) one-shot
+        onto ``method``'s initial grid kept within each row's (group's) range, as ``quantize_`` does with
+        ``QSAM2Config(weight_dtype, granularity, method)``; ``granularity`` is ``PerAxis(0)`` (default) or
+        ``PerGroup(n)``."""
+        from torchao.quantization.granularity import PerAxis, PerGroup
+
+        from qsam2_ext.core import WeightGranularity, make_quantizer
+
+        bits = {getattr(torch, f"int{b}"): b for b in (2, 3, 4, 8)}.get(weight_dtype)
+        if bits is None:
+            raise ValueError(f"weight_dtype must be torch.int2, int3, int4 or int8, got {weight_dtype!r}")
+        granularity = PerAxis(0) if granularity is None else granularity
+        if isinstance(granularity, PerGroup):
+            group_size = granularity.group_size
+        elif isinstance(granularity, PerAxis) and granularity.axis == 0:
+            group_size = None
+        else:
+            raise ValueError(f"granularity must be PerAxis(0) or PerGroup(n), got {granularity!r}")
+        if hp_tensor.ndim not in (2, 4):
+            raise ValueError(f"a packed weight is 2-D (Linear) or 4-D (Conv2d), got shape {tuple(hp_tensor.shape)}")
+        weight = hp_tensor.detach()
+        quantizer = make_quantizer(method, bits, WeightGranularity.for_weight(weight, group_size)).to(weight.device)
+        codes, center, step = quantizer.encode(weight, within_range=True)
+        return cls.from_codes(codes, center, step, bits, weight.dtype, scale_dtype or weight.dtype)
+
     def codes(self) -> torch.Tensor:
         """The signed int8 codes, shaped like the weight."""
         return unpack_codes(self.packed, self.bits, self.row_length()).reshape(self.weight_shape)
 
     def dequantize(self, output_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        out, groups = self.center.shape
-        codes = self.codes().reshape(out, groups, -1)
-        w = dequantize(codes, self.center.unsqueeze(-1), self.step.unsqueeze(-1))
-        return w.reshape(self.weight_shape).to(output_dtype or self.dtype)
+        dtype = output_dtype or self.dtype
+        if torch.compiler.is_exporting():  # one op in the exported graph, for backends to match and lower
+            return torch.ops.qsam2.dequantize_packed(self.packed, self.center, self.step, self.bits,
+                                                     list(self.weight_shape), dtype)
+        return _dequantize_packed(self.packed, self.center, self.step, self.bits, self.weight_shape, dtype)
 
     def quantize_input(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
         """Quantize-dequantize a layer input with the static learned grid, per token, or not at all."""
@@ -151,6 +186,32 @@ class QSAM2PackedTensor(TorchAOBaseTensor):
         mode = _trace_mode() if self.act_bits is not None else None
         h.update(repr((self.bits, self.weight_shape, self.dtype, self.act_bits, mode)).encode())
         return h.hexdigest()
+
+
+def _dequantize_packed(packed, center, step, bits, weight_shape, dtype) -> torch.Tensor:
+    out, groups = center.shape
+    k = 1
+    for d in weight_shape[1:]:
+        k *= d
+    codes = unpack_codes(packed, bits, k).reshape(out, groups, -1)
+    # in float32 whatever the grid's dtype, rounded once at the end: what inductor computes for half-precision
+    # grids too (eager bf16 arithmetic rounded twice and differed from compiled models by one ulp), and what the
+    # fake quantizer computes
+    center, step = center.float().unsqueeze(-1), step.float().unsqueeze(-1)
+    return dequantize(codes, center, step).reshape(weight_shape).to(dtype)
+
+
+@torch.library.custom_op("qsam2::dequantize_packed", mutates_args=())
+def _dequantize_packed_op(packed: torch.Tensor, center: torch.Tensor, step: torch.Tensor, bits: int,
+                          weight_shape: list[int], dtype: torch.dtype) -> torch.Tensor:
+    """The float weight of packed Q-SAM2 codes: what ``torch.export`` records (as torchao's tensors record
+    ``torchao.dequantize_affine``), with the reference expression as its implementation."""
+    return _dequantize_packed(packed, center, step, bits, tuple(weight_shape), dtype)
+
+
+@_dequantize_packed_op.register_fake
+def _(packed, center, step, bits, weight_shape, dtype):
+    return packed.new_empty(weight_shape, dtype=dtype)
 
 
 implements = QSAM2PackedTensor.implements

@@ -59,26 +59,3 @@ def describe(layer: nn.Module) -> str:
     """A name for a layer when torchao does not tell us its fully qualified name."""
     w = layer.weight
     return f"{type(layer).__name__}({w.shape[1] if w.ndim > 1 else '?'}->{w.shape[0]}, id {id(layer):#x})"
-
-
-def check_ready(model: nn.Module) -> None:
-    """Raise, naming every layer, if any prepared layer of ``model`` cannot be converted yet.
-
-    Converting checks the layers of each prepare config before touching any; when an ``FqnToConfig`` mixed
-    several prepare configs, call this first to get that guarantee for the whole model.
-    """
-    from qsam2_ext.core import FakeQuantized
-
-    from .vrc import _STATE
-
-    errors = []
-    for name, layer in model.named_modules():
-        try:
-            if isinstance(layer, FakeQuantized):
-                layer.check_ready()
-            if hasattr(layer, _STATE):
-                getattr(layer, _STATE)[0].check()
-        except (RuntimeError, ValueError) as e:
-            errors.append(f"{name}: {e}")
-    if errors:
-        raise RuntimeError(f"{len(errors)} prepared layer(s) are not ready:\n  " + "\n  ".join(errors))

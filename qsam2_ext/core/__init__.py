@@ -9,7 +9,8 @@ from .granularity import ActivationGranularity, WeightGranularity, effective_gro
 from .grid import SUPPORTED_BITS, center_step, code_range, dequantize, fake_quantize, quantize
 from .cpu_int8 import fast_int8_cpu, fast_int8_product, int8_product
 from .int_linear import cuda_int8_product_fits, int_linear, quantize_tokens
-from .packing import pack_codes, packed_length, unpack_codes
+from .packing import pack_codes, packed_length, packing_group, unpack_codes
+from . import row_masks  # noqa: F401  (qsam2_ext.core.row_masks: calibration's padding-mask sources)
 from .quantizers import (
     QUANTIZERS,
     FakeQuantizer,
@@ -27,7 +28,8 @@ __all__ = [
     "LSCQuantizer", "LSQQuantizer", "MinMaxQuantizer", "PACTQuantizer", "QUANTIZERS", "SUPPORTED_BITS",
     "VRCCalibration", "VRCReport", "WeightGranularity", "apply_vrc", "code_range", "cuda_int8_product_fits",
     "dequantize", "fake_quantize", "fast_int8_cpu", "fast_int8_product", "input_rows", "int8_product", "int_linear",
-    "quantize_tokens", "is_linear_like", "make_quantizer", "observing", "pack_codes", "packed_length", "quantize",
+    "quantize_tokens", "is_linear_like", "make_quantizer", "observing", "pack_codes", "packed_length", "packing_group",
+    "quantize",
     "center_step", "effective_group_size", "unpack_codes", "vrc_report", "vrc_solve", "weight_matrix",
 ]
 

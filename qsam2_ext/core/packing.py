@@ -22,6 +22,11 @@ from .grid import check_bits
 _LAYOUT = {2: (4, 1), 3: (8, 3), 4: (2, 1), 8: (1, 1)}
 
 
+def packing_group(bits: int) -> tuple[int, int]:
+    """``(codes, bytes)`` of one packing group: a row can be cut between groups without repacking."""
+    return _LAYOUT[check_bits(bits)]
+
+
 def packed_length(length: int, bits: int) -> int:
     codes, nbytes = _LAYOUT[check_bits(bits)]
     return -(-length // codes) * nbytes

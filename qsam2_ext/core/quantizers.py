@@ -38,6 +38,7 @@ class FakeQuantizer(nn.Module):
     """Quantize-dequantize onto the grid spanning the clip range ``[lo, hi]`` chosen by the subclass."""
 
     ste: Literal["clip", "round"] = "clip"
+    symmetric = False  # whether the clip range is always [-a, a] (a grid centred on exactly 0)
 
     def __init__(self, bits: int, granularity: Granularity):
         super().__init__()
@@ -64,10 +65,15 @@ class FakeQuantizer(nn.Module):
         return out.reshape(x.shape).to(x.dtype)
 
     @torch.no_grad()
-    def grid(self, x: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def grid(self, x: Optional[torch.Tensor] = None, within_range: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``(center, step)`` this quantizer rounds onto, shaped ``stat_shape``, without updating anything.
 
         Weights need the weight ``x`` (live statistics); activations use their frozen statistics.
+        ``within_range`` (one-shot PTQ of a weight) keeps the clip range inside each unit's ``[min, max]`` (inside
+        ``±max|x|`` for symmetric grids; LSQ's grid is left as it is): a bound beyond the data clips nothing and only
+        coarsens the grid. LSC's initial ``mu ± 2.5 sigma`` at 4 bits lies
+        beyond the range of uniform (randomly initialised) rows, whose max is ``sqrt(3) sigma``: 20.3 dB SQNR on a
+        random 512-input Linear against 23.6 dB within the range (torchao's symmetric intx: 23.5 dB).
         """
         if x is None:
             if not self.tracks_statistics:
@@ -76,12 +82,22 @@ class FakeQuantizer(nn.Module):
         else:
             view = _compute_precision(self.granularity.view(x))
         lo, hi = self.clip_range(view, update=False)
+        if within_range and self.ste == "clip":  # LSQ's grid is the multiples of its step: kept as it is
+            if x is None or self.tracks_statistics:
+                raise ValueError("within_range applies to weights")
+            if self.symmetric:  # stays centred on 0
+                hi = torch.minimum(hi, self._stat(view.abs(), torch.amax).clamp_min(_MIN_HALF_RANGE))
+                lo = -hi
+            else:
+                lo = torch.maximum(lo, self._stat(view, torch.amin))
+                hi = torch.maximum(torch.minimum(hi, self._stat(view, torch.amax)), lo + 2 * _MIN_HALF_RANGE)
         return center_step(lo.detach(), hi.detach(), self.bits)
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Signed int8 codes shaped like ``x`` plus ``(center, step)`` of ``stat_shape``: what convert stores."""
-        center, step = self.grid(x)
+    def encode(self, x: torch.Tensor, within_range: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Signed int8 codes shaped like ``x`` plus ``(center, step)`` of ``stat_shape``: what convert stores
+        (``within_range``: see ``grid``)."""
+        center, step = self.grid(x, within_range)
         view = _compute_precision(self.granularity.view(x))
         g = self.granularity
         codes = quantize(view, g.expand(center, view), g.expand(step, view), self.bits)
@@ -236,6 +252,8 @@ class PACTQuantizer(_FirstBatchInit):
     ``alpha`` starts at the first batch's ``max|x|`` per statistics unit (no clipping at the start) and learns
     through the clip bounds (``d out / d alpha = ±1`` above/below the range, 0 inside), as in PACT.
     """
+
+    symmetric = True
 
     def __init__(self, bits: int, granularity: Granularity):
         super().__init__(bits, granularity)

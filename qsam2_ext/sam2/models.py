@@ -8,7 +8,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..checkpoint import check_state_dict, read_checkpoint
+from qsam2_ext.core.files import check_state_dict, read_checkpoint  # noqa: F401  (public here too)
 
 # Short names of the packaged SAM2.1 configs (the names of the official checkpoints without ``.pt``).
 SAM2_CONFIGS = {

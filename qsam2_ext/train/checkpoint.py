@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from ..checkpoint import load_torch
+from ..core.files import load_torch
 from ..errors import BadFileError
 from ..io import atomic_write
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from torch import nn
@@ -12,8 +13,8 @@ from .config import TrainConfig
 
 
 # Host-framework quantizer classes whose parameters belong with the quantizer parameters, not with the weights
-# and their decay (torchao's range-learning scales, NNCF's learned ranges). The adapters register theirs when
-# imported, so this module imports no framework.
+# and their decay (NNCF's learned ranges; torchao's FakeQuantizerBase is recognised below). An adapter may register
+# its own when imported, so this module imports no framework.
 EXTRA_QUANTIZER_TYPES: list[type] = []
 
 
@@ -23,7 +24,13 @@ def register_quantizer_type(cls: type) -> None:
 
 
 def _quantizer_types() -> tuple[type, ...]:
-    return (FakeQuantizer, *EXTRA_QUANTIZER_TYPES)
+    types = [FakeQuantizer, *EXTRA_QUANTIZER_TYPES]
+    # torchao's fake quantizers (range-learning scales, the LSC FakeQuantizerBase): recognised here, without
+    # importing torchao for models that never used it
+    qat = sys.modules.get("torchao.quantization.qat.fake_quantizer")
+    if qat is not None:
+        types.append(qat.FakeQuantizerBase)
+    return tuple(types)
 
 
 def parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

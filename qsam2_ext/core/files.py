@@ -1,24 +1,65 @@
-"""Reading model files as data: official-format PyTorch checkpoints, safetensors headers and the JSON metadata stored
-in them, each with bounds and a one-line ``BadFileError`` naming the file and what is wrong.
+"""Files: atomic writes (a reader, or a run killed mid-write, sees the old file or the new one, never half of one),
+and reading files as data: official-layout checkpoints (``{"model": state_dict}``), safetensors headers and the
+JSON metadata stored in them, each with bounds and a one-line ``BadFileError`` naming the file and what is wrong.
 
 Nothing here executes what a file contains: ``torch.load`` runs with ``weights_only=True`` (no pickle code, only
-tensors and the classes registered as safe globals), and JSON is parsed into plain data with bounded size and depth.
-Plain torch and the standard library only (the torchao adapter and the SAM2 layer both use it).
-"""
+tensors and the classes registered as safe globals), and JSON is parsed into plain data with bounded size and
+depth. Plain torch and the standard library."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
-from typing import Any, Mapping, Union
+import tempfile
+from typing import Any, Callable, Iterator, Mapping, Union
 
 import torch
 from torch import nn
 
-from .errors import BadFileError, describe
+from ..errors import BadFileError, describe
 
 PathLike = Union[str, os.PathLike]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; on success it is fsync'ed and renamed onto ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        yield tmp
+        # mkstemp creates 0600 (and some writers recreate the file): make it look like any other written file
+        os.chmod(tmp, 0o666 & ~umask)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write(path: str, write: Callable[[str], Any]) -> None:
+    """Call ``write(tmp_path)`` and move the result onto ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+
+def write_json(path: str, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
 MAX_METADATA_BYTES = 64 * 1024  # the JSON metadata a file may carry (ours is ~200 bytes)
 MAX_JSON_DEPTH = 16
 _SAFETENSORS_HEADER_MAX = 100 * 1024 * 1024  # safetensors' own limit on its header
@@ -131,5 +172,3 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], s
                                    f"mismatches {shapes[:3]}")
 
 
-__all__ = ["MAX_METADATA_BYTES", "check_file", "check_state_dict", "load_torch", "parse_json_metadata",
-           "read_checkpoint", "safetensors_metadata"]
