@@ -71,7 +71,7 @@ class FakeQuantizer(nn.Module):
         Weights need the weight ``x`` (live statistics); activations use their frozen statistics.
         ``within_range`` (one-shot PTQ of a weight, no training to move the clip): each unit's clip range is the
         one with the least squared weight error among the quantizer's own, kept inside the data (a bound beyond the
-        data clips nothing and only coarsens the grid), and the data range narrowed about its centre by
+        data clips nothing and only coarsens the grid), and, for LSC, the data range narrowed about its centre by
         ``RANGE_SHRINKS`` (about 0 for symmetric grids; LSQ's grid, the multiples of its step, is left as it is).
         LSC's initial ``mu ± 2.5 sigma`` at 4 bits lies beyond uniform (randomly initialised) rows, whose max is
         ``sqrt(3) sigma``: 20.4 dB output SQNR on a random 512-input Linear, 23.6 dB within range, torchao's
@@ -90,7 +90,9 @@ class FakeQuantizer(nn.Module):
             lo, hi = self._best_range(view, lo.detach(), hi.detach())
         return center_step(lo.detach(), hi.detach(), self.bits)
 
-    RANGE_SHRINKS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
+    # one-shot candidates besides the quantizer's own range: the data range narrowed to these fractions (LSC only:
+    # the baselines keep their definitions, min-max and PACT's max|x|)
+    RANGE_SHRINKS: tuple = ()
 
     def _best_range(self, view: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
         """Per unit, the candidate ``(lo, hi)`` whose grid has the least squared error on ``view`` (``grid``)."""
@@ -187,6 +189,7 @@ class LSCQuantizer(FakeQuantizer):
     # * momentum: 0.8 tracked pooled statistics best over one pass of 18 single-photo batches, 0.9 next; QAT
     #   runs far longer than one pass, where the larger average is worth its lag.
     DEFAULT_ALPHA_WEIGHT = {2: 1.5, 3: 2.0, 4: 2.5, 8: 4.0}
+    RANGE_SHRINKS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)  # one-shot only: see FakeQuantizer.grid
     DEFAULT_ALPHA_ACTIVATION = {2: 1.5, 3: 2.25, 4: 3.0, 8: 5.0}
     DEFAULT_MOMENTUM = 0.9
 
