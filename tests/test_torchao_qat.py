@@ -2,7 +2,6 @@
 QATConfig's call shape), against the project's own QAT path and with torchao's IntxFakeQuantizeConfig as baseline
 in the same harness."""
 
-import copy
 
 import pytest
 import torch
