@@ -2,7 +2,6 @@
 QATConfig's call shape), against the project's own QAT path and with torchao's IntxFakeQuantizeConfig as baseline
 in the same harness."""
 
-import copy
 
 import pytest
 import torch
@@ -81,6 +80,13 @@ def test_torchaos_intx_fake_quantizer_runs_as_baseline_in_the_same_harness(range
     assert isinstance(net[0].weight, IntxUnpackedToInt8Tensor)
     with torch.no_grad():
         torch.testing.assert_close(net(x), fake, rtol=1e-3, atol=1e-3)
+
+
+def test_qat_config_round_trips_through_torchaos_config_dicts():
+    from torchao.core.config import config_from_dict, config_to_dict
+
+    config = QSAM2QATConfig(qsam2_config(bits=4, group_size=32), step="convert")
+    assert config_from_dict(config_to_dict(config)) == config
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -15,6 +15,7 @@ learned (``QSAM2Config``'s packing formats); layers holding torchao's quantizers
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -33,8 +34,14 @@ from .fake_quantize import LSCFakeQuantizeConfig, LSCFakeQuantizer
 from .weights import inference_weight
 
 
+@dataclass(init=False)
 class QSAM2QATConfig(AOBaseConfig):
     """``QATConfig(base_config, activation_config, weight_config, *, step)``, accepting LSC configs."""
+
+    base_config: Optional[AOBaseConfig]
+    activation_config: Optional[FakeQuantizeConfigBase]
+    weight_config: Optional[FakeQuantizeConfigBase]
+    step: str
 
     def __init__(self, base_config: Optional[AOBaseConfig] = None,
                  activation_config: Optional[FakeQuantizeConfigBase] = None,

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
