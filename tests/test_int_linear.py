@@ -252,3 +252,23 @@ def _by_hand(layer, x, act_bits=8):
     else:
         codes, center, step = quantize_tokens(rows, act_bits)
     return int_linear(codes, center, step, w.codes(), w.center, w.step, layer.bias).reshape(*x.shape[:-1], -1)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_compiled_cuda_a4_layers_take_the_fp8_product_on_their_chosen_path(bits):
+    """Traced for torch.compile on CUDA inside ``integer_matmul()``, W2A4 / W4A4 layers become one FP8 GEMM
+    (``torch._scaled_mm``) on the "fp8" paths, and the dequantize expression on "bf16" (what a GPU without FP8
+    tensor cores measures); 8-bit weights, not exact in e4m3, keep the int8 GEMM."""
+    from qsam2_ext.kernels import fp8_linear
+
+    with qsam2_ext.integer_matmul(force=True):
+        for path in ("fp8", "fp8 rowwise"):
+            with fp8_linear.force_path(path):
+                ops = _traced_on_cuda(bits, 4)
+            assert "aten._scaled_mm.default" in ops and "aten.mm.default" not in ops
+        with fp8_linear.force_path("bf16"):
+            ops = _traced_on_cuda(bits, 4)
+        assert "aten._scaled_mm.default" not in ops and "aten.mm.default" in ops
+        with fp8_linear.force_path("fp8"):
+            assert "aten._int_mm.default" in _traced_on_cuda(8, 4)
+            assert "aten._scaled_mm.default" not in _traced_on_cuda(bits, 4, k=104)  # K not a multiple of 16

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
 from qsam2_ext import kernels
+from qsam2_ext.kernels import fp8_linear
 from qsam2_ext.core import (
     cpu_int8, cuda_int8_product_fits, dequantize, int_linear, pack_codes, quantize, quantize_tokens, unpack_codes,
 )
@@ -214,9 +215,23 @@ def _integer_path(x: torch.Tensor, weight: QSAM2PackedTensor) -> bool:
         return False
     if x.is_cuda:
         k = x.shape[-1]
-        return _traced(x) and kernels.enabled() and cuda_int8_product_fits(x.numel() // k, k, weight.weight_shape[0])
+        if not (_traced(x) and kernels.enabled()):
+            return False
+        if _fp8_path(x, weight) is not None:
+            return _fp8_path(x, weight) != "bf16"
+        return cuda_int8_product_fits(x.numel() // k, k, weight.weight_shape[0])
     return (x.device.type == "cpu" and x.shape[-1] >= INTEGER_MIN_INPUTS
             and (_FORCE_INTEGER or cpu_int8.fast_int8_product(weight.bits)))
+
+
+def _fp8_path(x: torch.Tensor, weight: QSAM2PackedTensor) -> Optional[str]:
+    """For an A4 layer (inputs and weights of at most 4 bits) on CUDA: its path measured per shape (``"fp8"``,
+    ``"fp8 rowwise"``: the exact code product on FP8 tensor cores, ``qsam2_ext.kernels.fp8_linear``; ``"bf16"``: the
+    reference); ``None`` for every other layer."""
+    k, n = x.shape[-1], weight.weight_shape[0]
+    if not fp8_linear.fits(x.numel() // k, k, n, weight.bits, weight.act_bits):
+        return None
+    return fp8_linear.choose(x.numel() // k, k, n, x.device)
 
 
 def _traced(x: torch.Tensor) -> bool:
@@ -246,8 +261,9 @@ def _linear(func, types, args, kwargs):
     else:  # the static grid learned in QAT, computed in float32 as quantize_input does
         center, step = weight.act_center.float(), weight.act_step.float()
         codes = quantize(rows, center, step, weight.act_bits)
+    fp8 = _fp8_path(x, weight) if x.is_cuda else None
     out = int_linear(codes, center, step, weight.codes().reshape(weight.weight_shape[0], -1), weight.center,
-                     weight.step, bias, weight.bits)
+                     weight.step, bias, weight.bits, product=fp8 and fp8_linear.scaled_product(fp8))
     return out.reshape(*x.shape[:-1], -1).to(x.dtype)
 
 
