@@ -36,6 +36,7 @@ from speed_timing import graph_ms  # noqa: E402
 
 from qsam2_ext.io import write_json, write_text  # noqa: E402
 
+
 GEMMS = ("bf16", "fp8 rowwise", "fp8 exact", "int8")
 
 
@@ -61,7 +62,8 @@ def encoder_shapes(model: str, batch: int) -> dict[tuple[int, int, int], int]:
 
 def gemms(m: int, k: int, n: int) -> dict:
     """The four GEMMs of one shape on random operands (never zeros: they can run faster)."""
-    x, w = torch.randn(m, k, device="cuda", dtype=torch.bfloat16), torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
     bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     a8 = torch.randint(-8, 8, (m, k), device="cuda", dtype=torch.int8)
     b8 = torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8)

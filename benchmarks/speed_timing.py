@@ -9,6 +9,7 @@ import time
 import torch
 from torch._dynamo.utils import counters
 
+
 TURN_ROUNDS = 7
 
 
