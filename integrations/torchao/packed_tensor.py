@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
 from qsam2_ext import kernels
-from qsam2_ext.kernels import fp8_linear
+from qsam2_ext.kernels import cpu_linear, fp8_linear
 from qsam2_ext.core import (
     cpu_int8, cuda_int8_product_fits, dequantize, int_linear, pack_codes, quantize, quantize_tokens, unpack_codes,
 )
@@ -253,8 +253,28 @@ def _linear(func, types, args, kwargs):
         # microseconds of Python per call (benchmarks/results/speed.md)
         return kernels.packed_linear(x, weight.packed, weight.center.contiguous(), weight.step.contiguous(), bias,
                                      weight.act_center, weight.act_step, weight.bits, weight.act_bits or 0)
+    if _cpu_eager(x):
+        return cpu_linear.run(weight, _cpu_key(x, weight, "linear"), {
+            "cached": lambda: F.linear(weight.quantize_input(x, -1), cpu_linear.dense(weight, x.dtype), bias),
+            "reference": lambda: F.linear(weight.quantize_input(x, -1), weight.dequantize(x.dtype), bias)})
     if not _integer_path(x, weight):
         return F.linear(weight.quantize_input(x, -1), weight.dequantize(x.dtype), bias)
+    return _integer_linear(x, weight, bias)
+
+
+def _cpu_eager(x: torch.Tensor) -> bool:
+    """An eager inference call on a CPU outside ``integer_matmul()``: one of the exact paths, the faster measured per
+    kind of layer (``qsam2_ext.kernels.cpu_linear``: the weight dequantized once and kept, or at every call)."""
+    return (x.device.type == "cpu" and not _INTEGER_MATMUL and not _traced(x)
+            and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+def _cpu_key(x: torch.Tensor, weight: QSAM2PackedTensor, op: str) -> tuple:
+    act_grid = None if weight.act_center is None else tuple(weight.act_center.shape)
+    return op, tuple(x.shape), weight.weight_shape, weight.bits, weight.act_bits, act_grid, weight.center.shape[1], x.dtype
+
+
+def _integer_linear(x: torch.Tensor, weight: QSAM2PackedTensor, bias) -> torch.Tensor:
     rows = x.reshape(-1, x.shape[-1]).float()  # every activation grid in float32, as the reference computes it
     if weight.act_center is None:
         codes, center, step = quantize_tokens(rows, weight.act_bits)
@@ -271,6 +291,12 @@ def _linear(func, types, args, kwargs):
 @implements_torch_function(F.conv2d)
 def _conv2d(func, types, args, kwargs):
     x, weight, bias, stride, padding, dilation, groups = fill_defaults(args, 7, [None, [1, 1], [0, 0], [1, 1], 1])
+    if _cpu_eager(x):
+        return cpu_linear.run(weight, _cpu_key(x, weight, "conv2d"), {
+            "cached": lambda: F.conv2d(weight.quantize_input(x, 1), cpu_linear.dense(weight, x.dtype), bias, stride,
+                                       padding, dilation, groups),
+            "reference": lambda: F.conv2d(weight.quantize_input(x, 1), weight.dequantize(x.dtype), bias, stride,
+                                          padding, dilation, groups)})
     return F.conv2d(weight.quantize_input(x, 1), weight.dequantize(x.dtype), bias, stride, padding, dilation, groups)
 
 
