@@ -25,6 +25,7 @@ import shlex
 import statistics
 import sys
 import time
+from typing import Optional
 
 import torch
 from torchao.quantization import quantize_
@@ -33,49 +34,66 @@ import qsam2_ext
 from qsam2_ext.core import fast_int8_product, is_linear_like
 from qsam2_ext.core.cpu_int8 import u8s8_cpu
 from qsam2_ext.io import write_json, write_text
+from qsam2_ext.kernels.cpu_linear import cpu_paths, paths_taken
 from qsam2_ext.sam2.images import PHOTOS, photo_batch
 from qsam2_ext.sam2.models import build_model
 
-ROWS = (  # name, weight bits, integer product, torch.compile
-    ("fp32 eager", None, False, False),
-    ("W8A8 reference", 8, False, False),
-    ("W8A8 integer", 8, True, False),
-    ("W4A8 integer", 4, True, False),
-    ("W2A8 integer", 2, True, False),
-    ("W2A8 reference", 2, False, False),
-    ("fp32 compiled", None, False, True),
-    ("W8A8 integer compiled", 8, True, True),
-    ("W2A8 integer compiled", 2, True, True),
-    ("W2A8 reference compiled", 2, False, True),
+ROWS = (  # name, weight bits, activation bits, path, torch.compile
+    ("fp32 eager", None, None, None, False),
+    ("W2A16 default", 2, None, "default", False),
+    ("W2A16 reference", 2, None, "reference", False),
+    ("W4A8 default", 4, 8, "default", False),
+    ("W8A8 default", 8, 8, "default", False),
+    ("W8A8 reference", 8, 8, "reference", False),
+    ("W8A8 integer", 8, 8, "integer", False),
+    ("W4A8 integer", 4, 8, "integer", False),
+    ("W2A8 integer", 2, 8, "integer", False),
+    ("W2A8 default", 2, 8, "default", False),
+    ("W2A8 reference", 2, 8, "reference", False),
+    ("fp32 compiled", None, None, None, True),
+    ("W8A8 integer compiled", 8, 8, "integer", True),
+    ("W2A8 integer compiled", 2, 8, "integer", True),
+    ("W2A8 reference compiled", 2, 8, "reference", True),
 )
 
 
-def run(encoder, images, repeats: int, integer: bool, compile: bool,
-        profile: bool = False, force: bool = False) -> tuple[float, float, torch.Tensor, list]:
-    """(median latency in ms, compile seconds, output, the top operators of one more run when ``profile``)."""
-    context = qsam2_ext.integer_matmul(force=force) if integer else contextlib.nullcontext()
-    times, compile_s = [], 0.0
-    with torch.inference_mode(), context:
-        if compile:
-            started = time.perf_counter()
-            encoder = torch.compile(encoder)
-            encoder(images)  # compiles
-            compile_s = time.perf_counter() - started
-        for i in range(repeats + 1):
-            started = time.perf_counter()
-            out = encoder(images)["vision_features"]
-            if i:  # the first run warms up
-                times.append((time.perf_counter() - started) * 1e3)
-        top = []
-        if profile:
-            from torch.profiler import ProfilerActivity
-            from torch.profiler import profile as profiler
+def context(path: Optional[str], force: bool):
+    """``"integer"``: inside ``integer_matmul()``; ``"reference"``: the weight dequantized at every call;
+    ``"default"``: what a quantized model runs by default (eager: per kind of layer the faster of the cached and the
+    per-call dequantized weight, measured on its first call; ``qsam2_ext.kernels.cpu_linear``)."""
+    if path == "integer":
+        return qsam2_ext.integer_matmul(force=force)
+    if path == "reference":
+        return cpu_paths("reference")
+    return contextlib.nullcontext()
 
-            with profiler(activities=[ProfilerActivity.CPU]) as prof:
-                encoder(images)
-            events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-            top = [{"op": e.key, "ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in events[:8]]
-    return statistics.median(times), compile_s, out, top
+
+def prepare(encoder, images, path: Optional[str], compile: bool, force: bool):
+    """The row's call (in its context) after its first call (which compiles, or measures the default paths), and
+    the seconds that first call took."""
+    if compile:
+        with torch.inference_mode(), context(path, force):
+            encoder = torch.compile(encoder)
+    started = time.perf_counter()
+    with torch.inference_mode(), context(path, force):
+        encoder(images)
+    first_s = time.perf_counter() - started
+
+    def call():
+        with torch.inference_mode(), context(path, force):
+            return encoder(images)["vision_features"]
+
+    return call, first_s
+
+
+def profile_top(call) -> list:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    with profiler(activities=[ProfilerActivity.CPU]) as prof:
+        call()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"op": e.key, "ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in events[:8]]
 
 
 def main() -> None:
@@ -88,6 +106,8 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (about a minute each to compile)")
     p.add_argument("--profile", nargs="*", default=[], choices=[r[0] for r in ROWS],
                    help="rows to profile (one more run each): where the time goes, by operator")
+    p.add_argument("--rows", nargs="+", default=None, choices=[r[0] for r in ROWS],
+                   help="rows to run (default: every row, compiled ones with --compile); the first is the baseline")
     p.add_argument("--force-integer", action="store_true",
                    help="run the integer rows on a CPU without a fast int8 GEMM too (torch's plain loop: very slow)")
     p.add_argument("--out", default="out/cpu_speed")
@@ -102,22 +122,36 @@ def main() -> None:
     images = photo_batch(PHOTOS[:args.batch], args.size)
     with torch.inference_mode():
         reference = float_encoder(images)["vision_features"]
-    rows = []
-    for name, bits, integer, compile in ROWS:
-        if (compile and not args.compile) or (integer and not fast_int8_product(bits) and not args.force_integer):
+    selected = [r for r in ROWS if r[0] in args.rows] if args.rows else [r for r in ROWS if not r[4] or args.compile]
+    calls, rows = {}, []
+    for name, bits, act_bits, path, compile in selected:
+        if path == "integer" and not fast_int8_product(bits) and not args.force_integer:
             continue
         encoder = float_encoder
         if bits is not None:
             encoder = copy.deepcopy(float_encoder)
-            quantize_(encoder, qsam2_ext.qsam2_config(bits=bits, act_bits=8), filter_fn=lambda m, fqn: is_linear_like(m))
-        ms, compile_s, out, top = run(encoder, images, args.repeats, integer, compile, name in args.profile,
-                                      force=args.force_integer)
+            quantize_(encoder, qsam2_ext.qsam2_config(bits=bits, act_bits=act_bits),
+                      filter_fn=lambda m, fqn: is_linear_like(m))
+        calls[name], first_s = prepare(encoder, images, path, compile, args.force_integer)
+        out = calls[name]()
         noise = (out - reference).double().square().sum()
         sqnr = float(10 * torch.log10(reference.double().square().sum() / noise)) if noise > 0 else None
         size = qsam2_ext.storage_report(encoder)
-        rows.append({"row": name, "ms": ms, "compile_s": compile_s, "quantized_weight_bytes": size["packed_bytes"],
-                     "encoder_bytes": size["model_bytes"], "sqnr_db": sqnr, "profile": top})
-        print(f"{name}: {ms:.0f} ms", flush=True)
+        rows.append({"row": name, "first_call_s": first_s, "compile_s": first_s if compile else 0.0,
+                     "quantized_weight_bytes": size["packed_bytes"], "encoder_bytes": size["model_bytes"],
+                     "sqnr_db": sqnr, "paths": paths_taken(encoder) if path == "default" else {},
+                     "profile": profile_top(calls[name]) if name in args.profile else []})
+        print(f"{name}: ready ({first_s:.1f} s first call)", flush=True)
+    # the rows take turns, one call each per round: the cores are shared with other work, whose load drifts
+    times: dict = {name: [] for name in calls}
+    for _ in range(args.repeats):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - started) * 1e3)
+    for r in rows:
+        r["ms"] = statistics.median(times[r["row"]])
+        r["ms_all"] = times[r["row"]]
     base = rows[0]["ms"]
     for r in rows:
         r["speedup_vs_fp32"] = base / r["ms"]

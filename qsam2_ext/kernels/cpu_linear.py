@@ -8,7 +8,8 @@ reference's: two models, or a model and its fake-quantized twin, still agree exa
 * ``"reference"``: the weight dequantized at every call (memory stays packed).
 
 The first eager call of a layer of each kind (op, input shape and dtype, weight shape, bits, grids) times both
-(``REPEATS`` runs each on that input, after one warm-up) and keeps the faster for every layer of that kind.
+(``REPEATS`` runs each on that input, after one warm-up) and keeps the faster for every layer of that kind (the
+per-call dequantization only if clearly faster: ``REFERENCE_MARGIN``).
 ``paths_taken`` tells which ran (``qsam2 quantize`` reports it); ``cpu_paths(path)`` pins one (``None``: measure).
 Inside ``integer_matmul()`` layers take the integer product where this CPU has a fast exact kernel (equal to the
 reference up to float rounding only, hence opt-in); traced for ``torch.compile`` nothing here applies: inductor
@@ -26,6 +27,10 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 PATHS = ("cached", "reference")
 REPEATS = 3
+# the per-call dequantization does strictly more work than the cached weight's product, so it can only win by
+# timing noise (or where caching would push the weight out of memory bandwidth's favour): it must be this much
+# faster to be kept
+REFERENCE_MARGIN = 0.9
 _FORCED: Optional[str] = None
 # per packed weight, kept off the tensor (whose attributes torch.save would write): {"path": the last path it ran,
 # "dense": its cached dequantized weight}; an entry goes with its weight
@@ -64,7 +69,8 @@ def run(weight, key: tuple, candidates: dict[str, Callable[[], torch.Tensor]]) -
     else:
         if key not in _CHOSEN:
             times = {name: _seconds(fn) for name, fn in candidates.items()}
-            _CHOSEN[key] = min(times, key=times.get), times
+            path = "reference" if times["reference"] < REFERENCE_MARGIN * times["cached"] else "cached"
+            _CHOSEN[key] = path, times
         path = _CHOSEN[key][0]
     state = _STATE.setdefault(weight, {})
     state["path"] = path
