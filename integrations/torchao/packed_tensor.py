@@ -15,7 +15,9 @@ reference up to float rounding). On CUDA in eager mode, half-precision Linear in
 measures faster per shape); ``kernels.cuda_kernels(False)`` keeps the reference. Compiled models keep the reference
 expression: inductor generates the unpacking (merged with neighbouring kernels) feeding cuBLAS; inside
 ``integer_matmul()`` those on CUDA trace the integer product instead (one ``torch._int_mm``, with the activation
-quantization and the epilogue left to inductor to fuse into neighbouring kernels).
+quantization and the epilogue left to inductor to fuse into neighbouring kernels; A4 layers: the exact code product
+on FP8 tensor cores, ``qsam2_ext.kernels.fp8_linear``). Eager on CPUs, outside ``integer_matmul()``, the weight is
+dequantized once and kept, or per call, whichever measures faster per kind of layer (``kernels.cpu_linear``).
 """
 
 from __future__ import annotations
@@ -271,7 +273,8 @@ def _cpu_eager(x: torch.Tensor) -> bool:
 
 def _cpu_key(x: torch.Tensor, weight: QSAM2PackedTensor, op: str) -> tuple:
     act_grid = None if weight.act_center is None else tuple(weight.act_center.shape)
-    return op, tuple(x.shape), weight.weight_shape, weight.bits, weight.act_bits, act_grid, weight.center.shape[1], x.dtype
+    return (op, tuple(x.shape), weight.weight_shape, weight.bits, weight.act_bits, act_grid, weight.center.shape[1],
+            x.dtype)
 
 
 def _integer_linear(x: torch.Tensor, weight: QSAM2PackedTensor, bias) -> torch.Tensor:
