@@ -158,20 +158,23 @@ def main() -> None:
     cpu = platform.processor() or platform.machine()
     meta = {"model": args.model, "size": args.size, "batch": args.batch, "threads": args.threads,
             "repeats": args.repeats, "cpu": cpu, "cores": os.cpu_count(), "fast_int8_gemm": fast_int8,
-            "u8s8_matmul": u8s8,
+            "u8s8_matmul": u8s8, "load_average_1min_at_end": os.getloadavg()[0],
             "torch": torch.__version__,
             "command": shlex.join(["python", "benchmarks/cpu_speed.py"] + sys.argv[1:])}  # row names have spaces
     write_json(os.path.join(args.out, "cpu_speed.json"), {"meta": meta, "rows": rows})
     lines = [f"{args.model} image encoder, {args.size}², batch {args.batch}, {args.threads} threads on {cpu} "
              f"({os.cpu_count()} cores; fast int8 GEMM (AVX512-VNNI or AMX): {'yes' if fast_int8 else 'no'}; "
              f"oneDNN u8 x s8 matmul for <= 7-bit weights: {'yes' if u8s8 else 'no'}), "
-             f"torch {torch.__version__}; median of {args.repeats} runs.", "",
+             f"torch {torch.__version__}; median of {args.repeats} runs, the rows taking turns (one call each per "
+             f"round); load average {meta['load_average_1min_at_end']:.1f} at the end (other processes share the "
+             "cores).", "",
              "| row | latency (ms) | speed-up vs fp32 eager | compile (s) | quantized weights (MB) | encoder (MB) | "
-             "SQNR vs fp32 (dB) |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "SQNR vs fp32 (dB) | CPU paths (layers) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         sqnr = "—" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}"
         lines.append(f"| {r['row']} | {r['ms']:.0f} | {r['speedup_vs_fp32']:.2f}× | {r['compile_s']:.0f} | "
-                     f"{r['quantized_weight_bytes'] / 1e6:.2f} | {r['encoder_bytes'] / 1e6:.2f} | {sqnr} |")
+                     f"{r['quantized_weight_bytes'] / 1e6:.2f} | {r['encoder_bytes'] / 1e6:.2f} | {sqnr} | "
+                     + (", ".join(f"{p} {n}" for p, n in r.get("paths", {}).items()) or "—") + " |")
     for r in rows:
         if r["profile"]:
             lines += ["", f"Where the time goes, {r['row']} (self CPU time of one run, top operators):", "",
