@@ -7,14 +7,14 @@ Every Linear and 1x1 Conv2d of the image encoder is quantized one-shot (weights 
 dynamically per token: no calibration needed for speed). Rows with "integer" multiply int8 codes
 (``qsam2_ext.integer_matmul``: one int8 GEMM per Linear, fast with AVX512-VNNI or AMX; on AVX2-only CPUs through
 oneDNN's u8 x s8 matmul for 2/3/4-bit weights, while 8-bit weights would meet torch's plain-loop int8 GEMM, tens of
-times slower: rows without a fast kernel here are skipped unless ``--force-integer``); "reference"
-rows dequantize at every call and run the float op; "default" rows run what a quantized model runs by default
-(eager: per kind of layer the faster of the weight dequantized once and kept, or per call, measured on the first
-call: ``qsam2_ext.kernels.cpu_linear``; the table says which ran). Weights stay packed in memory (2 bits per weight for W2). Latency is the median
-of ``--repeats`` timed runs after one warm-up, the rows taking turns (one call each per round: the cores may be
-shared), in the same process as the float baseline (``--compile`` adds
-``torch.compile`` rows: inductor fuses the quantization and the integer product's epilogue). SQNR against the float
-encoder shows the rows compute the same thing. Writes ``<out>/cpu_speed.json`` and ``cpu_speed.md``.
+times slower: rows without a fast kernel here are skipped unless ``--force-integer``); "reference" rows dequantize
+at every call and run the float op; "default" rows run what a quantized model runs by default (eager: per kind of
+layer the faster of the weight dequantized once and kept, or per call, measured on the first call:
+``qsam2_ext.kernels.cpu_linear``; the table says which ran). Packed weights stay packed in memory (2 bits per weight
+for W2) except where the default path keeps a dequantized copy. Latency is the median of ``--repeats`` timed runs
+after one warm-up, the rows taking turns (one call each per round: the cores may be shared), in the same process as
+the float baseline (``--compile`` adds ``torch.compile`` rows: inductor fuses the quantization and the integer
+product's epilogue). SQNR against the float encoder shows the rows compute the same thing. Writes ``<out>/cpu_speed.json`` and ``cpu_speed.md``.
 """
 
 from __future__ import annotations
