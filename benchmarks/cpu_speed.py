@@ -14,7 +14,8 @@ layer the faster of the weight dequantized once and kept, or per call, measured 
 for W2) except where the default path keeps a dequantized copy. Latency is the median of ``--repeats`` timed runs
 after one warm-up, the rows taking turns (one call each per round: the cores may be shared), in the same process as
 the float baseline (``--compile`` adds ``torch.compile`` rows: inductor fuses the quantization and the integer
-product's epilogue). SQNR against the float encoder shows the rows compute the same thing. Writes ``<out>/cpu_speed.json`` and ``cpu_speed.md``.
+product's epilogue). SQNR against the float encoder shows the rows compute the same thing. Writes
+``<out>/cpu_speed.json`` and ``cpu_speed.md``.
 """
 
 from __future__ import annotations
