@@ -31,7 +31,8 @@ _CHOSEN: dict[tuple, str] = {}
 
 def fits(m: int, k: int, n: int, bits: int, act_bits: Optional[int]) -> bool:
     """Whether ``torch._scaled_mm`` can compute this layer's code product exactly: weights and inputs of at most 4
-    bits, inner and output sizes multiples of 16 (cuBLASLt's FP8 layouts), a GPU with FP8 tensor cores."""
+    bits, inner and output sizes multiples of 16 (cuBLASLt's FP8 layouts). Whether the GPU has FP8 tensor cores is
+    ``choose``'s question (without them it answers "bf16")."""
     return (act_bits is not None and bits <= FP8_MAX_BITS and act_bits <= FP8_MAX_BITS and k % 16 == 0
             and n % 16 == 0 and m > 0 and k < 2**18)
 
