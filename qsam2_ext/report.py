@@ -154,11 +154,11 @@ def _markdown(data: dict) -> str:
     lines += [f"| {k} | {v:.1f} |" for k, v in data["times_s"].items()]
     if ev is not None:
         ms = ev["encoder_ms"]
-        paths = ev.get("cpu_paths")
-        how = ("packed layers ran " + ", ".join(f"{n} {_CPU_PATHS.get(p, p)}" for p, n in paths.items())
-               if paths else "packed weights dequantized per call")
-        lines += ["", f"Image encoder, one image: float {ms['float']:.1f} ms, quantized {ms['quantized']:.1f} ms "
-                      f"({how})."]
+        paths = ev.get("cpu_paths")  # on CPUs: which path the packed layers ran
+        how = (" (packed layers ran " + ", ".join(f"{n} {_CPU_PATHS.get(p, p)}" for p, n in paths.items()) + ")"
+               if paths else "")
+        lines += ["", f"Image encoder, one image: float {ms['float']:.1f} ms, quantized {ms['quantized']:.1f} ms"
+                      f"{how}."]
     return "\n".join(lines) + "\n"
 
 
