@@ -47,6 +47,7 @@ ROWS = (  # name, weight bits, activation bits, path, torch.compile
     ("W2A16 default", 2, None, "default", False),
     ("W2A16 reference", 2, None, "reference", False),
     ("W4A8 default", 4, 8, "default", False),
+    ("W4A8 reference", 4, 8, "reference", False),
     ("W8A8 default", 8, 8, "default", False),
     ("W8A8 reference", 8, 8, "reference", False),
     ("W8A8 integer", 8, 8, "integer", False),
