@@ -7,11 +7,15 @@ Every Linear and 1x1 Conv2d of the image encoder is quantized one-shot (weights 
 dynamically per token: no calibration needed for speed). Rows with "integer" multiply int8 codes
 (``qsam2_ext.integer_matmul``: one int8 GEMM per Linear, fast with AVX512-VNNI or AMX; on AVX2-only CPUs through
 oneDNN's u8 x s8 matmul for 2/3/4-bit weights, while 8-bit weights would meet torch's plain-loop int8 GEMM, tens of
-times slower: rows without a fast kernel here are skipped unless ``--force-integer``); "reference"
-rows dequantize and run the float op. Weights stay packed in memory (2 bits per weight for W2). Latency is the median
-of ``--repeats`` timed runs after one warm-up, in the same process as the float baseline (``--compile`` adds
-``torch.compile`` rows: inductor fuses the quantization and the integer product's epilogue). SQNR against the float
-encoder shows the rows compute the same thing. Writes ``<out>/cpu_speed.json`` and ``cpu_speed.md``.
+times slower: rows without a fast kernel here are skipped unless ``--force-integer``); "reference" rows dequantize
+at every call and run the float op; "default" rows run what a quantized model runs by default (eager: per kind of
+layer the faster of the weight dequantized once and kept, or per call, measured on the first call:
+``qsam2_ext.kernels.cpu_linear``; the table says which ran). Packed weights stay packed in memory (2 bits per weight
+for W2) except where the default path keeps a dequantized copy. Latency is the median of ``--repeats`` timed runs
+after one warm-up, the rows taking turns (one call each per round: the cores may be shared), in the same process as
+the float baseline (``--compile`` adds ``torch.compile`` rows: inductor fuses the quantization and the integer
+product's epilogue). SQNR against the float encoder shows the rows compute the same thing. Writes
+``<out>/cpu_speed.json`` and ``cpu_speed.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import shlex
 import statistics
 import sys
 import time
+from typing import Optional
 
 import torch
 from torchao.quantization import quantize_
@@ -33,49 +38,67 @@ import qsam2_ext
 from qsam2_ext.core import fast_int8_product, is_linear_like
 from qsam2_ext.core.cpu_int8 import u8s8_cpu
 from qsam2_ext.io import write_json, write_text
+from qsam2_ext.kernels.cpu_linear import cpu_paths, paths_taken
 from qsam2_ext.sam2.images import PHOTOS, photo_batch
 from qsam2_ext.sam2.models import build_model
 
-ROWS = (  # name, weight bits, integer product, torch.compile
-    ("fp32 eager", None, False, False),
-    ("W8A8 reference", 8, False, False),
-    ("W8A8 integer", 8, True, False),
-    ("W4A8 integer", 4, True, False),
-    ("W2A8 integer", 2, True, False),
-    ("W2A8 reference", 2, False, False),
-    ("fp32 compiled", None, False, True),
-    ("W8A8 integer compiled", 8, True, True),
-    ("W2A8 integer compiled", 2, True, True),
-    ("W2A8 reference compiled", 2, False, True),
+ROWS = (  # name, weight bits, activation bits, path, torch.compile
+    ("fp32 eager", None, None, None, False),
+    ("W2A16 default", 2, None, "default", False),
+    ("W2A16 reference", 2, None, "reference", False),
+    ("W4A8 default", 4, 8, "default", False),
+    ("W4A8 reference", 4, 8, "reference", False),
+    ("W8A8 default", 8, 8, "default", False),
+    ("W8A8 reference", 8, 8, "reference", False),
+    ("W8A8 integer", 8, 8, "integer", False),
+    ("W4A8 integer", 4, 8, "integer", False),
+    ("W2A8 integer", 2, 8, "integer", False),
+    ("W2A8 default", 2, 8, "default", False),
+    ("W2A8 reference", 2, 8, "reference", False),
+    ("fp32 compiled", None, None, None, True),
+    ("W8A8 integer compiled", 8, 8, "integer", True),
+    ("W2A8 integer compiled", 2, 8, "integer", True),
+    ("W2A8 reference compiled", 2, 8, "reference", True),
 )
 
 
-def run(encoder, images, repeats: int, integer: bool, compile: bool,
-        profile: bool = False, force: bool = False) -> tuple[float, float, torch.Tensor, list]:
-    """(median latency in ms, compile seconds, output, the top operators of one more run when ``profile``)."""
-    context = qsam2_ext.integer_matmul(force=force) if integer else contextlib.nullcontext()
-    times, compile_s = [], 0.0
-    with torch.inference_mode(), context:
-        if compile:
-            started = time.perf_counter()
-            encoder = torch.compile(encoder)
-            encoder(images)  # compiles
-            compile_s = time.perf_counter() - started
-        for i in range(repeats + 1):
-            started = time.perf_counter()
-            out = encoder(images)["vision_features"]
-            if i:  # the first run warms up
-                times.append((time.perf_counter() - started) * 1e3)
-        top = []
-        if profile:
-            from torch.profiler import ProfilerActivity
-            from torch.profiler import profile as profiler
+def context(path: Optional[str], force: bool):
+    """``"integer"``: inside ``integer_matmul()``; ``"reference"``: the weight dequantized at every call;
+    ``"default"``: what a quantized model runs by default (eager: per kind of layer the faster of the cached and the
+    per-call dequantized weight, measured on its first call; ``qsam2_ext.kernels.cpu_linear``)."""
+    if path == "integer":
+        return qsam2_ext.integer_matmul(force=force)
+    if path == "reference":
+        return cpu_paths("reference")
+    return contextlib.nullcontext()
 
-            with profiler(activities=[ProfilerActivity.CPU]) as prof:
-                encoder(images)
-            events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-            top = [{"op": e.key, "ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in events[:8]]
-    return statistics.median(times), compile_s, out, top
+
+def prepare(encoder, images, path: Optional[str], compile: bool, force: bool):
+    """The row's call (in its context) after its first call (which compiles, or measures the default paths), and
+    the seconds that first call took."""
+    if compile:
+        with torch.inference_mode(), context(path, force):
+            encoder = torch.compile(encoder)
+    started = time.perf_counter()
+    with torch.inference_mode(), context(path, force):
+        encoder(images)
+    first_s = time.perf_counter() - started
+
+    def call():
+        with torch.inference_mode(), context(path, force):
+            return encoder(images)["vision_features"]
+
+    return call, first_s
+
+
+def profile_top(call) -> list:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    with profiler(activities=[ProfilerActivity.CPU]) as prof:
+        call()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"op": e.key, "ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in events[:8]]
 
 
 def main() -> None:
@@ -88,6 +111,8 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (about a minute each to compile)")
     p.add_argument("--profile", nargs="*", default=[], choices=[r[0] for r in ROWS],
                    help="rows to profile (one more run each): where the time goes, by operator")
+    p.add_argument("--rows", nargs="+", default=None, choices=[r[0] for r in ROWS],
+                   help="rows to run (default: every row, compiled ones with --compile); the first is the baseline")
     p.add_argument("--force-integer", action="store_true",
                    help="run the integer rows on a CPU without a fast int8 GEMM too (torch's plain loop: very slow)")
     p.add_argument("--out", default="out/cpu_speed")
@@ -102,42 +127,59 @@ def main() -> None:
     images = photo_batch(PHOTOS[:args.batch], args.size)
     with torch.inference_mode():
         reference = float_encoder(images)["vision_features"]
-    rows = []
-    for name, bits, integer, compile in ROWS:
-        if (compile and not args.compile) or (integer and not fast_int8_product(bits) and not args.force_integer):
+    selected = [r for r in ROWS if r[0] in args.rows] if args.rows else [r for r in ROWS if not r[4] or args.compile]
+    calls, rows = {}, []
+    for name, bits, act_bits, path, compile in selected:
+        if path == "integer" and not fast_int8_product(bits) and not args.force_integer:
             continue
         encoder = float_encoder
         if bits is not None:
             encoder = copy.deepcopy(float_encoder)
-            quantize_(encoder, qsam2_ext.qsam2_config(bits=bits, act_bits=8), filter_fn=lambda m, fqn: is_linear_like(m))
-        ms, compile_s, out, top = run(encoder, images, args.repeats, integer, compile, name in args.profile,
-                                      force=args.force_integer)
+            quantize_(encoder, qsam2_ext.qsam2_config(bits=bits, act_bits=act_bits),
+                      filter_fn=lambda m, fqn: is_linear_like(m))
+        calls[name], first_s = prepare(encoder, images, path, compile, args.force_integer)
+        out = calls[name]()
         noise = (out - reference).double().square().sum()
         sqnr = float(10 * torch.log10(reference.double().square().sum() / noise)) if noise > 0 else None
         size = qsam2_ext.storage_report(encoder)
-        rows.append({"row": name, "ms": ms, "compile_s": compile_s, "quantized_weight_bytes": size["packed_bytes"],
-                     "encoder_bytes": size["model_bytes"], "sqnr_db": sqnr, "profile": top})
-        print(f"{name}: {ms:.0f} ms", flush=True)
+        rows.append({"row": name, "first_call_s": first_s, "compile_s": first_s if compile else 0.0,
+                     "quantized_weight_bytes": size["packed_bytes"], "encoder_bytes": size["model_bytes"],
+                     "sqnr_db": sqnr, "paths": paths_taken(encoder) if path == "default" else {},
+                     "profile": profile_top(calls[name]) if name in args.profile else []})
+        print(f"{name}: ready ({first_s:.1f} s first call)", flush=True)
+    # the rows take turns, one call each per round: the cores are shared with other work, whose load drifts
+    times: dict = {name: [] for name in calls}
+    for _ in range(args.repeats):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - started) * 1e3)
+    for r in rows:
+        r["ms"] = statistics.median(times[r["row"]])
+        r["ms_all"] = times[r["row"]]
     base = rows[0]["ms"]
     for r in rows:
         r["speedup_vs_fp32"] = base / r["ms"]
     cpu = platform.processor() or platform.machine()
     meta = {"model": args.model, "size": args.size, "batch": args.batch, "threads": args.threads,
             "repeats": args.repeats, "cpu": cpu, "cores": os.cpu_count(), "fast_int8_gemm": fast_int8,
-            "u8s8_matmul": u8s8,
+            "u8s8_matmul": u8s8, "load_average_1min_at_end": os.getloadavg()[0],
             "torch": torch.__version__,
             "command": shlex.join(["python", "benchmarks/cpu_speed.py"] + sys.argv[1:])}  # row names have spaces
     write_json(os.path.join(args.out, "cpu_speed.json"), {"meta": meta, "rows": rows})
     lines = [f"{args.model} image encoder, {args.size}², batch {args.batch}, {args.threads} threads on {cpu} "
              f"({os.cpu_count()} cores; fast int8 GEMM (AVX512-VNNI or AMX): {'yes' if fast_int8 else 'no'}; "
              f"oneDNN u8 x s8 matmul for <= 7-bit weights: {'yes' if u8s8 else 'no'}), "
-             f"torch {torch.__version__}; median of {args.repeats} runs.", "",
+             f"torch {torch.__version__}; median of {args.repeats} runs, the rows taking turns (one call each per "
+             f"round); load average {meta['load_average_1min_at_end']:.1f} at the end (other processes share the "
+             "cores).", "",
              "| row | latency (ms) | speed-up vs fp32 eager | compile (s) | quantized weights (MB) | encoder (MB) | "
-             "SQNR vs fp32 (dB) |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "SQNR vs fp32 (dB) | CPU paths (layers) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         sqnr = "—" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}"
         lines.append(f"| {r['row']} | {r['ms']:.0f} | {r['speedup_vs_fp32']:.2f}× | {r['compile_s']:.0f} | "
-                     f"{r['quantized_weight_bytes'] / 1e6:.2f} | {r['encoder_bytes'] / 1e6:.2f} | {sqnr} |")
+                     f"{r['quantized_weight_bytes'] / 1e6:.2f} | {r['encoder_bytes'] / 1e6:.2f} | {sqnr} | "
+                     + (", ".join(f"{p} {n}" for p, n in r.get("paths", {}).items()) or "—") + " |")
     for r in rows:
         if r["profile"]:
             lines += ["", f"Where the time goes, {r['row']} (self CPU time of one run, top operators):", "",

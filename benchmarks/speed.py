@@ -10,7 +10,8 @@ marked compiled, wraps the encoder as it is in ``torch.compile`` (default mode, 
 ``inference_mode``; ``--skip-module-guards`` adds dynamo's ``skip_guard_on_all_nn_modules_unsafe`` filter to every
 compiled row (not with the predictor part), ``--unwrap`` torchao's ``unwrap_tensor_subclass`` to the quantized ones,
 ``--inductor KEY=VALUE`` inductor config such as ``combo_kernels=True`` or ``triton.cudagraphs=True`` (what
-``mode="reduce-overhead"`` sets), ``--integer-matmul`` our W8A8 / W2A8 rows' int8 GEMM (``integer_matmul()``);
+``mode="reduce-overhead"`` sets), ``--integer-matmul`` every row inside ``integer_matmul()`` (rows named "(FP8)" or
+"(int8 GEMM)" always are);
 each row starts from empty dynamo caches; compile time is the wall time of the first two calls, see
 ``compile_s``):
 
@@ -19,9 +20,18 @@ each row starts from empty dynamo caches; compile time is the wall time of the f
 * torchao int8 dynamic (``Int8DynamicActivationInt8WeightConfig``) and int4 weight-only
   (``Int4WeightOnlyConfig(group_size=128)``, tinygemm layout; only layers whose inputs 128 divides), compiled and
   eager, both with ``set_inductor_config=False`` so that they compile with the same inductor options as every row;
+* torchao float8 rowwise (``Float8DynamicActivationFloat8WeightConfig(PerRow)``, its default fast accumulation):
+  the peer FP8 row;
 * ours: one-shot ``qsam2_config`` with per-channel grids, packed. Compiled, inductor generates the unpacking
   feeding cuBLAS; eager rows run ``qsam2_ext.kernels`` (Triton; per layer shape the faster of the fused
-  GEMM and dequantize-then-cuBLAS, measured on first use).
+  GEMM and dequantize-then-cuBLAS, measured on first use). Rows named "(FP8)" (W2A4, W4A4) and "(int8 GEMM)"
+  (W8A8, W2A8) are traced inside ``integer_matmul()``: A4 layers multiply their codes exactly on FP8 tensor cores
+  (``qsam2_ext.kernels.fp8_linear``, path measured per shape), A8 layers through ``torch._int_mm``; the activation
+  quantization is left to inductor to fuse into the producing kernel.
+
+The code is split by part around one timing module: ``speed_timing.py`` (events, CUDA graphs, turns),
+``speed_rows.py`` (rows, quantization, models), ``speed_encoder.py``, ``speed_predictor.py``, ``speed_video.py``,
+``speed_layers.py``, ``speed_profile.py``; this file runs them and writes the tables.
 
 Parts: ``encoder`` (``image_encoder(images)``), ``predictor`` (``set_image``/``set_image_batch`` + a point prompt
 per image, all rows' calls timed in turns like ``encoder-graph``'s replays), ``video`` (``SAM2VideoPredictor`` on 16
@@ -34,352 +44,35 @@ Latency is the median of CUDA-event timings of single calls after warm-up (the G
 call's CPU-side launch cost counts, as it does for one request). Results are appended to ``<out>/speed.jsonl`` as
 they come (a cut-off run keeps what it measured); ``<out>/speed.json`` and ``speed.md`` gather them.
 ``--profile ROW...`` adds, for those rows' encoder calls, CPU time against GPU kernel time, GPU time by kind of
-kernel (GEMM, attention, inductor's weight unpacking, ...) and the top operators.
+kernel (GEMM, activation quantization, attention, inductor's weight unpacking, other) and the top operators.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import gc
 import json
 import os
 import shlex
-import statistics
 import sys
-import tempfile
 import time
 
-import numpy as np
 import torch
-from torch._dynamo.utils import counters
 
-from qsam2_ext.io import write_json, write_text
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from speed_encoder import bench_encoder, encoder_call  # noqa: E402
+from speed_layers import bench_layers  # noqa: E402
+from speed_predictor import predictor_turn  # noqa: E402
+from speed_profile import KERNEL_FAMILIES, kernel_family  # noqa: E402,F401  (re-exported)
+from speed_rows import BASELINE, ROWS, build, quantize_encoder, row_context, weight_bytes  # noqa: E402,F401
+from speed_timing import TURN_ROUNDS, capture_graph, time_in_turns  # noqa: E402
+from speed_video import bench_video  # noqa: E402
 
-ROWS = {  # name: (quantization, compiled)
-    "bf16 eager": (None, False),
-    "bf16 compiled": (None, True),
-    "torchao int8 dynamic": ("torchao_int8", True),
-    "torchao int4 weight-only": ("torchao_int4", True),
-    "torchao int8 dynamic eager": ("torchao_int8", False),
-    "torchao int4 weight-only eager": ("torchao_int4", False),
-    "ours W2A16": ((2, None), True),
-    "ours W4A16": ((4, None), True),
-    "ours W8A8": ((8, 8), True),
-    "ours W2A8": ((2, 8), True),
-    "ours W2A16 eager": ((2, None), False),
-    "ours W8A8 eager": ((8, 8), False),
-}
-BASELINE = "bf16 compiled"
+from qsam2_ext.io import write_json, write_text  # noqa: E402
+
+
 TIMED_PARTS = ["encoder", "encoder-graph", "predictor", "video"]
 PARTS = TIMED_PARTS + ["layers"]
-TURN_ROUNDS = 7
-
-
-def is_linear(module, fqn="") -> bool:
-    return isinstance(module, torch.nn.Linear)
-
-
-def quantize_encoder(encoder: torch.nn.Module, quantization) -> None:
-    from torchao.quantization import quantize_
-
-    if quantization is None:
-        return
-    # torchao's configs by default set its recommended inductor options process-wide, coordinate-descent tuning among
-    # them: hiera_t's encoder then had not finished compiling after 115-170 s on an H200 (23-60 s without), and every
-    # later row in the process would compile tuned too. Off, every compiled row compiles with the same options
-    # (``--inductor`` sets them for all).
-    if quantization == "torchao_int8":
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig
-
-        quantize_(encoder, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False), filter_fn=is_linear)
-    elif quantization == "torchao_int4":
-        from torchao.quantization import Int4WeightOnlyConfig
-
-        # tinygemm (torch's own _weight_int4pack_mm); torchao 0.18's default "plain" format needs the mslk package
-        quantize_(encoder, Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d",
-                                                set_inductor_config=False),
-                  filter_fn=lambda m, fqn: is_linear(m) and m.in_features % 128 == 0)
-    else:
-        import qsam2_ext
-
-        bits, act_bits = quantization
-        quantize_(encoder, qsam2_ext.qsam2_config(bits=bits, act_bits=act_bits), filter_fn=is_linear)
-
-
-def tensor_bytes(t: torch.Tensor) -> int:
-    """Bytes a tensor really holds, through tensor subclasses (torchao's and ours)."""
-    if hasattr(t, "__tensor_flatten__") and type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter):
-        names, _ = t.__tensor_flatten__()
-        return sum(tensor_bytes(getattr(t, n)) for n in names)
-    if isinstance(t, torch.nn.Parameter) and type(t.data) is not torch.Tensor:
-        return tensor_bytes(t.data)
-    return t.numel() * t.element_size()
-
-
-def weight_bytes(encoder: torch.nn.Module) -> tuple[int, int]:
-    """(bytes of the Linear weights, bytes of all parameters and buffers) of the encoder."""
-    linear = sum(tensor_bytes(m.weight) for m in encoder.modules() if is_linear(m))
-    total = sum(tensor_bytes(t) for t in encoder.state_dict().values())
-    return linear, total
-
-
-def cuda_ms(fn, repeats: int, warmup: int = 3) -> float:
-    """Median milliseconds of ``fn`` over ``repeats`` CUDA-event timings after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def compile_s(fn) -> float:
-    """Wall time of the first two calls: the first compiles; a second compile would follow where SAM2's first call
-    fills its position tables (a dict dynamo guards on), but at 1024² on CUDA sam2 fills them ahead
-    (``qsam2_ext.sam2.warm_position_encodings`` does it elsewhere)."""
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    fn()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - started
-
-
-def photo(size: int) -> np.ndarray:
-    from qsam2_ext.sam2.images import load_photo
-
-    import PIL.Image
-
-    return np.asarray(PIL.Image.fromarray(load_photo("astronaut")).resize((size, size)))
-
-
-def encoder_call(model, batch: int):
-    """``model.image_encoder`` on a batch of photos, as a call without arguments."""
-    from qsam2_ext.sam2.images import PHOTOS, photo_batch
-
-    images = photo_batch([PHOTOS[i % len(PHOTOS)] for i in range(batch)], model.image_size)
-    images = images.to("cuda")  # float32, as SAM2's predictors hand them over
-    return lambda: model.image_encoder(images)
-
-
-def bench_encoder(call, repeats: int, compiled: bool, profile: bool) -> dict:
-    compile_seconds = compile_s(call) if compiled else None
-    frames_before = dict(counters["frames"])
-    torch.cuda.reset_peak_memory_stats()
-    ms = cuda_ms(call, repeats)
-    result = {"ms": ms, "compile_s": compile_seconds, "peak_bytes": torch.cuda.max_memory_allocated()}
-    if compiled:  # frames dynamo had to (re)compile while being timed: nonzero means the timing is not steady
-        frames = {k: v - frames_before.get(k, 0) for k, v in counters["frames"].items()}
-        result["frames_compiled_while_timed"] = frames.get("total", 0)
-    return {**result, "profile": profile_call(call)} if profile else result
-
-
-def capture_graph(call) -> torch.cuda.CUDAGraph:
-    """One call recorded as a CUDA graph: a replay costs no Python, dispatch or launches, so its time is the GPU's
-    work alone (what bounds latency once launch overhead is removed)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graphs asks
-        for _ in range(2):
-            call()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        call()
-    return graph
-
-
-def time_in_turns(calls: dict, repeats: int, rounds: int = TURN_ROUNDS) -> dict:
-    """Median time of each call, the calls taking turns over ``rounds`` rounds: rows measured minutes apart differ
-    with the GPU's clocks, the host's load and the process's warm-up (the first predictor calls of a process ran
-    about 3-5x slower for dozens of calls), rows measured in turns share them. With each median, the frames dynamo
-    compiled for the call after its first round: a compiled row recompiles once when it is called again after later
-    rows reset dynamo (absorbed by the first round's warm-up); nonzero means its timing was not steady."""
-    times: dict = {key: [] for key in calls}
-    recompiled = dict.fromkeys(calls, 0)
-    for turn in range(rounds):
-        for key, call in calls.items():
-            before = counters["frames"]["total"]
-            times[key].append(cuda_ms(call, repeats, warmup=2))
-            recompiled[key] += (counters["frames"]["total"] - before) if turn else 0
-    return {key: (statistics.median(t), recompiled[key]) for key, t in times.items()}
-
-
-def profile_call(call, calls: int = 3, top: int = 10) -> dict:
-    """Where one call's time goes: CPU time (Python, dispatch, launches) against GPU kernel time, per call, and the
-    operators that take most of each."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            call()
-        torch.cuda.synchronize()
-    events = prof.key_averages()
-
-    def device_us(e):
-        return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))
-
-    def table(key):
-        rows = sorted(events, key=key, reverse=True)[:top]
-        return [{"op": e.key[:90], "cpu_ms": e.self_cpu_time_total / 1e3 / calls, "gpu_ms": device_us(e) / 1e3 / calls,
-                 "count": e.count // calls} for e in rows]
-
-    kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # operators' device time repeats their kernels'
-    families: dict = {}
-    for e in kernels:
-        family = families.setdefault(kernel_family(e.key), {"gpu_ms": 0.0, "count": 0})
-        family["gpu_ms"] += device_us(e) / 1e3 / calls
-        family["count"] += e.count // calls
-    return {"cpu_ms_per_call": sum(e.self_cpu_time_total for e in events) / 1e3 / calls,
-            "gpu_ms_per_call": sum(device_us(e) for e in kernels) / 1e3 / calls,
-            "by_gpu": table(device_us), "by_cpu": table(lambda e: e.self_cpu_time_total),
-            "kernel_families": dict(sorted(families.items(), key=lambda kv: -kv[1]["gpu_ms"]))}
-
-
-KERNEL_FAMILIES = (  # (family, name fragments), first match wins; names as cuBLAS, cuDNN and inductor give them
-    ("attention (cuDNN/flash SDPA)", ("sdpa", "flash", "fmha", "attention")),
-    ("convolution (cuDNN)", ("conv", "cudnn")),
-    ("GEMM (cuBLAS/CUTLASS)", ("nvjet", "gemm", "cutlass", "xmma")),
-    ("inductor: weight unpacking", ("bitwise",)),  # shifts and masks of packed codes, with whatever inductor fused
-    ("inductor: other", ("triton_",)),
-)
-
-
-def kernel_family(name: str) -> str:
-    """Which kind of work a CUDA kernel does, by its name (for attributing a row's GPU time against the baseline's)."""
-    low = name.lower()
-    for family, fragments in KERNEL_FAMILIES:
-        if any(f in low for f in fragments):
-            return family
-    return "other (copies, memsets, aten kernels)"
-
-
-def predictor_call(model, batch: int):
-    """``SAM2ImagePredictor`` end to end on a batch of photos with a point prompt each, as a call without arguments
-    (under inference mode and bf16 autocast, as SAM2's examples run it)."""
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-    predictor = SAM2ImagePredictor(model)
-    images = [np.roll(photo(1024), 37 * i, axis=1) for i in range(batch)]
-    points, labels = np.array([[500.0, 380.0]]), np.array([1])
-
-    def call():
-        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
-            if batch == 1:
-                predictor.set_image(images[0])
-                predictor.predict(point_coords=points, point_labels=labels, multimask_output=True)
-            else:
-                predictor.set_image_batch(images)
-                predictor.predict_batch([points] * batch, [labels] * batch, multimask_output=True)
-
-    return call
-
-
-def predictor_turn(model, batch: int, fields: dict, held_bytes: int) -> tuple:
-    """The predictor's call for ``time_in_turns``, with the row's fields and its peak memory less ``held_bytes``."""
-    predict = predictor_call(model, batch)
-    return predict, {**fields, "batch": batch, "peak_bytes": peak_bytes(predict) - held_bytes}, None
-
-
-def peak_bytes(call, calls: int = 2) -> int:
-    """Peak CUDA memory allocated over a few calls (the first ones also warm the call up)."""
-    torch.cuda.reset_peak_memory_stats()
-    for _ in range(calls):
-        call()
-    return torch.cuda.max_memory_allocated()
-
-
-def bench_video(model, frames: int = 16) -> dict:
-    with tempfile.TemporaryDirectory() as folder:
-        import PIL.Image
-
-        base = photo(1024)
-        for i in range(frames):  # the photo panning: a tracked object that moves
-            PIL.Image.fromarray(np.roll(base, 12 * i, axis=1)).save(os.path.join(folder, f"{i:05d}.jpg"))
-        state = model.init_state(folder)
-    times = []
-    for run in range(2):  # the first pass warms up (and compiles)
-        model.reset_state(state)
-        model.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=np.array([[500.0, 380.0]], np.float32),
-                                    labels=np.array([1], np.int32))
-        torch.cuda.synchronize()
-        last = time.perf_counter()
-        for _ in model.propagate_in_video(state):
-            torch.cuda.synchronize()
-            now = time.perf_counter()
-            if run:
-                times.append((now - last) * 1e3)
-            last = now
-    return {"ms": statistics.median(times[8:]), "frames": frames}
-
-
-def bench_layers(encoder, batch: int, rows: list[str]) -> list[dict]:
-    """Each distinct Linear shape of the float encoder, with the tokens it sees at this batch: bf16 cuBLAS
-    against our packed kernels, both paths."""
-    from qsam2_ext.kernels import cuda_kernels
-    from qsam2_ext.kernels.linear_op import force_path
-
-    shapes: dict[tuple, int] = {}
-
-    def count(module, inputs, output):
-        key = (inputs[0].numel() // module.in_features, module.in_features, module.out_features)
-        shapes[key] = shapes.get(key, 0) + 1
-
-    hooks = [m.register_forward_hook(count) for m in encoder.modules() if is_linear(m)]
-    with torch.inference_mode():
-        encoder(torch.randn(batch, 3, 1024, 1024, device="cuda"))
-    for h in hooks:
-        h.remove()
-    quantizations = {}  # each quantization once (eager and compiled rows share one)
-    for row in rows:
-        if isinstance(ROWS[row][0], tuple):
-            quantizations.setdefault(ROWS[row][0], row.removesuffix(" eager"))
-    results = []
-    for (m, k, n), uses in sorted(shapes.items()):
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        layer = torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
-        with torch.inference_mode():
-            entry = {"M": m, "K": k, "N": n, "count": uses, "bf16_ms": cuda_ms(lambda: layer(x), 20)}
-        for quantization, name in quantizations.items():
-            holder = torch.nn.Sequential(copy.deepcopy(layer))
-            quantize_encoder(holder, quantization)
-            for path in ("fused", "unfused"):
-                with force_path(path), torch.inference_mode():
-                    entry[f"{name} {path}_ms"] = cuda_ms(lambda: holder(x), 20)
-            with cuda_kernels(False), torch.inference_mode():  # the eager dequantize-then-F.linear reference
-                entry[f"{name} reference_ms"] = cuda_ms(lambda: holder(x), 20)
-        results.append(entry)
-    return results
-
-
-class Bf16Encoder(torch.nn.Module):
-    """The image encoder in pure bf16 inside SAM2's float32 + autocast pipeline: inputs cast on entry, autocast
-    off inside (it would run LayerNorm in float32 and hand Linear layers float32 inputs)."""
-
-    def __init__(self, encoder: torch.nn.Module):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, images: torch.Tensor):
-        with torch.autocast("cuda", enabled=False):
-            return self.encoder(images.to(torch.bfloat16))
-
-
-def build(config: str, checkpoint, video: bool):
-    from qsam2_ext.sam2.models import build_model
-
-    model = build_model(config, checkpoint, device="cuda", video=video).eval()
-    model.image_encoder = Bf16Encoder(model.image_encoder.to(torch.bfloat16))
-    return model
 
 
 def bench_row(config: str, row: str, args, record) -> dict:
@@ -532,30 +225,37 @@ def main() -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(args.rows) * len(
         args.batches))
     torch.manual_seed(0)
-    import qsam2_ext
-
-    # for the whole process, as dynamo traces at the rows' first calls; force: only layers on CPUs read it (no
-    # warning about this host's own int8 GEMM), ours are on CUDA
-    with qsam2_ext.integer_matmul(force=True) if args.integer_matmul else contextlib.nullcontext():
-        for config in args.models:
-            if "layers" in args.parts:
-                encoder = build(config, args.checkpoint, video=False).image_encoder
-                for batch in args.batches:
-                    for entry in bench_layers(encoder, batch, args.rows):
-                        record({"model": config, "batch": batch, "part": "layers", **entry})
-                del encoder
-            turns = {}
-            for row in args.rows:
+    for config in args.models:
+        if "layers" in args.parts:
+            encoder = build(config, args.checkpoint, video=False).image_encoder
+            for batch in args.batches:
+                for entry in bench_layers(encoder, batch, args.rows):
+                    record({"model": config, "batch": batch, "part": "layers", **entry})
+            del encoder
+        turns = {}
+        for row in args.rows:
+            # dynamo traces at the row's first calls, and guards on the context (the packed weights' flatten context)
+            with row_context(row, args.integer_matmul):
                 for (part, batch), turn in bench_row(config, row, args, record).items():
                     turns[part, row, batch] = turn
-                torch.cuda.empty_cache()
-            for part, repeats in (("encoder-graph", args.repeats), ("predictor", max(5, args.repeats // 4))):
-                calls = {key: call for key, (call, _, _) in turns.items() if key[0] == part}
-                for key, (ms, frames) in time_in_turns(calls, repeats).items():
-                    record({**turns[key][1], "part": part, "ms": ms, "frames_compiled_while_timed": frames})
-            del turns
             torch.cuda.empty_cache()
+        for part, repeats in (("encoder-graph", args.repeats), ("predictor", max(5, args.repeats // 4))):
+            calls = {key: in_context(key[1], call, args.integer_matmul)
+                     for key, (call, _, _) in turns.items() if key[0] == part}
+            for key, (ms, frames) in time_in_turns(calls, repeats).items():
+                record({**turns[key][1], "part": part, "ms": ms, "frames_compiled_while_timed": frames})
+        del turns
+        torch.cuda.empty_cache()
     summarize(args.out)
+
+
+def in_context(row: str, call, integer_matmul: bool):
+    """``call`` inside the row's context (``row_context``), as it was traced."""
+    def called():
+        with row_context(row, integer_matmul):
+            return call()
+
+    return called
 
 
 def row_label(entry: dict) -> str:

@@ -17,6 +17,7 @@ from .sam2.prompts import grid_points, tight_box
 COLORS = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240]])
 MASK_IMAGES = 3  # rows of the mask figure
 REPORT_FILES = ("report.json", "report.md", "masks.png")  # what write_report may write (besides the model file)
+_CPU_PATHS = {"cached": "with the weight dequantized once and kept", "reference": "dequantizing per call"}
 
 
 def _encoder_ms(model, image: torch.Tensor, repeats: int = 3) -> float:
@@ -49,6 +50,10 @@ def evaluate_pair(float_model, quantized, dataset, progress: bool) -> dict:
     device = next(quantized.parameters()).device
     image = SAM2Transforms(quantized.image_size, 0.0)(dataset.load(0).frames[0])[None].to(device)
     out["encoder_ms"] = {"float": _encoder_ms(float_model, image), "quantized": _encoder_ms(quantized, image)}
+    if device.type == "cpu":  # which path each packed layer ran (measured per kind of layer on its first call)
+        from .kernels.cpu_linear import paths_taken
+
+        out["cpu_paths"] = paths_taken(quantized)
     for key in ("float", "quantized"):  # keep the summaries; per-instance scores would bloat the report
         if key in out:
             out[key] = {"results": out[key]["results"], "skipped": out[key]["skipped"]}
@@ -150,8 +155,11 @@ def _markdown(data: dict) -> str:
     lines += [f"| {k} | {v:.1f} |" for k, v in data["times_s"].items()]
     if ev is not None:
         ms = ev["encoder_ms"]
-        lines += ["", f"Image encoder, one image: float {ms['float']:.1f} ms, quantized {ms['quantized']:.1f} ms "
-                      "(packed weights are dequantized per call on this reference path)."]
+        paths = ev.get("cpu_paths")  # on CPUs: which path the packed layers ran
+        how = (" (packed layers ran " + ", ".join(f"{n} {_CPU_PATHS.get(p, p)}" for p, n in paths.items()) + ")"
+               if paths else "")
+        lines += ["", f"Image encoder, one image: float {ms['float']:.1f} ms, quantized {ms['quantized']:.1f} ms"
+                      f"{how}."]
     return "\n".join(lines) + "\n"
 
 

@@ -15,14 +15,14 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 M, K, N = 300, 192, 200  # none a multiple of the tiles
 
 
-def packed_weight(bits, groups, dtype, act_bits=None, act_grid=None):
+def packed_weight(bits, groups, dtype, act_bits=None, act_grid=None, n=N):
     from qsam2_ext.integrations.torchao import QSAM2PackedTensor
 
-    codes = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1), (N, K), dtype=torch.int8, device="cuda")
-    center = torch.randn(N, groups, device="cuda") * 0.01
-    step = torch.rand(N, groups, device="cuda") * 0.02 + 0.005
+    codes = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1), (n, K), dtype=torch.int8, device="cuda")
+    center = torch.randn(n, groups, device="cuda") * 0.01
+    step = torch.rand(n, groups, device="cuda") * 0.02 + 0.005
     weight = QSAM2PackedTensor.from_codes(codes, center, step, bits, dtype, torch.float32, act_bits, act_grid)
-    dense = dequantize(codes.reshape(N, groups, -1), center.unsqueeze(-1), step.unsqueeze(-1)).reshape(N, K)
+    dense = dequantize(codes.reshape(n, groups, -1), center.unsqueeze(-1), step.unsqueeze(-1)).reshape(n, K)
     return weight, codes, center, step, dense
 
 
@@ -137,3 +137,72 @@ def test_sam2_encoder_through_kernels_matches_reference_path():
         # wrong kernel gives errors of order one
         assert relative_error(fast, reference) < 0.1, (bits, act_bits)
     assert chosen_paths() and set(chosen_paths().values()) <= set(PATHS)
+
+
+fp8_cards = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                               reason="needs FP8 tensor cores (compute capability 8.9 or later)")
+
+
+@fp8_cards
+@pytest.mark.parametrize("k", [144, 4608])  # hiera_l's narrowest and widest Linear inputs
+def test_fp8_product_is_the_exact_integer_product(k):
+    """4-bit codes in e4m3 through ``torch._scaled_mm``: every fp32 sum equals the integer product, bit for bit,
+    extreme codes (all -8: the largest sums) included."""
+    from qsam2_ext.kernels.fp8_linear import fp8_product
+
+    a = torch.randint(-8, 8, (257, k), dtype=torch.int8, device="cuda")
+    b = torch.randint(-8, 8, (208, k), dtype=torch.int8, device="cuda")
+    a[:3] = -8
+    b[:5] = -8
+    exact = (a.cpu().long() @ b.cpu().long().t()).float()  # |sums| <= 64 K < 2**24: exact in float32
+    assert torch.equal(fp8_product(a, b).cpu(), exact)
+    assert exact.abs().max() == 64 * k
+
+
+@fp8_cards
+@pytest.mark.parametrize("bits", [2, 4])
+def test_fp8_layer_agrees_bitwise_with_the_int8_reference(bits):
+    """An A4 layer on FP8 tensor cores (path "fp8") gives the same bits as the integer reference (``int_linear``
+    with cuBLASLt's int8 product) on the same codes and grids; the rowwise path differs by its bf16 product only."""
+    from qsam2_ext.core import quantize_tokens
+    from qsam2_ext.kernels.fp8_linear import scaled_product
+
+    _, codes, center, step, _ = packed_weight(bits, 1, torch.bfloat16, n=208)  # FP8 GEMMs: N a multiple of 16
+    a, xc, xs = quantize_tokens(torch.randn(M, K, device="cuda"), 4)
+    bias = torch.randn(208, device="cuda")
+    ref = int_linear(a, xc, xs, codes, center, step, bias)
+    assert torch.equal(int_linear(a, xc, xs, codes, center, step, bias, product=scaled_product("fp8")), ref)
+    rowwise = int_linear(a, xc, xs, codes, center, step, bias, product=scaled_product("fp8 rowwise"))
+    main = (a.double() @ codes.double().t()) * xs.double() * step.double().t()
+    assert (rowwise.double() - ref.double()).abs().max() <= 2 ** -8 * main.abs().max()
+
+
+@fp8_cards
+@pytest.mark.parametrize("path", ["fp8", "fp8 rowwise", "bf16", None])
+def test_compiled_a4_layers_take_the_fp8_product(path):
+    """Compiled inside ``integer_matmul()``, W2A4 / W4A4 layers trace ``torch._scaled_mm`` on their chosen path (or
+    the measured one: ``None``) and agree with the eager reference path; W8A4 keeps the int8 GEMM."""
+    import qsam2_ext
+    from torch._inductor.utils import run_and_get_code
+    from torchao.quantization import quantize_
+
+    from qsam2_ext.kernels import cuda_kernels, fp8_linear
+
+    model = torch.nn.Sequential(torch.nn.Linear(K, 384), torch.nn.GELU(), torch.nn.Linear(384, 208),
+                                torch.nn.GELU(), torch.nn.Linear(208, 64)).cuda().bfloat16()
+    quantize_(model[0], qsam2_ext.qsam2_config(bits=2, act_bits=4), filter_fn=None)
+    quantize_(model[2], qsam2_ext.qsam2_config(bits=4, act_bits=4), filter_fn=None)
+    quantize_(model[4], qsam2_ext.qsam2_config(bits=8, act_bits=4), filter_fn=None)
+    x = torch.randn(M, K, device="cuda").to(torch.bfloat16)
+    with torch.inference_mode():
+        with cuda_kernels(False):
+            reference = model(x)
+        torch._dynamo.reset()
+        with qsam2_ext.integer_matmul(force=True), fp8_linear.force_path(path):
+            compiled, code = run_and_get_code(torch.compile(model, dynamic=False), x)
+    chosen = [path] * 2 if path else [fp8_linear.chosen_paths()[(0, M, K, 384)],
+                                      fp8_linear.chosen_paths()[(0, M, 384, 208)]]
+    assert set(chosen) <= set(fp8_linear.PATHS)
+    assert ("_scaled_mm" in "".join(code)) == any(p != "bf16" for p in chosen)
+    assert "_int_mm" in "".join(code)  # the W8A4 layer: 8-bit codes are not exact in e4m3
+    assert relative_error(compiled, reference) < 2e-2

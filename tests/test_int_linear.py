@@ -252,3 +252,69 @@ def _by_hand(layer, x, act_bits=8):
     else:
         codes, center, step = quantize_tokens(rows, act_bits)
     return int_linear(codes, center, step, w.codes(), w.center, w.step, layer.bias).reshape(*x.shape[:-1], -1)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_compiled_cuda_a4_layers_take_the_fp8_product_on_their_chosen_path(bits):
+    """Traced for torch.compile on CUDA inside ``integer_matmul()``, W2A4 / W4A4 layers become one FP8 GEMM
+    (``torch._scaled_mm``) on the "fp8" paths, and the dequantize expression on "bf16" (what a GPU without FP8
+    tensor cores measures); 8-bit weights, not exact in e4m3, keep the int8 GEMM."""
+    from qsam2_ext.kernels import fp8_linear
+
+    with qsam2_ext.integer_matmul(force=True):
+        for path in ("fp8", "fp8 rowwise"):
+            with fp8_linear.force_path(path):
+                ops = _traced_on_cuda(bits, 4)
+            assert "aten._scaled_mm.default" in ops and "aten.mm.default" not in ops
+        with fp8_linear.force_path("bf16"):
+            ops = _traced_on_cuda(bits, 4)
+        assert "aten._scaled_mm.default" not in ops and "aten.mm.default" in ops
+        with fp8_linear.force_path("fp8"):
+            assert "aten._int_mm.default" in _traced_on_cuda(8, 4)
+            assert "aten._scaled_mm.default" not in _traced_on_cuda(bits, 4, k=104)  # K not a multiple of 16
+
+
+@pytest.mark.parametrize("bits,act_bits", [(2, None), (2, 8), (4, 4)])
+def test_default_cpu_path_is_measured_per_kind_of_layer_and_gives_the_reference_bits(bits, act_bits):
+    """Eager on a CPU, each kind of packed layer times its two exact paths (weight dequantized once and kept, or per
+    call) on its first input and keeps the faster; the output has the reference path's bits either way, and the
+    model says which path each layer ran."""
+    from qsam2_ext.kernels import cpu_linear
+
+    net, x = _converted(bits, act_bits, False)
+    with torch.no_grad():
+        with cpu_linear.cpu_paths("reference"):
+            reference = net(x)
+        measured = net(x)
+        for path in cpu_linear.PATHS:
+            with cpu_linear.cpu_paths(path):
+                assert torch.equal(net(x), reference), path
+            assert cpu_linear.paths_taken(net) == {path: 2}
+        again = net(x)
+    assert torch.equal(measured, reference) and torch.equal(again, reference)
+    assert sum(cpu_linear.paths_taken(net).values()) == 2
+    keys = [k for k in cpu_linear.chosen_paths() if k[1] == tuple(x.shape) and k[4] == act_bits and k[3] == bits]
+    assert keys and all(set(cpu_linear.chosen_paths()[k][1]) == set(cpu_linear.PATHS) for k in keys)
+
+
+def test_the_cached_weight_lives_beside_the_packed_tensor_not_in_it(tmp_path):
+    """The cached dequantized weight is released with its layer's weight and never saved with it."""
+    import gc
+    import weakref
+
+    from qsam2_ext.kernels import cpu_linear
+
+    net, x = _converted(2, None, False)
+    (tmp_path / "before").mkdir()
+    (tmp_path / "after").mkdir()
+    torch.save(net.state_dict(), tmp_path / "before" / "net.pt")
+    with torch.no_grad(), cpu_linear.cpu_paths("cached"):
+        net(x)
+    dense = weakref.ref(cpu_linear._STATE[net[0].weight]["dense"])
+    assert dense() is not None and torch.equal(dense(), net[0].weight.dequantize())
+    torch.save(net.state_dict(), tmp_path / "after" / "net.pt")
+    assert (tmp_path / "after" / "net.pt").read_bytes() == (tmp_path / "before" / "net.pt").read_bytes()
+    with torch.no_grad(), cpu_linear.cpu_paths("reference"):
+        net(x)
+    gc.collect()
+    assert dense() is None

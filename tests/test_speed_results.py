@@ -41,6 +41,8 @@ def test_kernel_kinds_partition_each_profiles_gpu_time():
     ("void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop_optimized", "convolution (cuDNN)"),
     ("triton_poi_fused__to_copy_add_bitwise_and_bitwise_right_shift_mul_3", "inductor: weight unpacking"),
     ("triton_poi_fused_gelu_view_27", "inductor: other"),
+    ("triton_red_fused__to_copy_amax_amin_clamp_floor_gelu_12", "inductor: activation quantization"),
+    ("sm90_xmma_gemm_e4m3e4m3_e4m3f32_f32_tn_n_tilesize128x128x64", "GEMM (cuBLAS/CUTLASS)"),
     ("Memset (Device)", "other (copies, memsets, aten kernels)"),
 ])
 def test_kernel_kinds_by_name(name, kind):
@@ -98,3 +100,16 @@ def test_quantizing_a_torchao_row_leaves_inductors_options_to_every_row_alike():
     speed.quantize_encoder(layers, "torchao_int8")
     assert isinstance(layers[0].weight, Int8Tensor) and isinstance(layers[2].weight, Int8Tensor)
     assert config.get_config_copy() == before  # torchao's default would turn on coordinate-descent tuning
+
+
+def test_rows_named_for_a_code_product_are_traced_inside_integer_matmul():
+    from qsam2_ext.integrations.torchao import packed_tensor
+
+    import speed_rows
+
+    assert set(speed_rows.INTEGER_ROWS) <= set(speed.ROWS)
+    for row in speed.ROWS:
+        with speed_rows.row_context(row):
+            assert packed_tensor._INTEGER_MATMUL == (row in speed_rows.INTEGER_ROWS)
+    with speed_rows.row_context("ours W8A8", integer_matmul=True):
+        assert packed_tensor._INTEGER_MATMUL

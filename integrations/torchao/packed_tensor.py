@@ -15,7 +15,9 @@ reference up to float rounding). On CUDA in eager mode, half-precision Linear in
 measures faster per shape); ``kernels.cuda_kernels(False)`` keeps the reference. Compiled models keep the reference
 expression: inductor generates the unpacking (merged with neighbouring kernels) feeding cuBLAS; inside
 ``integer_matmul()`` those on CUDA trace the integer product instead (one ``torch._int_mm``, with the activation
-quantization and the epilogue left to inductor to fuse into neighbouring kernels).
+quantization and the epilogue left to inductor to fuse into neighbouring kernels; A4 layers: the exact code product
+on FP8 tensor cores, ``qsam2_ext.kernels.fp8_linear``). Eager on CPUs, outside ``integer_matmul()``, the weight is
+dequantized once and kept, or per call, whichever measures faster per kind of layer (``kernels.cpu_linear``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch.nn import functional as F
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
 from qsam2_ext import kernels
+from qsam2_ext.kernels import cpu_linear, fp8_linear
 from qsam2_ext.core import (
     cpu_int8, cuda_int8_product_fits, dequantize, int_linear, pack_codes, quantize, quantize_tokens, unpack_codes,
 )
@@ -275,9 +278,23 @@ def _integer_path(x: torch.Tensor, weight: QSAM2PackedTensor) -> bool:
         return False
     if x.is_cuda:
         k = x.shape[-1]
-        return _traced(x) and kernels.enabled() and cuda_int8_product_fits(x.numel() // k, k, weight.weight_shape[0])
+        if not (_traced(x) and kernels.enabled()):
+            return False
+        if _fp8_path(x, weight) is not None:
+            return _fp8_path(x, weight) != "bf16"
+        return cuda_int8_product_fits(x.numel() // k, k, weight.weight_shape[0])
     return (x.device.type == "cpu" and x.shape[-1] >= INTEGER_MIN_INPUTS
             and (_FORCE_INTEGER or cpu_int8.fast_int8_product(weight.bits)))
+
+
+def _fp8_path(x: torch.Tensor, weight: QSAM2PackedTensor) -> Optional[str]:
+    """For an A4 layer (inputs and weights of at most 4 bits) on CUDA: its path measured per shape (``"fp8"``,
+    ``"fp8 rowwise"``: the exact code product on FP8 tensor cores, ``qsam2_ext.kernels.fp8_linear``; ``"bf16"``: the
+    reference); ``None`` for every other layer."""
+    k, n = x.shape[-1], weight.weight_shape[0]
+    if not fp8_linear.fits(x.numel() // k, k, n, weight.bits, weight.act_bits):
+        return None
+    return fp8_linear.choose(x.numel() // k, k, n, x.device)
 
 
 def _traced(x: torch.Tensor) -> bool:
@@ -299,8 +316,29 @@ def _linear(func, types, args, kwargs):
         # microseconds of Python per call (benchmarks/results/speed.md)
         return kernels.packed_linear(x, weight.packed, weight.center.contiguous(), weight.step.contiguous(), bias,
                                      weight.act_center, weight.act_step, weight.bits, weight.act_bits or 0)
+    if _cpu_eager(x):
+        return cpu_linear.run(weight, _cpu_key(x, weight, "linear"), {
+            "cached": lambda: F.linear(weight.quantize_input(x, -1), cpu_linear.dense(weight, x.dtype), bias),
+            "reference": lambda: F.linear(weight.quantize_input(x, -1), weight.dequantize(x.dtype), bias)})
     if not _integer_path(x, weight):
         return F.linear(weight.quantize_input(x, -1), weight.dequantize(x.dtype), bias)
+    return _integer_linear(x, weight, bias)
+
+
+def _cpu_eager(x: torch.Tensor) -> bool:
+    """An eager inference call on a CPU outside ``integer_matmul()``: one of the exact paths, the faster measured per
+    kind of layer (``qsam2_ext.kernels.cpu_linear``: the weight dequantized once and kept, or at every call)."""
+    return (x.device.type == "cpu" and not _INTEGER_MATMUL and not _traced(x)
+            and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+def _cpu_key(x: torch.Tensor, weight: QSAM2PackedTensor, op: str) -> tuple:
+    act_grid = None if weight.act_center is None else tuple(weight.act_center.shape)
+    return (op, tuple(x.shape), weight.weight_shape, weight.bits, weight.act_bits, act_grid, weight.center.shape[1],
+            x.dtype)
+
+
+def _integer_linear(x: torch.Tensor, weight: QSAM2PackedTensor, bias) -> torch.Tensor:
     rows = x.reshape(-1, x.shape[-1]).float()  # every activation grid in float32, as the reference computes it
     if weight.act_center is None:
         codes, center, step = quantize_tokens(rows, weight.act_bits)
@@ -308,8 +346,9 @@ def _linear(func, types, args, kwargs):
         center, step = weight.act_center.float(), weight.act_step.float()
         codes = quantize(rows, center, step, weight.act_bits)
         center = center + (rows * 0).sum(dim=-1, keepdim=True)  # a NaN or infinite input makes its row NaN
+    fp8 = _fp8_path(x, weight) if x.is_cuda else None
     out = int_linear(codes, center, step, weight.codes().reshape(weight.weight_shape[0], -1), weight.center,
-                     weight.step, bias, weight.bits)
+                     weight.step, bias, weight.bits, product=fp8 and fp8_linear.scaled_product(fp8))
     return out.reshape(*x.shape[:-1], -1).to(x.dtype)
 
 
@@ -317,6 +356,12 @@ def _linear(func, types, args, kwargs):
 @implements_torch_function(F.conv2d)
 def _conv2d(func, types, args, kwargs):
     x, weight, bias, stride, padding, dilation, groups = fill_defaults(args, 7, [None, [1, 1], [0, 0], [1, 1], 1])
+    if _cpu_eager(x):
+        return cpu_linear.run(weight, _cpu_key(x, weight, "conv2d"), {
+            "cached": lambda: F.conv2d(weight.quantize_input(x, 1), cpu_linear.dense(weight, x.dtype), bias, stride,
+                                       padding, dilation, groups),
+            "reference": lambda: F.conv2d(weight.quantize_input(x, 1), weight.dequantize(x.dtype), bias, stride,
+                                          padding, dilation, groups)})
     return F.conv2d(weight.quantize_input(x, 1), weight.dequantize(x.dtype), bias, stride, padding, dilation, groups)
 
 

@@ -13,7 +13,7 @@ width up to 8 bits fit int8, so 2-bit weights run through the same product (W2A8
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -30,12 +30,15 @@ def quantize_tokens(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
 
 def int_linear(codes: torch.Tensor, center: torch.Tensor, step: torch.Tensor, weight_codes: torch.Tensor,
                weight_center: torch.Tensor, weight_step: torch.Tensor,
-               bias: Optional[torch.Tensor] = None, weight_bits: int = 8) -> torch.Tensor:
+               bias: Optional[torch.Tensor] = None, weight_bits: int = 8,
+               product: Optional[Callable[..., torch.Tensor]] = None) -> torch.Tensor:
     """``F.linear`` of dequantized inputs and weights, computed from their codes.
 
     ``codes`` ``(M, K)`` int8 with ``center``/``step`` of shape ``(M, 1)`` or scalars; ``weight_codes`` ``(N, K)``
     int8 (at most ``weight_bits`` bits: it picks the kernel, ``int8_product``) with ``weight_center``/``weight_step``
-    of shape ``(N, 1)``. Returns float32 ``(M, N)``.
+    of shape ``(N, 1)``. Returns float32 ``(M, N)``. ``product(codes, weight_codes, s_x, s_w)``, if given,
+    computes the scaled code product ``s_x (a b^T) s_w`` (``(M, 1)``, ``(1, N)`` float32 steps) in place of
+    ``int8_product``'s (``qsam2_ext.kernels.fp8_linear``: on FP8 tensor cores).
     """
     k = codes.shape[-1]
     a = codes.sum(dim=-1, keepdim=True, dtype=torch.int32).float()       # (M, 1)
@@ -47,9 +50,19 @@ def int_linear(codes: torch.Tensor, center: torch.Tensor, step: torch.Tensor, we
     # 1.26-1.38x slower, on two machines)
     rows = torch.cat([s_x * a / 2, s_x * (a + k / 2), s_x, c_x], dim=1)                         # (M, 4)
     cols = torch.cat([s_w, c_w, s_w * (b / 2 + k / 4), s_w * (b + k / 2) + k * c_w], dim=0)    # (4, N)
+    if product is None:  # exact in int32: |sum| <= K * 2**14 < 2**31
+        main = int8_product(codes, weight_codes, weight_bits).mul_(s_w).mul_(s_x)
+    else:
+        main = product(codes, weight_codes, s_x, s_w)
+    if codes.is_cuda:
+        # on GPUs the epilogue is memory-bound: four broadcast products that inductor fuses with the scaling into one
+        # pass over the (M, N) output, instead of a rank-4 GEMM writing a second (M, N) float32 tensor
+        out = main.float()
+        for i in range(4):
+            out = out + rows[:, i:i + 1] * cols[i:i + 1]
+        return out if bias is None else out + bias.float()
     out = rows @ cols if bias is None else torch.addmm(bias.float(), rows, cols)
-    product = int8_product(codes, weight_codes, weight_bits)  # exact in int32: |sum| <= K * 2**14 < 2**31
-    return out.add_(product.mul_(s_w).mul_(s_x))
+    return out.add_(main)
 
 
 def cuda_int8_product_fits(m: int, k: int, n: int) -> bool:
