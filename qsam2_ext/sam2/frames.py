@@ -174,7 +174,7 @@ class VideoFrames(_Frames):
         return f"{os.path.basename(self.path)}#{index}"
 
     def close(self) -> None:
-        if self._container is not None:
+        if getattr(self, "_container", None) is not None:
             self._container.close()
         self._container = self._decoder = None
 
