@@ -3,6 +3,7 @@
     python benchmarks/video_memory.py memory --frames 100 1000 --rows all       # every row at 100 and 1000 frames
     python benchmarks/video_memory.py memory --frames 10000 --rows stream_int8  # one row at 10 000 frames
     python benchmarks/video_memory.py accuracy                                   # J&F, float vs int8 vs int4 bank
+    python benchmarks/video_memory.py state                                      # bytes kept per tracked frame
 
 ``memory``: the embedded model (qsam2_mini, 256² input) on the CPU tracks one object (first-frame mask) through a
 synthetic video of N frames: a 64-frame clip of ``qsam2_ext.sam2.synthetic`` played back and forth, N JPEG files
@@ -22,6 +23,9 @@ Results are merged into ``<out>/video_memory.json`` (one record per row and N, r
 model on the held-out synthetic clips of ``benchmarks/accuracy.py`` (seed 1000, 30 clips of 8 frames) and on 10
 longer clips (48 frames, same seed, so the memory window fills and slides), for the float bank and int8 / int4
 banks with per-token and per-channel grids. Written to ``<out>/video_memory_accuracy.{json,md}``.
+
+``state``: the bytes kept per tracked frame in interactive mode (frame input tensor, memory features, mask logits,
+object pointer) by sam2 and by the float, int8 and int4 banks. Written to ``<out>/video_memory_state.{json,md}``.
 """
 
 from __future__ import annotations
@@ -239,6 +243,61 @@ def run_accuracy(args) -> None:
     print("\n".join(lines))
 
 
+def run_state(args) -> None:
+    """Bytes kept per tracked frame in interactive mode: the frame's input tensor and its stored output (memory
+    features, mask logits, object pointer; the memory position encoding is one shared constant)."""
+    import logging
+    import warnings
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from qsam2_ext.io import write_json, write_text
+    from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, build_model, default_checkpoint
+    from qsam2_ext.sam2.video import build_video_predictor, state_bytes
+
+    torch.set_num_threads(1)
+    logging.getLogger().setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    folder, mask_path = make_video(args.data, 100)
+    mask = np.array(Image.open(mask_path)) > 0
+    rows = [("sam2", None, "token"), ("ours fp", None, "token"), ("ours int8 token", 8, "token"),
+            ("ours int8 channel", 8, "channel"), ("ours int4 token", 4, "token"), ("ours int4 channel", 4, "channel")]
+    results = {}
+    for label, bits, granularity in rows:
+        if label == "sam2":
+            predictor = build_model(DEFAULT_MODEL_CONFIG, default_checkpoint(), video=True)
+        else:
+            predictor = build_video_predictor(DEFAULT_MODEL_CONFIG, default_checkpoint(), memory_bits=bits,
+                                              memory_granularity=granularity)
+        with torch.inference_mode():
+            state = predictor.init_state(folder)
+            predictor.add_new_mask(state, 0, 1, mask)
+            for _ in predictor.propagate_in_video(state, max_frame_num_to_track=12):
+                pass
+        out = state["output_dict_per_obj"][0]["non_cond_frame_outputs"][10]
+        stored = getattr(out, "stored", out.__getitem__)
+        parts = {k: state_bytes(stored(k)) for k in ("maskmem_features", "pred_masks", "obj_ptr",
+                                                     "object_score_logits")}
+        images = state["images"]
+        frame = images.untyped_storage().nbytes() // len(images) if isinstance(images, torch.Tensor) else 0
+        results[label] = {"frame_input_bytes": frame, **{f"{k}_bytes": v for k, v in parts.items()},
+                          "entry_bytes": sum(parts.values()), "total_bytes": frame + sum(parts.values())}
+    sam2 = results["sam2"]
+    lines = ["| memory bank | frame input | memory features | mask logits | pointer + score | entry | per frame "
+             "| entry vs sam2 | per frame vs sam2 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, r in results.items():
+        lines.append(f"| {label} | {r['frame_input_bytes']} | {r['maskmem_features_bytes']} | "
+                     f"{r['pred_masks_bytes']} | {r['obj_ptr_bytes'] + r['object_score_logits_bytes']} | "
+                     f"{r['entry_bytes']} | {r['total_bytes']} | {sam2['entry_bytes'] / r['entry_bytes']:.2f}x smaller | "
+                     f"{sam2['total_bytes'] / r['total_bytes']:.1f}x smaller |")
+    write_json(os.path.join(args.out, "video_memory_state.json"), {"results": results, "model": "qsam2_mini",
+                                                                     "bytes": "per tracked frame and object"})
+    write_text(os.path.join(args.out, "video_memory_state.md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv=None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "worker":
         print(json.dumps(worker(*sys.argv[2:5])))
@@ -250,11 +309,12 @@ def main(argv=None) -> None:
     p.add_argument("--rows", nargs="+", default=["all"], choices=["all", *ROWS])
     p = sub.add_parser("accuracy")
     p.add_argument("--threads", type=int, default=1)
+    sub.add_parser("state")
     for p in sub.choices.values():
         p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "qsam2_video_memory"))
         p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
-    run_memory(args) if args.what == "memory" else run_accuracy(args)
+    {"memory": run_memory, "accuracy": run_accuracy, "state": run_state}[args.what](args)
 
 
 if __name__ == "__main__":

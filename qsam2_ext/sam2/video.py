@@ -26,6 +26,7 @@ built elsewhere (float or quantized weights) with ``QSAM2VideoPredictor.wrap``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import MutableMapping
 from typing import Optional, Sequence
 
@@ -107,14 +108,13 @@ class QSAM2VideoPredictor(SAM2VideoPredictor):
     # --- state -------------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def init_state(self, video_path, offload_state_to_cpu: bool = False, streaming: bool = False, **unused):
-        """sam2's ``init_state`` (the same state keys) with frames read lazily from a folder or video file (or a
-        frames object from ``qsam2_ext.sam2.frames``). sam2's ``offload_video_to_cpu`` and
-        ``async_loading_frames`` are accepted and moot: frames stay on disk until used."""
-        unknown = set(unused) - {"offload_video_to_cpu", "async_loading_frames"}
-        if unknown:
-            raise TypeError(f"init_state got unexpected arguments {sorted(unknown)}")
-        frames = open_frames(video_path, self.image_size) if isinstance(video_path, str) else video_path
+    def init_state(self, video_path, offload_video_to_cpu: bool = False, offload_state_to_cpu: bool = False,
+                   async_loading_frames: bool = False, *, streaming: bool = False):
+        """sam2's ``init_state`` (its arguments, the same state keys) with frames read lazily from a folder or video
+        file (or a frames object of ``qsam2_ext.sam2.frames``): ``offload_video_to_cpu`` and
+        ``async_loading_frames`` are moot (frames stay on disk until used). ``streaming``: see the module."""
+        is_path = isinstance(video_path, (str, os.PathLike))
+        frames = open_frames(os.fspath(video_path), self.image_size) if is_path else video_path
         if frames.image_size != self.image_size:
             raise ValueError(f"the frames are prepared for {frames.image_size}² inputs, the model takes "
                              f"{self.image_size}²")
