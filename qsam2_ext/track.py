@@ -218,14 +218,14 @@ def _resume_point(out: str, settings: dict, restart: bool) -> Optional[int]:
     """The last frame written by an earlier run of the same settings (None: start afresh)."""
     path = os.path.join(out, SETTINGS_FILE)
     written = _written(out) if os.path.isdir(out) else {}
+    if not os.path.isfile(path):
+        if written:  # never delete or mix with files qsam2 track did not write
+            raise ValueError(f"{out} holds mask PNGs but no {SETTINGS_FILE}: not written by qsam2 track (use another "
+                             "--out)")
+        return None
     if restart:
         for p in written.values():
             os.unlink(p)
-        return None
-    if not os.path.isfile(path):
-        if written:
-            raise ValueError(f"{out} holds mask PNGs but no {SETTINGS_FILE}: not written by qsam2 track (use another "
-                             "--out)")
         return None
     import json
 

@@ -124,6 +124,13 @@ def test_track_bad_mask_and_folders(clip, tmp_path, capsys):
         assert _run(["track", *args, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    foreign = tmp_path / "foreign"
+    os.makedirs(foreign)
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(foreign / "00000.png")
+    for extra in ([], ["--restart"]):  # a folder of other PNGs is neither mixed with ours nor deleted
+        assert _run(["track", folder, "--mask", mask, "--out", str(foreign), "--no-progress", *extra]) == 2
+        assert "not written by qsam2 track" in capsys.readouterr().err
+    assert os.listdir(foreign) == ["00000.png"]
 
 
 @pytest.mark.parametrize("fault, message", [("size", "frame 3 is 200x256"), ("bytes", "unreadable frame 3")])

@@ -142,6 +142,11 @@ class QSAM2VideoPredictor(SAM2VideoPredictor):
             out = CompactFrameOutput(out, self.memory_bits, self.memory_granularity, masks=tracked)
         return out, pred_masks
 
+    @torch.inference_mode()
+    def reset_state(self, inference_state):
+        super().reset_state(inference_state)
+        inference_state["last_tracked"] = -1
+
     # --- streaming ---------------------------------------------------------------------------------------------
 
     def _check_prompt_frame(self, state, frame_idx) -> None:
