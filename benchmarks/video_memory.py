@@ -20,9 +20,10 @@ Results are merged into ``<out>/video_memory.json`` (one record per row and N, r
 ``video_memory.md`` and ``video_memory.png`` (peak memory against frames).
 
 ``accuracy``: semi-supervised J&F (``qsam2_ext.evaluate``, first-frame masks, interactive mode) of the embedded
-model on the held-out synthetic clips of ``benchmarks/accuracy.py`` (seed 1000, 30 clips of 8 frames) and on 10
-longer clips (48 frames, same seed, so the memory window fills and slides), for the float bank and int8 / int4
-banks with per-token and per-channel grids. Written to ``<out>/video_memory_accuracy.{json,md}``.
+model on the held-out synthetic clips of ``benchmarks/accuracy.py`` (seed 1000, 30 clips of 8 frames) and on
+``--long-clips`` longer clips (48 frames, same seed, so the memory window fills and slides), for the float bank and
+the ``--configs`` banks (int8 / int4, per-token grids by default; ``int8_channel`` / ``int4_channel``: per-channel).
+Written to ``<out>/video_memory_accuracy.{json,md}`` after every row.
 
 ``state``: the bytes kept per tracked frame in interactive mode (frame input tensor, memory features, mask logits,
 object pointer) by sam2 and by the float, int8 and int4 banks. Written to ``<out>/video_memory_state.{json,md}``.
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
 ROWS = ("sam2", "sam2_offload", "stream_fp", "stream_int8", "stream_int4")
 BITS = {"stream_fp": None, "stream_int8": 8, "stream_int4": 4}
@@ -79,8 +81,14 @@ def make_video(root: str, frames: int) -> tuple[str, str]:
     return folder, mask
 
 
-def worker(row: str, folder: str, mask_path: str) -> dict:
-    """One measurement, in this process (meant to be a fresh one)."""
+def _checkpoint(done: int) -> bool:
+    return done in (100, 200, 500) or (done > 0 and done % 1000 == 0)
+
+
+def worker(row: str, folder: str, mask_path: str, progress: Optional[str] = None) -> dict:
+    """One measurement, in this process (meant to be a fresh one). With ``progress``, a JSON line is appended there
+    at frames 100, 200, 500 and every 1000 (peak memory so far, state bytes, median latency so far): a run stopped
+    early still tells how memory grew."""
     import logging
     import warnings
 
@@ -112,11 +120,18 @@ def worker(row: str, folder: str, mask_path: str) -> dict:
         predictor.add_new_mask(state, 0, 1, mask)
         latencies, area = [], 0
         tick = time.perf_counter()
-        for _, _, logits in predictor.propagate_in_video(state):
+        for frame_idx, _, logits in predictor.propagate_in_video(state):
             now = time.perf_counter()
             latencies.append(now - tick)
             area += int((logits > 0).sum())
-            tick = now
+            if progress and _checkpoint(frame_idx + 1):
+                with open(progress, "a") as f:
+                    f.write(json.dumps({"row": row, "frames_done": frame_idx + 1, "frames": state["num_frames"],
+                                        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                                        "state_bytes": state_bytes(state),
+                                        "latency_median_s": statistics.median(latencies[1:] or latencies),
+                                        "time": time.time()}) + "\n")
+            tick = time.perf_counter()
     frames = state["num_frames"]
     return {"row": row, "frames": frames, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "rss_after_model_bytes": rss_model, "state_bytes": state_bytes(state),
@@ -175,15 +190,49 @@ def _plot(records: list[dict], path: str) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
+def _progress_table(out: str) -> str:
+    """The checkpoints of the progress files (``worker(progress=...)``), runs that finished or not."""
+    import glob
+
+    lines = ["| row | video frames | frames done | peak RSS (MiB) | state (MiB) | latency median so far (ms) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for path in sorted(glob.glob(os.path.join(out, "video_memory_progress_*.jsonl"))):
+        with open(path) as f:
+            for line in f:
+                r = json.loads(line)
+                lines.append(f"| {r['row']} | {r['frames']} | {r['frames_done']} | {r['peak_rss_bytes'] / 2**20:.1f} "
+                             f"| {r['state_bytes'] / 2**20:.2f} | {1000 * r['latency_median_s']:.0f} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def write_tables(out: str) -> str:
+    """``video_memory.md`` and ``.png`` from ``video_memory.json`` and the progress files."""
+    from qsam2_ext.io import write_text
+
+    path = os.path.join(out, "video_memory.json")
+    records = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            records = json.load(f)["records"]
+    text = _table(records)
+    progress = _progress_table(out)
+    if progress:
+        text += "\n\nPeak memory while tracking (checkpoints of each run, finished or not):\n\n" + progress
+    write_text(os.path.join(out, "video_memory.md"), text + "\n")
+    _plot(records, os.path.join(out, "video_memory.png"))
+    return text
+
+
 def run_memory(args) -> None:
-    from qsam2_ext.io import write_json, write_text
+    from qsam2_ext.io import write_json
 
     rows = ROWS if args.rows == ["all"] else args.rows
     records = []
     for frames in args.frames:
         folder, mask = make_video(args.data, frames)
         for row in rows:
-            command = [sys.executable, os.path.abspath(__file__), "worker", row, folder, mask]
+            command = [sys.executable, os.path.abspath(__file__), "worker", row, folder, mask,
+                       os.path.join(args.out, f"video_memory_progress_{row}_{frames}.jsonl")]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 raise RuntimeError(f"{row} at {frames} frames failed:\n{done.stderr[-2000:]}")
@@ -194,10 +243,11 @@ def run_memory(args) -> None:
     merged = _merge(path, records)
     write_json(path, {"records": merged, "machine": platform.processor() or platform.machine(),
                       "threads": 1, "note": "CPU only; a shared 2-core machine: latencies are noisy"})
-    table = _table(merged)
-    write_text(os.path.join(args.out, "video_memory.md"), table + "\n")
-    _plot(merged, os.path.join(args.out, "video_memory.png"))
-    print(table)
+    print(write_tables(args.out))
+
+
+ACCURACY_CONFIGS = {"fp": (None, "token"), "int8": (8, "token"), "int4": (4, "token"),
+                    "int8_channel": (8, "channel"), "int4_channel": (4, "channel")}
 
 
 def run_accuracy(args) -> None:
@@ -215,32 +265,39 @@ def run_accuracy(args) -> None:
     torch.set_num_threads(args.threads)
     logging.getLogger().setLevel(logging.WARNING)
     sets = {"clips_8": write_split("clips", os.path.join(args.data, "clips_30"), 30, SEED)}
-    long_root = os.path.join(args.data, "clips_long_48")
-    if not os.path.isdir(long_root):
-        write_video_split(long_root + ".partial", 10, SEED, frames=48)
-        os.replace(long_root + ".partial", long_root)
-    sets["clips_48"] = long_root
-    configs = [("fp", None, "token"), ("int8 token", 8, "token"), ("int8 channel", 8, "channel"),
-               ("int4 token", 4, "token"), ("int4 channel", 4, "channel")]
+    if args.long_clips:
+        long_root = os.path.join(args.data, f"clips_long_48x{args.long_clips}")
+        if not os.path.isdir(long_root):
+            write_video_split(long_root + ".partial", args.long_clips, SEED, frames=48)
+            os.replace(long_root + ".partial", long_root)
+        sets["clips_48"] = long_root
     results = {}
     for set_name, root in sets.items():
-        for label, bits, granularity in configs:
+        for label in args.configs:
+            bits, granularity = ACCURACY_CONFIGS[label]
             started = time.perf_counter()
             model = build_video_predictor(DEFAULT_MODEL_CONFIG, default_checkpoint(), memory_bits=bits,
                                           memory_granularity=granularity)
             out = evaluate(model, open_dataset("video", root), progress=False)
             results[f"{set_name} | {label}"] = {**out["results"], "seconds": time.perf_counter() - started}
             print(set_name, label, {k: out["results"][k] for k in ("J&F", "J", "F", "objects")}, flush=True)
-    lines = ["| clips | memory bank | J&F | J | F | ΔJ&F vs fp (points) | objects |", "|---|---|---:|---:|---:|---:|---:|"]
+            _write_accuracy(args, results, write_json, write_text)  # after every row: a stopped run keeps its rows
+
+
+def _write_accuracy(args, results, write_json, write_text) -> None:
+    lines = ["| clips | memory bank | J&F | J | F | ΔJ&F vs fp (points) | objects | sequences |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for key, r in results.items():
         set_name, label = key.split(" | ")
-        fp = results[f"{set_name} | fp"]["J&F"]
+        fp = results.get(f"{set_name} | fp")
+        delta = f"{100 * (r['J&F'] - fp['J&F']):+.2f}" if fp else "-"
         lines.append(f"| {set_name} | {label} | {100 * r['J&F']:.2f} | {100 * r['J']:.2f} | {100 * r['F']:.2f} | "
-                     f"{100 * (r['J&F'] - fp):+.2f} | {r['objects']} |")
+                     f"{delta} | {r['objects']} | {r['sequences']} |")
     write_json(os.path.join(args.out, "video_memory_accuracy.json"),
-               {"results": results, "model": "qsam2_mini", "seed": SEED, "threads": args.threads})
+               {"results": results, "model": "qsam2_mini", "seed": SEED, "threads": args.threads,
+                "command": "python benchmarks/video_memory.py accuracy " + " ".join(sys.argv[2:])})
     write_text(os.path.join(args.out, "video_memory_accuracy.md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(lines), flush=True)
 
 
 def run_state(args) -> None:
@@ -290,7 +347,8 @@ def run_state(args) -> None:
     for label, r in results.items():
         lines.append(f"| {label} | {r['frame_input_bytes']} | {r['maskmem_features_bytes']} | "
                      f"{r['pred_masks_bytes']} | {r['obj_ptr_bytes'] + r['object_score_logits_bytes']} | "
-                     f"{r['entry_bytes']} | {r['total_bytes']} | {sam2['entry_bytes'] / r['entry_bytes']:.2f}x smaller | "
+                     f"{r['entry_bytes']} | {r['total_bytes']} | "
+                     f"{sam2['entry_bytes'] / r['entry_bytes']:.2f}x smaller | "
                      f"{sam2['total_bytes'] / r['total_bytes']:.1f}x smaller |")
     write_json(os.path.join(args.out, "video_memory_state.json"), {"results": results, "model": "qsam2_mini",
                                                                      "bytes": "per tracked frame and object"})
@@ -300,7 +358,7 @@ def run_state(args) -> None:
 
 def main(argv=None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "worker":
-        print(json.dumps(worker(*sys.argv[2:5])))
+        print(json.dumps(worker(*sys.argv[2:6])))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -309,11 +367,17 @@ def main(argv=None) -> None:
     p.add_argument("--rows", nargs="+", default=["all"], choices=["all", *ROWS])
     p = sub.add_parser("accuracy")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--configs", nargs="+", default=["fp", "int8", "int4"], choices=sorted(ACCURACY_CONFIGS))
+    p.add_argument("--long-clips", type=int, default=5, help="clips of 48 frames (0: none)")
     sub.add_parser("state")
+    sub.add_parser("tables", help="write video_memory.md and .png again from the JSON and progress files")
     for p in sub.choices.values():
         p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "qsam2_video_memory"))
         p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
+    if args.what == "tables":
+        print(write_tables(args.out))
+        return
     {"memory": run_memory, "accuracy": run_accuracy, "state": run_state}[args.what](args)
 
 
