@@ -4,6 +4,7 @@
     python benchmarks/video_memory.py memory --frames 10000 --rows stream_int8  # one row at 10 000 frames
     python benchmarks/video_memory.py accuracy                                   # J&F, float vs int8 vs int4 bank
     python benchmarks/video_memory.py state                                      # bytes kept per tracked frame
+    python benchmarks/video_memory.py latency                                    # per-frame latency, rows in turn
 
 ``memory``: the embedded model (qsam2_mini, 256² input) on the CPU tracks one object (first-frame mask) through a
 synthetic video of N frames: a 64-frame clip of ``qsam2_ext.sam2.synthetic`` played back and forth, N JPEG files
@@ -27,6 +28,10 @@ Written to ``<out>/video_memory_accuracy.{json,md}`` after every row.
 
 ``state``: the bytes kept per tracked frame in interactive mode (frame input tensor, memory features, mask logits,
 object pointer) by sam2 and by the float, int8 and int4 banks. Written to ``<out>/video_memory_state.{json,md}``.
+
+``latency``: per-frame latency of ``sam2`` and the three streaming rows in one process, taking turns over
+``--rounds`` runs of a ``--frames``-frame video, so that all rows share the machine's load alike. Written to
+``<out>/video_memory_latency.{json,md}``.
 """
 
 from __future__ import annotations
@@ -356,6 +361,54 @@ def run_state(args) -> None:
     print("\n".join(lines))
 
 
+def run_latency(args) -> None:
+    """Per-frame latency of sam2 and of the streaming banks in one process, taking turns (``--rounds`` rounds of
+    ``--frames`` frames each): on a shared machine every row sees the same mix of load."""
+    import logging
+    import warnings
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from qsam2_ext.io import write_json, write_text
+    from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, build_model, default_checkpoint
+    from qsam2_ext.sam2.video import build_video_predictor
+
+    torch.set_num_threads(1)
+    logging.getLogger().setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    folder, mask_path = make_video(args.data, args.frames)
+    mask = np.array(Image.open(mask_path)) > 0
+    predictors = {"sam2": build_model(DEFAULT_MODEL_CONFIG, default_checkpoint(), video=True)}
+    for row, bits in BITS.items():
+        predictors[row] = build_video_predictor(DEFAULT_MODEL_CONFIG, default_checkpoint(), memory_bits=bits)
+    latencies = {row: [] for row in predictors}
+    for _ in range(args.rounds):
+        for row, predictor in predictors.items():
+            with torch.inference_mode():
+                state = predictor.init_state(folder, **({} if row == "sam2" else {"streaming": True}))
+                predictor.add_new_mask(state, 0, 1, mask)
+                tick = time.perf_counter()
+                for i, _ in enumerate(predictor.propagate_in_video(state)):
+                    now = time.perf_counter()
+                    if i:  # frame 0 is the prompt's output
+                        latencies[row].append(now - tick)
+                    tick = now
+    results = {row: {"median_s": statistics.median(v), "mean_s": statistics.fmean(v), "frames": len(v)}
+               for row, v in latencies.items()}
+    base = results["sam2"]["median_s"]
+    lines = ["| row | frames timed | latency median (ms) | mean (ms) | median vs sam2 |", "|---|---:|---:|---:|---:|"]
+    for row, r in results.items():
+        lines.append(f"| {row} | {r['frames']} | {1000 * r['median_s']:.1f} | {1000 * r['mean_s']:.1f} | "
+                     f"{r['median_s'] / base:.3f}x |")
+    write_json(os.path.join(args.out, "video_memory_latency.json"),
+               {"results": results, "video_frames": args.frames, "rounds": args.rounds, "threads": 1,
+                "note": "one process, rows taking turns; CPU, shared loaded 2-core machine"})
+    write_text(os.path.join(args.out, "video_memory_latency.md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv=None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "worker":
         print(json.dumps(worker(*sys.argv[2:6])))
@@ -370,6 +423,9 @@ def main(argv=None) -> None:
     p.add_argument("--configs", nargs="+", default=["fp", "int8", "int4"], choices=sorted(ACCURACY_CONFIGS))
     p.add_argument("--long-clips", type=int, default=5, help="clips of 48 frames (0: none)")
     sub.add_parser("state")
+    p = sub.add_parser("latency")
+    p.add_argument("--frames", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=3)
     sub.add_parser("tables", help="write video_memory.md and .png again from the JSON and progress files")
     for p in sub.choices.values():
         p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "qsam2_video_memory"))
@@ -378,7 +434,7 @@ def main(argv=None) -> None:
     if args.what == "tables":
         print(write_tables(args.out))
         return
-    {"memory": run_memory, "accuracy": run_accuracy, "state": run_state}[args.what](args)
+    {"memory": run_memory, "accuracy": run_accuracy, "state": run_state, "latency": run_latency}[args.what](args)
 
 
 if __name__ == "__main__":
