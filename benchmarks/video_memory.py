@@ -219,7 +219,8 @@ def write_tables(out: str) -> str:
     if os.path.isfile(path):
         with open(path) as f:
             records = json.load(f)["records"]
-    text = _table(records)
+    text = _table(records) + ("\n\nEach (row, frames) ran in its own process at its own time on a shared, loaded "
+                              "2-core machine: compare latencies in video_memory_latency.md (rows taking turns).")
     progress = _progress_table(out)
     if progress:
         text += "\n\nPeak memory while tracking (checkpoints of each run, finished or not):\n\n" + progress
