@@ -169,7 +169,17 @@ def _table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _plot(records: list[dict], path: str) -> None:
+def _progress_records(out: str) -> list[dict]:
+    import glob
+
+    records = []
+    for path in sorted(glob.glob(os.path.join(out, "video_memory_progress_*.jsonl"))):
+        with open(path) as f:
+            records += [json.loads(line) for line in f]
+    return records
+
+
+def _plot(records: list[dict], path: str, progress: Optional[list] = None) -> None:
     try:
         import matplotlib
 
@@ -185,6 +195,12 @@ def _plot(records: list[dict], path: str) -> None:
         points = sorted((r["frames"], r["peak_rss_bytes"] / 2**20) for r in records if r["row"] == row)
         if points:
             ax.plot(*zip(*points), marker="o", label=row)
+    for frames in sorted({r["frames"] for r in progress or ()}):
+        for row in ROWS:
+            points = [(r["frames_done"], r["peak_rss_bytes"] / 2**20) for r in progress
+                      if r["row"] == row and r["frames"] == frames]
+            if points:
+                ax.plot(*zip(*points), marker=".", linestyle="--", label=f"{row}, while tracking {frames} frames")
     ax.set_xscale("log")
     ax.set_xlabel("frames")
     ax.set_ylabel("peak resident memory (MiB)")
@@ -197,16 +213,11 @@ def _plot(records: list[dict], path: str) -> None:
 
 def _progress_table(out: str) -> str:
     """The checkpoints of the progress files (``worker(progress=...)``), runs that finished or not."""
-    import glob
-
     lines = ["| row | video frames | frames done | peak RSS (MiB) | state (MiB) | latency median so far (ms) |",
              "|---|---:|---:|---:|---:|---:|"]
-    for path in sorted(glob.glob(os.path.join(out, "video_memory_progress_*.jsonl"))):
-        with open(path) as f:
-            for line in f:
-                r = json.loads(line)
-                lines.append(f"| {r['row']} | {r['frames']} | {r['frames_done']} | {r['peak_rss_bytes'] / 2**20:.1f} "
-                             f"| {r['state_bytes'] / 2**20:.2f} | {1000 * r['latency_median_s']:.0f} |")
+    for r in _progress_records(out):
+        lines.append(f"| {r['row']} | {r['frames']} | {r['frames_done']} | {r['peak_rss_bytes'] / 2**20:.1f} "
+                     f"| {r['state_bytes'] / 2**20:.2f} | {1000 * r['latency_median_s']:.0f} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -225,7 +236,7 @@ def write_tables(out: str) -> str:
     if progress:
         text += "\n\nPeak memory while tracking (checkpoints of each run, finished or not):\n\n" + progress
     write_text(os.path.join(out, "video_memory.md"), text + "\n")
-    _plot(records, os.path.join(out, "video_memory.png"))
+    _plot(records, os.path.join(out, "video_memory.png"), _progress_records(out))
     return text
 
 
