@@ -117,7 +117,7 @@ def _add(predictor, state, frame: int, object_id: int, prompt: dict) -> None:
 # --- model -----------------------------------------------------------------------------------------------------
 
 
-def _memory_settings(job: TrackJob, metadata: dict) -> tuple[Optional[int], str]:
+def _memory_settings(job: TrackJob, metadata: dict, source: str = "") -> tuple[Optional[int], str]:
     """``--memory`` / ``--memory-granularity``, else the recipe's ``memory`` section, else the quantized file's
     (its metadata, or the shipped recipe it names), else int8 per token."""
     from .recipes import list_recipes, load_recipe
@@ -126,8 +126,13 @@ def _memory_settings(job: TrackJob, metadata: dict) -> tuple[Optional[int], str]
     section = None
     if job.recipe is not None:
         section = load_recipe(job.recipe).spec.memory
-    elif isinstance(metadata.get("memory"), dict):
-        section = Memory.model_validate(metadata["memory"])
+    elif "memory" in metadata:
+        try:
+            section = Memory.model_validate(metadata["memory"])
+        except ValueError as e:  # pydantic's ValidationError
+            first = str(e).splitlines()
+            raise ValueError(f"{source}: its metadata's memory section is not valid ({' '.join(first[1:3])})") \
+                from None
     elif metadata.get("recipe") in list_recipes():  # a shipped name only: file content never becomes a path
         section = load_recipe(metadata["recipe"]).spec.memory
     if job.memory is not None:
@@ -135,7 +140,7 @@ def _memory_settings(job: TrackJob, metadata: dict) -> tuple[Optional[int], str]
             raise ValueError(f"memory must be one of {sorted(MEMORY_CHOICES)}, got {job.memory!r}")
         bits = MEMORY_CHOICES[job.memory]
     else:
-        bits = section.bits if section is not None else (8 if job.recipe is None else None)
+        bits = section.bits if section is not None else 8
     granularity = job.memory_granularity or (section.granularity if section is not None else "token")
     return bits, granularity
 
@@ -166,7 +171,7 @@ def build_predictor(job: TrackJob):
                 raise ValueError(f"--checkpoint is required for {model} (only the embedded default model has one "
                                  "built in)")
             checkpoint = default_checkpoint()
-    bits, granularity = _memory_settings(job, metadata)
+    bits, granularity = _memory_settings(job, metadata, checkpoint or "")
     device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")
     predictor = build_video_predictor(model, None if job.quantized else checkpoint, memory_bits=bits,
                                       memory_granularity=granularity, image_size=image_size)

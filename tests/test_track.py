@@ -154,3 +154,20 @@ def test_track_stops_at_a_bad_frame_keeping_earlier_masks(clip, tmp_path, capsys
     for f in written:  # complete, valid masks: the uninterrupted run's
         np.testing.assert_array_equal(written[f], reference[f])
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_memory_settings_sources(tmp_path):
+    from qsam2_ext.track import TrackJob, _memory_settings
+
+    job = TrackJob(video="v", out="o")
+    assert _memory_settings(job, {}) == (8, "token")  # the command's default
+    assert _memory_settings(job, {"memory": {"bits": 4, "granularity": "channel"}}) == (4, "channel")
+    assert _memory_settings(job, {"recipe": "../../elsewhere/evil"}) == (8, "token")  # only shipped names are read
+    with pytest.raises(ValueError, match="q.safetensors: its metadata's memory section is not valid"):
+        _memory_settings(job, {"memory": {"bits": 5}}, "q.safetensors")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("extends: qsam2_mini_w4a8\nmemory: {bits: 4}\n")
+    job = TrackJob(video="v", out="o", recipe=str(recipe))
+    assert _memory_settings(job, {"memory": {"bits": 8}}) == (4, "token")  # --recipe before the file's metadata
+    job.memory, job.memory_granularity = "fp", "channel"
+    assert _memory_settings(job, {}) == (None, "channel")  # the command line first
