@@ -268,7 +268,9 @@ def add_recipe(sub) -> None:
     p.set_defaults(run=run_recipe)
 
 
-SUBCOMMANDS = (add_quantize, add_eval, add_train, add_recipe)
+from .track import add_track  # noqa: E402  (qsam2 track: its own module)
+
+SUBCOMMANDS = (add_quantize, add_eval, add_train, add_recipe, add_track)
 
 
 def build_parser() -> argparse.ArgumentParser:

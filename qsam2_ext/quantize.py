@@ -194,6 +194,8 @@ def run(job: QuantizeJob) -> dict:
         # the file names its model only if it is a packaged one (a custom config is the caller's to build)
         packaged = config_path(config) in PACKAGED_CONFIGS.values()
         metadata = {"image_size": image_size, "recipe": recipe.name, "qat_steps": steps}
+        if spec.memory is not None:  # the video memory bank the recipe asks for (qsam2 track reads it)
+            metadata["memory"] = spec.memory.model_dump()
         if packaged:
             metadata["model"] = packaged_name(config_path(config))
         claim_output_folder(job.out, [model_name, *REPORT_FILES], force=job.force)

@@ -172,6 +172,14 @@ class Output(_Strict):
     scale_dtype: Optional[Literal["bfloat16", "float16", "float32"]] = "bfloat16"  # stored grids; None: weight's
 
 
+class Memory(_Strict):
+    """How the video predictor keeps SAM2's memory bank (``qsam2_ext.sam2.video``): memory features as
+    ``bits``-bit codes with a grid per ``token`` or per ``channel``; no ``memory`` section: sam2's float bank."""
+
+    bits: Literal[4, 8] = 8
+    granularity: Literal["token", "channel"] = "token"
+
+
 class RecipeSpec(_Strict):
     description: str = Field(default="", max_length=1000)
     # a packaged SAM2 by short name (sam2.1_hiera_{t,s,b+,l}, qsam2_mini): a file never names a config path (a
@@ -183,6 +191,7 @@ class RecipeSpec(_Strict):
     calibration: Calibration = Field(default_factory=Calibration)
     training: Training = Field(default_factory=Training)
     output: Output = Field(default_factory=Output)
+    memory: Optional[Memory] = None  # the video predictor's memory bank; None: float, as sam2 keeps it
 
     @field_validator("model")
     @classmethod

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from ..errors import BadFileError, one_line
+from ..recipes.schema import Memory
 from .models import PACKAGED_CONFIGS, build_model, check_image_size, packaged_name
 
 PathLike = Union[str, os.PathLike]
@@ -32,6 +33,7 @@ class ArtifactInfo(BaseModel):
     image_size: Optional[int] = Field(default=None, ge=32, le=MAX_IMAGE_SIZE)
     recipe: Optional[str] = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9_.+-]+$")
     qat_steps: Optional[int] = Field(default=None, ge=0, le=10**9)
+    memory: Optional[Memory] = None  # the recipe's video memory bank settings (qsam2 track)
 
     @field_validator("model")
     @classmethod
