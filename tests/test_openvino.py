@@ -1,0 +1,134 @@
+"""Q-SAM2 layers in OpenVINO IR: integer weight constants in NNCF's decompression pattern, FakeQuantize inputs
+that OpenVINO's CPU plugin runs as u8 x i8, and outputs equal to the baked torch model's (read back from the file).
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+nncf = pytest.importorskip("nncf")
+ov = pytest.importorskip("openvino")
+
+from qsam2_ext import qsam2_config  # noqa: E402
+from qsam2_ext.core import observing  # noqa: E402
+from qsam2_ext.integrations import nncf as qn  # noqa: E402
+from qsam2_ext.integrations.nncf.openvino_lowering import _pack, storage_type  # noqa: E402
+
+LAYERS = ("fc1", "fc2", "conv")
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(32, 64)
+        self.fc2 = nn.Linear(64, 32)
+        self.conv = nn.Conv2d(32, 16, 1)
+
+    def forward(self, x):
+        y = self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+        return {"out": [self.conv(y.permute(0, 3, 1, 2))]}
+
+
+def _data(n=3):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(2, 8, 8, 32, generator=g) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def nncf_model():
+    torch.manual_seed(0)
+    return nncf.quantize(Net(), nncf.Dataset(_data()), subset_size=3)
+
+
+def _baked(nncf_model, bits, act_bits, group_size=None):
+    model = copy.deepcopy(nncf_model)
+    cfg = qsam2_config(bits=bits, act_bits=act_bits, group_size=group_size, step="prepare")
+    qn.attach_qsam2(model, _data(1)[0], {n: cfg for n in LAYERS}, keep_nncf=False)
+    with observing(model), torch.no_grad():
+        for x in _data():
+            model(x)
+    qn.bake(model)
+    return model
+
+
+def _weight_sources(ov_model):
+    """For every MatMul / Convolution: the element types of the constants its weight input is computed from."""
+    found = {}
+    for op in ov_model.get_ops():
+        if op.get_type_name() not in ("MatMul", "Convolution"):
+            continue
+        types, stack = [], [op.input(1).get_source_output().get_node()]
+        while stack:
+            node = stack.pop()
+            if node.get_type_name() == "Constant":
+                if node.get_output_size() and np.prod(node.get_output_shape(0)) > 8:  # not a scalar zero point
+                    types.append(node.get_element_type().get_type_name())
+            else:
+                stack += [i.get_source_output().get_node() for i in node.inputs()]
+        found[op.get_friendly_name()] = types
+    return found
+
+
+def test_sub_byte_packing_matches_openvino():
+    """Our packing, read back through OpenVINO's own i4/u2 element access."""
+    rng = np.random.default_rng(0)
+    for bits, etype in ((4, ov.Type.i4), (2, ov.Type.u2)):
+        codes = rng.integers(-8, 8, 24) if bits == 4 else rng.integers(0, 4, 24)
+        tensor = ov.Tensor(etype, [24])
+        tensor.data.view(np.uint8).reshape(-1)[:] = _pack(codes, bits)
+        const = ov.opset13.constant(tensor, shared_memory=False)
+        back = ov.opset13.convert(const, ov.Type.i32)
+        model = ov.Model([back], [])
+        got = ov.Core().compile_model(model, "CPU")({})[0]
+        np.testing.assert_array_equal(got, codes)
+    assert storage_type(8)[0] == ov.Type.i8 and storage_type(3)[0] == ov.Type.i4 and storage_type(2) == (ov.Type.u2, 2)
+
+
+@pytest.mark.parametrize("bits,act_bits,group_size,etype", [(4, 8, None, "i4"), (2, 8, None, "u2"),
+                                                           (8, 8, None, "i8"), (3, None, 16, "i4")])
+def test_ir_has_integer_weights_and_matches_torch(nncf_model, tmp_path, bits, act_bits, group_size, etype):
+    model = _baked(nncf_model, bits, act_bits, group_size)
+    x = _data(1)[0]
+    path = str(tmp_path / "m.xml")
+    ir, report = qn.export_openvino(model, x, path, compress_to_fp16=False)
+    assert report["layers"] == 3 and report["ops_rewritten"] == 3
+    assert report["hooks_ran"] == {"QSAM2WeightDecompressor": 3, **({"QSAM2FakeQuantize": 3} if act_bits else {})}
+    sources = _weight_sources(ir)
+    quantized = {n: t for n, t in sources.items() if "offset" not in n and t}
+    assert len(quantized) == 3, sources  # the three layers (offset-term convolutions read no weight constant)
+    for name, types in quantized.items():
+        assert types == [etype] if act_bits or bits == 8 else types[0] == etype, (name, types)
+    assert report["fake_quantize_ops"] == (3 if act_bits else 0)
+    # outputs of the file read back against the baked torch model (mid-rise grids, offset term, FakeQuantize)
+    compiled = ov.Core().compile_model(ov.Core().read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    with torch.no_grad():
+        for batch in _data(2):
+            expected = model(batch)["out"][0]
+            got = torch.from_numpy(compiled(batch.numpy())[0])
+            err = (got - expected).pow(2).mean() / expected.pow(2).mean()
+            assert float(err) < 1e-6, float(err)
+    assert report["min_sqnr_db_vs_torch"] > 60
+
+
+def test_a8_layers_run_u8_by_i8_on_cpu(nncf_model, tmp_path):
+    """Executed precisions of the compiled runtime graph: every quantized layer is an integer kernel."""
+    model = _baked(nncf_model, 4, 8)
+    x = _data(1)[0]
+    _, report = qn.export_openvino(model, x, str(tmp_path / "m.xml"), compress_to_fp16=True)
+    compiled = ov.Core().compile_model(str(tmp_path / "m.xml"), "CPU")
+    precisions = qn.runtime_precisions(compiled)
+    ints = sum(n for kind in precisions.values() for p, n in kind.items() if p in ("u8", "i8"))
+    assert ints >= 3, precisions  # fc1, fc2 (FullyConnected) and the 1x1 conv
+    assert report["constants"].get("i4", 0) == 3 and "f32" not in {
+        t for types in _weight_sources(ov.Core().read_model(str(tmp_path / "m.xml"))).values() for t in types[:1]}
+
+
+def test_weight_only_layers_use_compressed_kernels(nncf_model, tmp_path):
+    model = _baked(nncf_model, 4, None)
+    _, report = qn.export_openvino(model, _data(1)[0], str(tmp_path / "m.xml"), compress_to_fp16=False)
+    precisions = report["runtime_precisions"]
+    assert precisions.get("FullyConnectedCompressed") or any(
+        p == "i4" for kind in precisions.values() for p in kind), precisions
