@@ -55,20 +55,24 @@ def _baked(nncf_model, bits, act_bits, group_size=None):
 
 
 def _weight_sources(ov_model):
-    """For every MatMul / Convolution: the element types of the constants its weight input is computed from."""
+    """For every MatMul / Convolution whose weight input is computed from constants only: the element type of the
+    largest of those constants (the weights themselves; scales and zero points are per channel)."""
     found = {}
     for op in ov_model.get_ops():
         if op.get_type_name() not in ("MatMul", "Convolution"):
             continue
-        types, stack = [], [op.input(1).get_source_output().get_node()]
+        constants, stack = [], [op.input(1).get_source_output().get_node()]
         while stack:
             node = stack.pop()
+            if node.get_type_name() == "Parameter":
+                constants = []
+                break
             if node.get_type_name() == "Constant":
-                if node.get_output_size() and np.prod(node.get_output_shape(0)) > 8:  # not a scalar zero point
-                    types.append(node.get_element_type().get_type_name())
+                constants.append((int(np.prod(node.get_output_shape(0))), node.get_element_type().get_type_name()))
             else:
                 stack += [i.get_source_output().get_node() for i in node.inputs()]
-        found[op.get_friendly_name()] = types
+        if constants:
+            found[op.get_friendly_name()] = max(constants)[1]
     return found
 
 
@@ -97,20 +101,44 @@ def test_ir_has_integer_weights_and_matches_torch(nncf_model, tmp_path, bits, ac
     assert report["layers"] == 3 and report["ops_rewritten"] == 3
     assert report["hooks_ran"] == {"QSAM2WeightDecompressor": 3, **({"QSAM2FakeQuantize": 3} if act_bits else {})}
     sources = _weight_sources(ir)
-    quantized = {n: t for n, t in sources.items() if "offset" not in n and t}
-    assert len(quantized) == 3, sources  # the three layers (offset-term convolutions read no weight constant)
-    for name, types in quantized.items():
-        assert types == [etype] if act_bits or bits == 8 else types[0] == etype, (name, types)
+    # the three layers; the offset term's helpers (a ones kernel or offset matrix) are f32 and small
+    layers = {n: t for n, t in sources.items() if "offset" not in n and "aten::" in n}
+    assert sorted(layers.values()) == [etype] * 3, sources
     assert report["fake_quantize_ops"] == (3 if act_bits else 0)
-    # outputs of the file read back against the baked torch model (mid-rise grids, offset term, FakeQuantize)
-    compiled = ov.Core().compile_model(ov.Core().read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    # outputs of the file read back against the baked torch model. Weight-only: exact up to float rounding. With
+    # quantized inputs a value within rounding of a grid boundary can land on the other level in one layer and
+    # move the next layer's inputs: three layers deep that stays far below the quantization noise.
+    compiled = ov.Core().compile_model(ov.Core().read_model(path), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0})
     with torch.no_grad():
         for batch in _data(2):
             expected = model(batch)["out"][0]
             got = torch.from_numpy(compiled(batch.numpy())[0])
-            err = (got - expected).pow(2).mean() / expected.pow(2).mean()
-            assert float(err) < 1e-6, float(err)
-    assert report["min_sqnr_db_vs_torch"] > 60
+            sqnr = 10 * torch.log10(expected.pow(2).sum() / (got - expected).pow(2).sum())
+            assert float(sqnr) > (30 if act_bits else 100), float(sqnr)
+
+
+class One(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(32, 16)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("act_bits", [8, 4])
+def test_one_quantized_layer_is_exact(tmp_path, act_bits):
+    """FakeQuantize + integer weights + offset term of one layer reproduce the torch layer to float rounding."""
+    data = _data(3)
+    model = nncf.quantize(One(), nncf.Dataset(data), subset_size=3)
+    qn.attach_qsam2(model, data[0], {"fc": qsam2_config(bits=4, act_bits=act_bits, step="prepare")}, keep_nncf=False)
+    with observing(model), torch.no_grad():
+        for x in data:
+            model(x)
+    qn.bake(model)
+    _, report = qn.export_openvino(model, data[0], str(tmp_path / "m.xml"), compress_to_fp16=False)
+    assert report["min_sqnr_db_vs_torch"] > 100, report
 
 
 def test_a8_layers_run_u8_by_i8_on_cpu(nncf_model, tmp_path):
@@ -122,8 +150,9 @@ def test_a8_layers_run_u8_by_i8_on_cpu(nncf_model, tmp_path):
     precisions = qn.runtime_precisions(compiled)
     ints = sum(n for kind in precisions.values() for p, n in kind.items() if p in ("u8", "i8"))
     assert ints >= 3, precisions  # fc1, fc2 (FullyConnected) and the 1x1 conv
-    assert report["constants"].get("i4", 0) == 3 and "f32" not in {
-        t for types in _weight_sources(ov.Core().read_model(str(tmp_path / "m.xml"))).values() for t in types[:1]}
+    layers = {n: t for n, t in _weight_sources(ov.Core().read_model(str(tmp_path / "m.xml"))).items()
+              if "aten::" in n}
+    assert report["constants"].get("i4", 0) == 3 and sorted(layers.values()) == ["i4"] * 3, layers
 
 
 def test_weight_only_layers_use_compressed_kernels(nncf_model, tmp_path):

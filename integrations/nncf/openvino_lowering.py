@@ -132,7 +132,8 @@ def _offset_term(node: ov.Node, x: ov.Output, spec: LayerSpec, shape: list[int])
         return ops.multiply(total, ops.constant(offset.reshape(1, out, 1, 1))).output(0)
     if (kh, kw) != (1, 1):
         raise NotImplementedError(f"{spec.name}: grouped grids of a {kh}x{kw} convolution")
-    split = ops.reshape(x, [0, groups, -1, 0, 0], special_zero=True)
+    n, channels, h, w = x.get_partial_shape().to_shape()  # export uses static shapes
+    split = ops.reshape(x, [n, groups, channels // groups, h, w], special_zero=False)
     return ops.convolution(ops.reduce_sum(split, [2], False), ops.constant(offset.reshape(out, groups, 1, 1)),
                            **conv).output(0)
 
