@@ -161,3 +161,37 @@ def test_weight_only_layers_use_compressed_kernels(nncf_model, tmp_path):
     precisions = report["runtime_precisions"]
     assert precisions.get("FullyConnectedCompressed") or any(
         p == "i4" for kind in precisions.values() for p in kind), precisions
+
+
+@pytest.mark.slow
+def test_readme_flow_exports_a_sam2_encoder_and_the_predictor_runs_it(tmp_path):
+    """quantize_with_recipe (its defaults) -> bake -> save / restore -> export_openvino -> OpenVINOImageEncoder in
+    SAM2ImagePredictor, on a tiny random-init SAM2 (64²)."""
+    from helpers import tiny_model
+
+    from qsam2_ext.sam2.models import image_predictor
+
+    model = tiny_model(64)
+    batches = [torch.randn(1, 3, 64, 64) for _ in range(2)]
+    q = qn.quantize_with_recipe(model, "sam2.1_hiera_t_w4a8", batches, outside="float")
+    qn.bake(q.image_encoder)
+    ckpt = qn.save(q.image_encoder)
+    enc = qn.restore(tiny_model(64).image_encoder, ckpt)
+    path = str(tmp_path / "encoder.xml")
+    _, report = qn.export_openvino(enc, batches[0], path, compress_to_fp16=False)
+    assert report["weights"] == {"4-bit": report["layers"]} and report["quantized_inputs"] == report["layers"]
+    assert report["constants"].get("i4", 0) >= report["layers"] and report["min_sqnr_db_vs_torch"] > 20
+    assert report["hooks_ran"]["QSAM2WeightDecompressor"] == report["layers"]
+    # the IR as the predictor's image encoder: the same masks as the torch encoder it was exported from
+    model.image_encoder = enc
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    box = np.array([8, 8, 40, 40])
+    torch_masks = image_predictor(model)
+    torch_masks.set_image(image)
+    expected, _, _ = torch_masks.predict(box=box, multimask_output=False, return_logits=True)
+    model.image_encoder = qn.OpenVINOImageEncoder.compile(path, enc, batches[0], {"INFERENCE_PRECISION_HINT": "f32"})
+    ov_predictor = image_predictor(model)
+    ov_predictor.set_image(image)
+    got, _, _ = ov_predictor.predict(box=box, multimask_output=False, return_logits=True)
+    agree = ((got > 0) == (expected > 0)).mean()
+    assert agree > 0.98, agree
