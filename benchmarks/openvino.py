@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import platform
 import shlex
@@ -55,16 +56,25 @@ def build_irs(args, rows, model_config, checkpoint, calibration, example, irs) -
     import openvino as ov
 
     from qsam2_ext.integrations.nncf import export_openvino, finish_nncf_qat, prepare_nncf_qat
+    from qsam2_ext.core import observing
     from qsam2_ext.integrations.nncf.export import float_ir
     from qsam2_ext.sam2.models import build_model
 
     os.makedirs(irs, exist_ok=True)
     path = lambda row: os.path.join(irs, row.split(" (")[0].replace(" ", "_").replace("-", "") + ".xml")  # noqa: E731
     encoder = build_model(model_config, checkpoint, image_size=args.size).image_encoder.eval()
-    fp32 = float_ir(encoder, example, path("fp32 IR"), compress_to_fp16=False)
+    fp32 = (ov.Core().read_model(path("fp32 IR")) if args.reuse and os.path.exists(path("fp32 IR")) else
+            float_ir(encoder, example, path("fp32 IR"), compress_to_fp16=False))
     reports, paths = {}, {}
     for row in rows:
         started = time.time()
+        paths[row] = path(row)
+        if args.reuse and os.path.exists(path(row)):
+            if os.path.exists(path(row) + ".json"):
+                with open(path(row) + ".json") as f:
+                    reports[row] = json.load(f)
+            print(f"  reusing {path(row)}", flush=True)
+            continue
         if row == "fp32 IR":
             pass
         elif row == "fp16 IR":
@@ -80,13 +90,25 @@ def build_irs(args, rows, model_config, checkpoint, calibration, example, irs) -
         else:
             bits, act_bits = QSAM2_ROWS[row]
             model = build_model(model_config, checkpoint, image_size=args.size)
-            prepare_nncf_qat(model, calibration, bits, act_bits, method="qsam2")
+            if args.no_vrc:  # size / latency only: the same hooks and IR structure, without the VRC solve
+                from qsam2_ext.integrations.nncf import attach_qsam2, image_encoder_layers, nncf_ptq
+                from qsam2_ext.integrations.torchao.configs import QSAM2Config
+
+                q = nncf_ptq(model.image_encoder, nncf.Dataset(calibration), subset_size=len(calibration))
+                cfg = QSAM2Config(bits=bits, act_bits=act_bits, method="lsc", step="prepare")
+                attach_qsam2(q, example, {n: cfg for n, m in q.named_modules()
+                                          if image_encoder_layers(m, "image_encoder." + n)}, keep_nncf=False)
+                with observing(q), torch.no_grad():
+                    q(example)
+                model.image_encoder = q
+            else:
+                prepare_nncf_qat(model, calibration, bits, act_bits, method="qsam2")
             finish_nncf_qat(model)
             _, report = export_openvino(model.image_encoder, example, path(row), compress_to_fp16=True)
             reports[row] = {k: report[k] for k in ("layers", "weights", "quantized_inputs", "constants",
                                                    "min_sqnr_db_vs_torch", "runtime_precisions", "hooks_ran")}
+            write_json(path(row) + ".json", reports[row])
             del model
-        paths[row] = path(row)
         print(f"  built {row} in {time.time() - started:.0f} s", flush=True)
         gc.collect()
     return paths, reports, encoder
@@ -179,6 +201,10 @@ def main() -> None:
     p.add_argument("--data", default="out/accuracy_data")
     p.add_argument("--work", default="out/openvino_irs")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--reuse", action="store_true", help="reuse IRs already in --work (built by an earlier run)")
+    p.add_argument("--build-only", action="store_true", help="build the IRs, measure nothing")
+    p.add_argument("--no-vrc", action="store_true",
+                   help="Q-SAM2 rows without the VRC solve (size / latency runs: the IR is built the same way)")
     p.add_argument("--tag", default="", help="suffix of the result files (openvino_<tag>.json)")
     args = p.parse_args()
     embedded = args.model == DEFAULT_MODEL_CONFIG
@@ -201,6 +227,8 @@ def main() -> None:
     started = time.time()
     print(f"building {len(args.rows)} IRs", flush=True)
     paths, reports, _ = build_irs(args, args.rows, args.model, checkpoint, calibration, example, args.work)
+    if args.build_only:
+        return
     print("timing", flush=True)
     results = measure(list(args.rows), paths, example, args.rounds)
     if args.eval_images:
