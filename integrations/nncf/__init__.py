@@ -4,17 +4,18 @@
 
 from . import _nncf  # noqa: F401  (fails with an install hint when NNCF is missing)
 from .bake import ALLOWED_MODULES, bake, restore, save
-from .export import check_hook_tensors, export_openvino
+from .export import check_hook_tensors, export_openvino, runtime_precisions
 from .hooks import QSAM2FakeQuantize, QSAM2WeightDecompressor
+from .openvino_sam2 import OpenVINOImageEncoder
 from .pipeline import finish_nncf_qat, image_encoder_layers, nncf_ptq, prepare_nncf_qat, transplant
 from .qat import attach_qsam2, retarget_nncf
 from .recipe import quantize_with_recipe
 from .vrc import VRCAlgorithm, calibrate_vrc
 
 __all__ = [
-    "ALLOWED_MODULES", "QSAM2FakeQuantize", "QSAM2WeightDecompressor", "VRCAlgorithm", "attach_qsam2", "bake",
-    "calibrate_vrc", "check_hook_tensors", "export_openvino", "finish_nncf_qat", "image_encoder_layers", "nncf_ptq",
-    "prepare_nncf_qat", "quantize_with_recipe", "restore", "retarget_nncf", "save", "transplant",
+    "ALLOWED_MODULES", "OpenVINOImageEncoder", "QSAM2FakeQuantize", "QSAM2WeightDecompressor", "VRCAlgorithm",
+    "attach_qsam2", "bake", "calibrate_vrc", "check_hook_tensors", "export_openvino", "finish_nncf_qat", "image_encoder_layers", "nncf_ptq",
+    "prepare_nncf_qat", "quantize_with_recipe", "restore", "retarget_nncf", "runtime_precisions", "save", "transplant",
 ]
 
 # NNCF's learned quantizer ranges train in the loop's quantizer parameter group (no weight decay)

@@ -1,9 +1,13 @@
 """Inference weights and save/restore.
 
 ``bake`` freezes every Q-SAM2 weight fake quantizer into a ``QSAM2WeightDecompressor``: the parameter then holds
-the integer codes (int4-packed up to 4 bits, int8 at 8) and the hook returns their grid values, so the baked model
-computes exactly what the trained fake-quantized one did, and OpenVINO stores the codes as ``i4``/``i8`` constants.
-Activation quantizers stay (in eval mode they use their learned static clip).
+the integer codes (two per byte with NNCF's int4 packing up to 4 bits, int8 at 8) and the hook returns their grid
+values, so the baked model computes exactly what the trained fake-quantized one did. In torch the codes are
+decompressed on every call (a storage format, not a speed-up). ``export_openvino`` turns them into OpenVINO integer
+constants (``u2`` / ``i4`` / ``i8``) with the decompression pattern of NNCF's ``compress_weights``; a plain
+``ov.convert_model`` of a baked model would instead fold the decompression into float constants.
+Activation quantizers stay (in eval mode they use their learned static clip); ``export_openvino`` exports them as
+``FakeQuantize``.
 
 Save/restore is NNCF's own: ``nncf.torch.get_config(model)`` + ``state_dict``; ``restore`` wraps
 ``nncf.torch.load_from_config(..., allowed_modules=ALLOWED_MODULES)`` and re-shapes baked parameters before

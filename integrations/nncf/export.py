@@ -1,14 +1,29 @@
-"""OpenVINO IR export of an NNCF model carrying Q-SAM2 hooks, with a check that every hook still quantizes the
-tensor it quantized in eager mode.
+"""OpenVINO IR export of an NNCF model carrying Q-SAM2 hooks, with integer weights and ``FakeQuantize`` inputs.
 
-``ov.convert_model`` traces with TorchScript, which turns Python shape arithmetic into traced ops; NNCF counts
-ops to name them, so hooks keyed by an elementwise op's counter can fire on a different tensor after export
-(``reference/nncf.md`` §4.3). ``check_hook_tensors`` records, for every hook call, the hook's name and the
-shape, dtype and checksum of its input, eagerly and under ``torch.jit.trace``, and raises on any difference.
+``export_openvino``:
+
+1. reads every Q-SAM2 layer's grid from its hooks (baked ``QSAM2WeightDecompressor`` codes, or the codes a weight
+   fake quantizer rounds onto) and its input quantizer's static range;
+2. converts a copy of the model in which those layers carry their grid values as plain float weights and no Q-SAM2
+   hook (NNCF's own quantizers, if kept, export as NNCF exports them: ``FakeQuantize``);
+3. lowers each layer in the IR (``openvino_lowering``): integer weight constants, the offset term, input
+   ``FakeQuantize``;
+4. saves the IR (``compress_to_fp16`` is the caller's choice: it rounds the float constants, scales and
+   ``FakeQuantize`` ranges included, to f16; integer weights are unaffected), reads the file back, runs it on
+   OpenVINO's CPU plugin in f32 and compares it with the torch model.
+
+Before converting, ``check_hook_tensors`` checks that every remaining hook sees the same tensor under TorchScript
+tracing (what ``ov.convert_model`` uses) as in eager mode: NNCF keys activation hooks by op counters, which traced
+shape arithmetic can shift (``reference/nncf.md`` §4.3).
 """
 
 from __future__ import annotations
 
+import copy
+import os
+import shutil
+import tempfile
+from collections import Counter
 from typing import Any, Optional
 
 import torch
@@ -16,6 +31,8 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from . import _nncf as N
+from .graph import find_targets
+from .hooks import QSAM2FakeQuantize, QSAM2WeightDecompressor
 
 
 class TupleOutputs(nn.Module):
@@ -53,9 +70,8 @@ def check_hook_tensors(model: nn.Module, example_input: torch.Tensor, rtol: floa
     try:
         traced = _record(model, lambda: torch.jit.trace(TupleOutputs(model), example_input, check_trace=False))
     except Exception as e:  # e.g. an op-keyed NNCF quantizer that lands on an integer shape tensor
-        raise RuntimeError(f"tracing for export fails inside a hook ({type(e).__name__}: {e}); hooks keyed by "
-                           "elementwise-op counters are fragile under TorchScript: keep only weight and layer-input "
-                           "hooks (keep_nncf=False)") from e
+        raise RuntimeError(f"tracing for export fails inside a hook ({type(e).__name__}: {e}); NNCF's own "
+                           "activation hooks are keyed by op counters, which traced shape arithmetic shifts") from e
     problems = []
     for i in range(max(len(eager), len(traced))):
         e = eager[i] if i < len(eager) else None
@@ -68,27 +84,182 @@ def check_hook_tensors(model: nn.Module, example_input: torch.Tensor, rtol: floa
     return len(eager)
 
 
-def export_openvino(model: nn.Module, example_input: torch.Tensor, path: Optional[str] = None) -> tuple[Any, dict]:
-    """Check the hooks, convert to OpenVINO (``ov.convert_model``), compare OpenVINO's f32 outputs with the
-    model's, and optionally save the IR. Returns ``(ov_model, report)``. Needs the ``openvino`` extra."""
+def _activation_range(hook: QSAM2FakeQuantize):
+    q = hook.quantizer
+    center, step = q.grid()
+    half = (2 ** q.bits - 1) / 2 * step
+    return (center - half).numpy(), (center + half).numpy()
+
+
+@torch.no_grad()
+def layer_specs(model: nn.Module, example_input: torch.Tensor) -> dict:
+    """``{weight parameter name: (LayerSpec, float weight)}`` of every Q-SAM2 layer of an NNCF-wrapped model: its
+    grid, its input quantizer's range, and the weight values the torch model computes with."""
+    from .openvino_lowering import LayerSpec
+
+    params = dict(model.named_parameters())
+    specs = {}
+    for name, hook in N.get_hook_storage(model).named_hooks():
+        _, target, _ = N.decode_hook_name(name)
+        if isinstance(hook, QSAM2WeightDecompressor):
+            bits, codes, center, step = hook.bits, hook.codes(params[target]), hook.center, hook.step
+        elif isinstance(hook, QSAM2FakeQuantize) and hook.is_weight:
+            bits, (codes, center, step) = hook.quantizer.bits, hook.quantizer.encode(params[target])
+        else:
+            continue
+        out, groups = center.shape
+        spec = LayerSpec(target, bits, codes.reshape(out, groups, -1).numpy(), center.float().numpy(),
+                         step.float().numpy())
+        specs[target] = (spec, hook(params[target]).detach().float())
+    inputs = [(name, hook) for name, hook in N.get_hook_storage(model).named_hooks(remove_duplicate=False)
+              if isinstance(hook, QSAM2FakeQuantize) and not hook.is_weight]
+    if inputs:  # layer calls by op name, traced on the float copy (NNCF's graph sees through baked weights there)
+        plain = _float_copy(model, specs)
+        weight_of = {t.node: t.weight for t in find_targets(plain, N.build_graph(plain, example_input))}
+        for name, hook in inputs:
+            _, op, port = N.decode_hook_name(name)
+            weight = weight_of.get(op)
+            if port != 0 or weight not in specs:
+                raise ValueError(f"{name}: an input quantizer that is not on a quantized layer's input")
+            spec = specs[weight][0]
+            spec.act_bits = hook.quantizer.bits
+            spec.act_lo, spec.act_hi = _activation_range(hook)
+    return specs
+
+
+def _float_copy(model: nn.Module, specs: dict) -> nn.Module:
+    """A copy without Q-SAM2 hooks whose quantized layers hold their grid values as float weights."""
+    copied = copy.deepcopy(model)
+    storage = N.get_hook_storage(copied)
+    for name, hook in list(storage.named_hooks(remove_duplicate=False)):
+        if isinstance(hook, (QSAM2FakeQuantize, QSAM2WeightDecompressor)):
+            storage.delete_hook(name)
+    for target, (_, values) in specs.items():
+        owner, _, attr = target.rpartition(".")
+        setattr(copied.get_submodule(owner), attr, nn.Parameter(values.clone(), requires_grad=False))
+    return copied
+
+
+def _count_ran(model: nn.Module, run) -> tuple[dict, Any]:
+    """Hook modules (each shared module once) that ran during ``run()``, by class, and ``run()``'s result."""
+    ran, handles = {}, []
+
+    def note(module, args):  # returns None: the hook's input stays as it is
+        ran[id(module)] = type(module).__name__
+
+    for _, hook in N.get_hook_storage(model).named_hooks():
+        handles.append(hook.register_forward_pre_hook(note))
+    try:
+        out = run()
+    finally:
+        for h in handles:
+            h.remove()
+    return dict(Counter(ran.values())), out
+
+
+def runtime_precisions(compiled) -> dict:
+    """``{layer type: {executed precision: count}}`` from a compiled model's runtime graph (MatMul-like and
+    convolution layers)."""
+    found: dict = {}
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].astype(str)
+        if kind in ("FullyConnected", "FullyConnectedCompressed", "MatMul", "Convolution"):
+            precision = info["runtimePrecision"].astype(str)
+            found.setdefault(kind, Counter())[precision] += 1
+    return {k: dict(v) for k, v in found.items()}
+
+
+def _save(ov_model, path: str, compress_to_fp16: bool) -> None:
+    """Write ``path`` (.xml) and its .bin through a temporary folder beside them, the .bin first: a reader never
+    sees a new .xml without its .bin, nor a half-written file."""
+    import openvino as ov
+
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=directory, prefix=".ir.")
+    try:
+        ov.save_model(ov_model, os.path.join(tmp, "m.xml"), compress_to_fp16=compress_to_fp16)
+        os.replace(os.path.join(tmp, "m.bin"), path[: -len(".xml")] + ".bin")  # read_model pairs x.xml, x.bin
+        os.replace(os.path.join(tmp, "m.xml"), path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_openvino(model: nn.Module, example_input: torch.Tensor, path: Optional[str] = None, *,
+                    compress_to_fp16: bool = False) -> tuple[Any, dict]:
+    """Lower ``model`` (NNCF-wrapped, with Q-SAM2 hooks, baked or not) to an OpenVINO IR at ``path`` (``.xml``;
+    a temporary file when None), read it back, compare OpenVINO's f32 outputs with the torch model's, and return
+    ``(ov_model read back, report)``. Static shapes: those of ``example_input``. Needs the ``openvino`` extra."""
     try:
         import openvino as ov
     except ImportError as e:
         raise ImportError("OpenVINO export needs the openvino extra: pip install 'qsam2_ext[openvino]'") from e
-    calls = check_hook_tensors(model, example_input)
-    wrapped = TupleOutputs(model.eval())
+    from .openvino_lowering import float_constants_by_value, lower_layer
+
+    if path is not None and not path.endswith(".xml"):
+        raise ValueError(f"path must end in .xml, got {path!r}")
+    model.eval()
+    specs = layer_specs(model, example_input)
+    if not specs:
+        raise ValueError("the model has no Q-SAM2 layer to export")
     with torch.no_grad():
-        expected = wrapped(example_input)
-        ov_model = ov.convert_model(wrapped, example_input=example_input)
-    compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    results = compiled(example_input.numpy())
-    diffs = [float((torch.from_numpy(results[i]) - e).abs().max() / e.abs().max().clamp_min(1e-12))
-             for i, e in enumerate(expected)]
-    constants: dict[str, int] = {}
-    for op in ov_model.get_ops():
-        if op.get_type_name() == "Constant":
-            kind = op.get_element_type().get_type_name()
-            constants[kind] = constants.get(kind, 0) + 1
-    if path is not None:
-        ov.save_model(ov_model, path)
-    return ov_model, {"hook_calls_checked": calls, "max_rel_diff_vs_torch": max(diffs), "constants": constants}
+        hooks_ran, expected = _count_ran(model, lambda: TupleOutputs(model)(example_input))
+        plain = _float_copy(model, specs)
+        remaining = any(True for _ in N.get_hook_storage(plain).named_hooks())  # NNCF's own, if kept
+        calls = check_hook_tensors(plain, example_input) if remaining else 0
+        ov_model = ov.convert_model(TupleOutputs(plain), example_input=example_input,
+                                     input=[tuple(example_input.shape)])  # static shapes
+    del plain
+    by_value = float_constants_by_value(ov_model, {tuple(v.shape) for _, v in specs.values()})
+    rewritten = 0
+    for spec, values in specs.values():
+        const = by_value.get((tuple(values.shape), values.numpy().tobytes()))
+        if const is None:
+            raise RuntimeError(f"{spec.name}: its weight constant is not in the converted IR")
+        rewritten += lower_layer(const, spec)
+    ov_model.validate_nodes_and_infer_types()
+
+    scratch = tempfile.mkdtemp() if path is None else None
+    target = path or os.path.join(scratch, "model.xml")
+    try:
+        _save(ov_model, target, compress_to_fp16)
+        size = os.path.getsize(target[: -len(".xml")] + ".bin")
+        core = ov.Core()
+        read_back = core.read_model(target)
+        # f32 and no dynamic quantization of activations: the integer kernels the check leaves on are exact
+        compiled = core.compile_model(read_back, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                         "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0})
+        results = compiled(example_input.numpy())
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+    diffs, sqnr = [], []
+    for i, e in enumerate(expected):
+        got = torch.from_numpy(results[i]).to(e.dtype)
+        err = (got - e).double()
+        diffs.append(float(err.abs().max() / e.abs().max().clamp_min(1e-12)))
+        sqnr.append(float(10 * torch.log10(e.double().pow(2).sum() / err.pow(2).sum().clamp_min(1e-30))))
+    constants = Counter(op.get_element_type().get_type_name() for op in read_back.get_ops()
+                        if op.get_type_name() == "Constant")
+    kinds = Counter(op.get_type_name() for op in read_back.get_ops())
+    return read_back, {
+        "hooks_ran": hooks_ran, "hook_calls_checked": calls, "layers": len(specs), "ops_rewritten": rewritten,
+        "weights": dict(Counter(f"{s.bits}-bit" for s, _ in specs.values())),
+        "quantized_inputs": sum(s.act_bits is not None for s, _ in specs.values()),
+        "fake_quantize_ops": kinds["FakeQuantize"], "constants": dict(constants), "compress_to_fp16": compress_to_fp16,
+        "ir_bytes": size, "path": path, "max_rel_diff_vs_torch": max(diffs), "min_sqnr_db_vs_torch": min(sqnr),
+        "runtime_precisions": runtime_precisions(compiled),
+    }
+
+
+
+def float_ir(model: nn.Module, example_input: torch.Tensor, path: str, *, compress_to_fp16: bool):
+    """The IR of a model without Q-SAM2 hooks (float, or NNCF's own quantizers) at ``path``, read back."""
+    import openvino as ov
+
+    with torch.no_grad():
+        ov_model = ov.convert_model(TupleOutputs(model.eval()), example_input=example_input,
+                                     input=[tuple(example_input.shape)])
+    _save(ov_model, path, compress_to_fp16)
+    return ov.Core().read_model(path)

@@ -83,8 +83,8 @@ class QSAM2WeightDecompressor(nn.Module, StatefulModuleInterface):
     ``(code + 1/2) * step + center`` (the core's ``dequantize``, so baked and fake-quantized weights agree bit for
     bit with float32 grids).
 
-    Codes of 2/3/4-bit grids are stored two per byte with NNCF's int4 packing (OpenVINO's PyTorch frontend turns
-    that pattern into an ``i4`` constant; NNCF 3.4 has no 2/3-bit storage on torch); 8-bit codes as int8.
+    Codes of 2/3/4-bit grids are stored two per byte with NNCF's int4 packing (NNCF 3.4 has no 2/3-bit storage on
+    torch); 8-bit codes as int8. ``export_openvino`` lowers them to ``u2``/``i4``/``i8`` OpenVINO constants.
     """
 
     def __init__(self, bits: int, weight_shape: list, grid_shape: list, dtype: str = "float32"):
@@ -101,8 +101,12 @@ class QSAM2WeightDecompressor(nn.Module, StatefulModuleInterface):
         """Storage of int8 ``codes`` shaped like the weight (what the hooked parameter holds after baking)."""
         return pack_int4(codes.reshape(-1)) if self.packed else codes.to(torch.int8)
 
+    def codes(self, stored: torch.Tensor) -> torch.Tensor:
+        """The signed int8 codes held by ``stored`` (what the hooked parameter holds)."""
+        return unpack_int4(stored) if self.packed else stored
+
     def forward(self, stored: torch.Tensor) -> torch.Tensor:
-        codes = unpack_int4(stored) if self.packed else stored
+        codes = self.codes(stored)
         out, groups = self.grid_shape
         codes = codes.reshape(out, groups, -1)
         w = dequantize(codes, self.center.unsqueeze(-1), self.step.unsqueeze(-1))

@@ -23,7 +23,7 @@ from .vrc import VRCAlgorithm
 
 
 def quantize_with_recipe(model: nn.Module, recipe, calibration_dataset: Union["N.Dataset", Sequence[torch.Tensor]],
-                         *, submodule: str = "image_encoder", outside: str = "error", keep_nncf: bool = True,
+                         *, submodule: str = "image_encoder", outside: str = "error", keep_nncf: bool = False,
                          **nncf_options) -> nn.Module:
     """A copy of SAM2 ``model`` whose ``submodule`` is NNCF-quantized (VRC, NNCF PTQ, Q-SAM2 hooks per the
     recipe), ready for QAT; ``model`` itself is not modified.
@@ -31,7 +31,9 @@ def quantize_with_recipe(model: nn.Module, recipe, calibration_dataset: Union["N
     ``recipe``: a ``Recipe``, a shipped name or a YAML path. ``calibration_dataset``: an ``nncf.Dataset`` or a
     sequence of image batches for ``submodule``. NNCF traces ``submodule`` alone, so layers the recipe quantizes
     elsewhere (mask decoder, memory path) are an error, or stay float with ``outside="float"``.
-    ``keep_nncf``: keep NNCF's quantizers on tensors Q-SAM2 does not quantize (attention matmuls, adds, ...).
+    ``keep_nncf``: keep NNCF's quantizers on tensors Q-SAM2 does not quantize (attention matmuls, adds, ...). Off
+    by default: their op-counter keys shift under TorchScript tracing on SAM2, so such a model does not export to
+    OpenVINO (``export_openvino`` refuses it).
     ``nncf_options`` go to NNCF's PTQ pipeline (``model_type``, ``preset``, ``ignored_scope``, ...).
     """
     from qsam2_ext.integrations.torchao.configs import QSAM2Config

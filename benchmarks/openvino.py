@@ -1,0 +1,261 @@
+"""SAM2 image encoder IRs on OpenVINO's CPU plugin: float, NNCF's own compression, and Q-SAM2, in one run.
+
+    python benchmarks/openvino.py                                   # embedded model: size, latency, memory, mIoU
+    python benchmarks/openvino.py --model sam2.1_hiera_t --size 1024 --eval-images 0   # size + latency only
+
+Rows: fp32 IR, fp16 IR (``compress_to_fp16``), NNCF ``compress_weights`` INT8 (INT8_ASYM) and INT4 (INT4_SYM,
+group 32, NNCF's default backup INT8 for the first and last layers), NNCF int8 PTQ (``nncf.quantize`` on the fp32
+IR, ``model_type=TRANSFORMER``), and Q-SAM2 W8A8 / W4A8 / W2A8 / W4A4 through NNCF (``prepare_nncf_qat``: VRC
+then LSC on every Linear and 1x1 Conv2d of the encoder, activation statistics from the calibration images; no QAT
+steps here) lowered by ``export_openvino``. NNCF rows and Q-SAM2 rows calibrate on the same images.
+
+Every IR is compiled with the CPU plugin's defaults (on a CPU with AMX/AVX512-BF16 the float rows then run in
+bf16). Latency: the median of ``--rounds`` rounds, each running every row once in turn (interleaved, so load from
+other processes spreads over all rows). Memory: resident memory added by compiling the IR and one inference
+(process RSS before and after; the IR file itself is read into memory first). mIoU: box and point prompts through
+``SAM2ImagePredictor`` on the accuracy benchmark's held-out synthetic split (seed 1000), with the IR as the image
+encoder and the rest of SAM2 in torch. Writes ``<out>/openvino[_<tag>].json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# this file's name would shadow the openvino package: import the package first, then make accuracy.py importable
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+import openvino  # noqa: E402,F401
+import torch  # noqa: E402
+
+sys.path.append(HERE)
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")  # NNCF builds its CPU extension on first use
+
+from qsam2_ext.io import write_json, write_text  # noqa: E402
+
+QSAM2_ROWS = {"Q-SAM2 W8A8": (8, 8), "Q-SAM2 W4A8": (4, 8), "Q-SAM2 W2A8": (2, 8), "Q-SAM2 W4A4": (4, 4)}
+ROWS = ("fp32 IR", "fp16 IR", "NNCF INT8 (compress_weights)", "NNCF INT4 (compress_weights)",
+        "NNCF int8 PTQ (nncf.quantize)") + tuple(QSAM2_ROWS)
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+
+
+def build_irs(args, rows, model_config, checkpoint, calibration, example, irs) -> dict:
+    """Write every row's IR; returns ``{row: export report or None}``."""
+    import nncf
+    import openvino as ov
+
+    from qsam2_ext.integrations.nncf import export_openvino, finish_nncf_qat, prepare_nncf_qat
+    from qsam2_ext.core import observing
+    from qsam2_ext.integrations.nncf.export import float_ir
+    from qsam2_ext.sam2.models import build_model
+
+    os.makedirs(irs, exist_ok=True)
+    path = lambda row: os.path.join(irs, row.split(" (")[0].replace(" ", "_").replace("-", "") + ".xml")  # noqa: E731
+    encoder = build_model(model_config, checkpoint, image_size=args.size).image_encoder.eval()
+    fp32 = (ov.Core().read_model(path("fp32 IR")) if args.reuse and os.path.exists(path("fp32 IR")) else
+            float_ir(encoder, example, path("fp32 IR"), compress_to_fp16=False))
+    reports, paths = {}, {}
+    for row in rows:
+        started = time.time()
+        paths[row] = path(row)
+        if args.reuse and os.path.exists(path(row)):
+            if os.path.exists(path(row) + ".json"):
+                with open(path(row) + ".json") as f:
+                    reports[row] = json.load(f)
+            print(f"  reusing {path(row)}", flush=True)
+            continue
+        if row == "fp32 IR":
+            pass
+        elif row == "fp16 IR":
+            float_ir(encoder, example, path(row), compress_to_fp16=True)
+        elif row.startswith("NNCF INT"):
+            options = ({"mode": nncf.CompressWeightsMode.INT8_ASYM} if "INT8" in row else
+                       {"mode": nncf.CompressWeightsMode.INT4_SYM, "group_size": args.int4_group_size})
+            ov.save_model(nncf.compress_weights(fp32.clone(), **options), path(row), compress_to_fp16=True)
+        elif row.startswith("NNCF int8 PTQ"):
+            dataset = nncf.Dataset([b[:1].numpy() for b in calibration])
+            q = nncf.quantize(fp32.clone(), dataset, subset_size=len(calibration), model_type=nncf.ModelType.TRANSFORMER)
+            ov.save_model(q, path(row), compress_to_fp16=True)
+        else:
+            bits, act_bits = QSAM2_ROWS[row]
+            model = build_model(model_config, checkpoint, image_size=args.size)
+            if args.no_vrc:  # size / latency only: the same hooks and IR structure, without the VRC solve
+                from qsam2_ext.integrations.nncf import attach_qsam2, image_encoder_layers, nncf_ptq
+                from qsam2_ext.integrations.torchao.configs import QSAM2Config
+
+                q = nncf_ptq(model.image_encoder, nncf.Dataset(calibration), subset_size=len(calibration))
+                cfg = QSAM2Config(bits=bits, act_bits=act_bits, method="lsc", step="prepare")
+                attach_qsam2(q, example, {n: cfg for n, m in q.named_modules()
+                                          if image_encoder_layers(m, "image_encoder." + n)}, keep_nncf=False)
+                with observing(q), torch.no_grad():
+                    q(example)
+                model.image_encoder = q
+            else:
+                prepare_nncf_qat(model, calibration, bits, act_bits, method="qsam2")
+            finish_nncf_qat(model)
+            _, report = export_openvino(model.image_encoder, example, path(row), compress_to_fp16=True)
+            reports[row] = {k: report[k] for k in ("layers", "weights", "quantized_inputs", "constants",
+                                                   "min_sqnr_db_vs_torch", "runtime_precisions", "hooks_ran")}
+            write_json(path(row) + ".json", reports[row])
+            del model
+        print(f"  built {row} in {time.time() - started:.0f} s", flush=True)
+        gc.collect()
+    return paths, reports, encoder
+
+
+def measure(rows, paths, example, rounds) -> dict:
+    import numpy as np
+    import openvino as ov
+
+    from qsam2_ext.integrations.nncf.export import runtime_precisions
+
+    core, compiled, results = ov.Core(), {}, {}
+    x = example.numpy()
+    for row in rows:
+        gc.collect()
+        before = _rss()
+        model = core.read_model(paths[row])
+        c = core.compile_model(model, "CPU")
+        request = c.create_infer_request()
+        request.infer([x])
+        compiled[row] = (c, request)
+        results[row] = {"ir_bytes": os.path.getsize(paths[row][:-4] + ".bin"), "rss_added_bytes": _rss() - before,
+                        "executed": runtime_precisions(c), "latency_ms": []}
+    for r in range(rounds):
+        order = rows[r % len(rows):] + rows[:r % len(rows)]
+        for row in order:
+            request = compiled[row][1]
+            started = time.perf_counter()
+            request.infer([x])
+            results[row]["latency_ms"].append(1000 * (time.perf_counter() - started))
+    for row in rows:
+        results[row]["median_ms"] = statistics.median(results[row]["latency_ms"])
+        results[row]["inference_precision"] = str(compiled[row][0].get_property("INFERENCE_PRECISION_HINT"))
+    del compiled
+    return results
+
+
+def accuracy(rows, paths, model_config, checkpoint, size, example, eval_root, limit) -> dict:
+    from qsam2_ext.evaluate import evaluate
+    from qsam2_ext.integrations.nncf.openvino_sam2 import OpenVINOImageEncoder
+    from qsam2_ext.sam2.data import open_dataset
+    from qsam2_ext.sam2.models import build_model
+
+    found = {}
+    dataset = open_dataset("sa1b", eval_root)
+    for row in rows:
+        model = build_model(model_config, checkpoint, image_size=size)
+        model.image_encoder = OpenVINOImageEncoder.compile(paths[row], model.image_encoder, example)
+        res = evaluate(model, dataset, progress=False, limit=limit)["results"]
+        found[row] = {"box_mIoU": res["box"]["mIoU"], "point_mIoU": res["point"]["mIoU"]}
+        print(f"  {row}: box {found[row]['box_mIoU']:.4f} point {found[row]['point_mIoU']:.4f}", flush=True)
+    return found
+
+
+def markdown(results: dict, meta: dict) -> str:
+    fp32 = results["fp32 IR"]["median_ms"]
+    acc = any("box_mIoU" in r for r in results.values())
+    lines = [f"OpenVINO {meta['openvino']} CPU plugin, {meta['model']} image encoder at {meta['size']}², batch 1, "
+             f"{meta['cpu']} ({meta['cores']} cores, shared with other jobs: latencies are noisy; medians of "
+             f"{meta['rounds']} interleaved rounds). Float rows execute in {meta['float_precision']}."
+             + (f" mIoU: {meta['eval_images']} held-out synthetic images." if acc else ""), "",
+             "| row | IR MB | median ms | × fp32 IR | RSS added MB | executed MatMul/Conv precisions |"
+             + (" box mIoU | point mIoU |" if acc else ""),
+             "|---|---:|---:|---:|---:|---|" + ("---:|---:|" if acc else "")]
+    for row, r in results.items():
+        executed = ", ".join(f"{k} {'/'.join(f'{p}:{n}' for p, n in v.items())}" for k, v in r["executed"].items())
+        line = (f"| {row} | {r['ir_bytes'] / 1e6:.2f} | {r['median_ms']:.1f} | {r['median_ms'] / fp32:.2f} | "
+                f"{r['rss_added_bytes'] / 1e6:.0f} | {executed} |")
+        if acc:
+            line += f" {100 * r.get('box_mIoU', float('nan')):.1f} | {100 * r.get('point_mIoU', float('nan')):.1f} |"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    import openvino as ov
+
+    from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, default_checkpoint
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL_CONFIG)
+    p.add_argument("--checkpoint", default=None, help="default: the embedded model's; none for sam2.1_* configs")
+    p.add_argument("--size", type=int, default=None, help="image size (default: the model's)")
+    p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--calibration-images", type=int, default=8)
+    p.add_argument("--int4-group-size", type=int, default=32,
+                   help="NNCF INT4 group size (NNCF's default 128 does not divide qsam2_mini's 64-wide layers)")
+    p.add_argument("--eval-images", type=int, default=16, help="0: no accuracy columns")
+    p.add_argument("--data", default="out/accuracy_data")
+    p.add_argument("--work", default="out/openvino_irs")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--reuse", action="store_true", help="reuse IRs already in --work (built by an earlier run)")
+    p.add_argument("--build-only", action="store_true", help="build the IRs, measure nothing")
+    p.add_argument("--no-vrc", action="store_true",
+                   help="Q-SAM2 rows without the VRC solve (size / latency runs: the IR is built the same way)")
+    p.add_argument("--tag", default="", help="suffix of the result files (openvino_<tag>.json)")
+    args = p.parse_args()
+    embedded = args.model == DEFAULT_MODEL_CONFIG
+    checkpoint = args.checkpoint or (default_checkpoint() if embedded else None)
+    torch.manual_seed(0)
+
+    from accuracy import HELD_OUT_SEED, TRAIN_SEED, _calibration_batches
+
+    from qsam2_ext.sam2.data import open_dataset
+    from qsam2_ext.sam2.models import build_model
+    from qsam2_ext.sam2.synthetic import write_split
+
+    probe = build_model(args.model, checkpoint, image_size=args.size)
+    size = args.size or probe.image_size
+    del probe
+    train = write_split("images", os.path.join(args.data, "train_64"), 64, TRAIN_SEED)
+    batches = _calibration_batches(open_dataset("sa1b", train), args.calibration_images, size, "cpu")
+    calibration = [b[i:i + 1] for b in batches for i in range(len(b))]
+    example = calibration[0]
+    started = time.time()
+    print(f"building {len(args.rows)} IRs", flush=True)
+    paths, reports, _ = build_irs(args, args.rows, args.model, checkpoint, calibration, example, args.work)
+    if args.build_only:
+        return
+    print("timing", flush=True)
+    results = measure(list(args.rows), paths, example, args.rounds)
+    if args.eval_images:
+        root = write_split("images", os.path.join(args.data, f"eval_{args.eval_images}"), args.eval_images,
+                           HELD_OUT_SEED)
+        for row, acc in accuracy(args.rows, paths, args.model, checkpoint, size, example, root, None).items():
+            results[row].update(acc)
+    for row, report in reports.items():
+        results[row]["export"] = report
+    for r in results.values():
+        r["ratio_to_fp32_ir"] = r["median_ms"] / results["fp32 IR"]["median_ms"]
+    meta = {"model": os.path.basename(args.model).removesuffix(".yaml"), "size": size,
+            "checkpoint": checkpoint and os.path.basename(checkpoint), "openvino": ov.__version__,
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "rounds": args.rounds,
+            "float_precision": results["fp32 IR"]["inference_precision"], "eval_images": args.eval_images,
+            "calibration_images": len(calibration), "qat_steps": 0, "seconds": round(time.time() - started),
+            "command": shlex.join(["python", "benchmarks/openvino.py"] + sys.argv[1:])}
+    try:
+        meta["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    name = "openvino" + (f"_{args.tag}" if args.tag else "")
+    write_json(os.path.join(args.out, name + ".json"), {"meta": meta, "rows": results})
+    text = markdown(results, meta)
+    write_text(os.path.join(args.out, name + ".md"), text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

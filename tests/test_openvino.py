@@ -1,0 +1,197 @@
+"""Q-SAM2 layers in OpenVINO IR: integer weight constants in NNCF's decompression pattern, FakeQuantize inputs
+that OpenVINO's CPU plugin runs as u8 x i8, and outputs equal to the baked torch model's (read back from the file).
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+nncf = pytest.importorskip("nncf")
+ov = pytest.importorskip("openvino")
+
+from qsam2_ext import qsam2_config  # noqa: E402
+from qsam2_ext.core import observing  # noqa: E402
+from qsam2_ext.integrations import nncf as qn  # noqa: E402
+from qsam2_ext.integrations.nncf.openvino_lowering import _pack, storage_type  # noqa: E402
+
+LAYERS = ("fc1", "fc2", "conv")
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(32, 64)
+        self.fc2 = nn.Linear(64, 32)
+        self.conv = nn.Conv2d(32, 16, 1)
+
+    def forward(self, x):
+        y = self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+        return {"out": [self.conv(y.permute(0, 3, 1, 2))]}
+
+
+def _data(n=3):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(2, 8, 8, 32, generator=g) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def nncf_model():
+    torch.manual_seed(0)
+    return nncf.quantize(Net(), nncf.Dataset(_data()), subset_size=3)
+
+
+def _baked(nncf_model, bits, act_bits, group_size=None):
+    model = copy.deepcopy(nncf_model)
+    cfg = qsam2_config(bits=bits, act_bits=act_bits, group_size=group_size, step="prepare")
+    qn.attach_qsam2(model, _data(1)[0], {n: cfg for n in LAYERS}, keep_nncf=False)
+    with observing(model), torch.no_grad():
+        for x in _data():
+            model(x)
+    qn.bake(model)
+    return model
+
+
+def _weight_sources(ov_model):
+    """For every MatMul / Convolution whose weight input is computed from constants only: the element type of the
+    largest of those constants (the weights themselves; scales and zero points are per channel)."""
+    found = {}
+    for op in ov_model.get_ops():
+        if op.get_type_name() not in ("MatMul", "Convolution"):
+            continue
+        constants, stack = [], [op.input(1).get_source_output().get_node()]
+        while stack:
+            node = stack.pop()
+            if node.get_type_name() == "Parameter":
+                constants = []
+                break
+            if node.get_type_name() == "Constant":
+                constants.append((int(np.prod(node.get_output_shape(0))), node.get_element_type().get_type_name()))
+            else:
+                stack += [i.get_source_output().get_node() for i in node.inputs()]
+        if constants:
+            found[op.get_friendly_name()] = max(constants)[1]
+    return found
+
+
+def test_sub_byte_packing_matches_openvino():
+    """Our packing, read back through OpenVINO's own i4/u2 element access."""
+    rng = np.random.default_rng(0)
+    for bits, etype in ((4, ov.Type.i4), (2, ov.Type.u2)):
+        codes = rng.integers(-8, 8, 24) if bits == 4 else rng.integers(0, 4, 24)
+        tensor = ov.Tensor(etype, [24])
+        tensor.data.view(np.uint8).reshape(-1)[:] = _pack(codes, bits)
+        const = ov.opset13.constant(tensor, shared_memory=False)
+        back = ov.opset13.convert(const, ov.Type.i32)
+        model = ov.Model([back], [])
+        got = ov.Core().compile_model(model, "CPU")({})[0]
+        np.testing.assert_array_equal(got, codes)
+    assert storage_type(8)[0] == ov.Type.i8 and storage_type(3)[0] == ov.Type.i4 and storage_type(2) == (ov.Type.u2, 2)
+
+
+@pytest.mark.parametrize("bits,act_bits,group_size,etype", [(4, 8, None, "i4"), (2, 8, None, "u2"),
+                                                           (8, 8, None, "i8"), (3, None, 16, "i4")])
+def test_ir_has_integer_weights_and_matches_torch(nncf_model, tmp_path, bits, act_bits, group_size, etype):
+    model = _baked(nncf_model, bits, act_bits, group_size)
+    x = _data(1)[0]
+    path = str(tmp_path / "m.xml")
+    ir, report = qn.export_openvino(model, x, path, compress_to_fp16=False)
+    assert report["layers"] == 3 and report["ops_rewritten"] == 3
+    assert report["hooks_ran"] == {"QSAM2WeightDecompressor": 3, **({"QSAM2FakeQuantize": 3} if act_bits else {})}
+    sources = _weight_sources(ir)
+    # the three layers; the offset term's helpers (a ones kernel or offset matrix) are f32 and small
+    layers = {n: t for n, t in sources.items() if "offset" not in n and "aten::" in n}
+    assert sorted(layers.values()) == [etype] * 3, sources
+    assert report["fake_quantize_ops"] == (3 if act_bits else 0)
+    # outputs of the file read back against the baked torch model. Weight-only: exact up to float rounding. With
+    # quantized inputs a value within rounding of a grid boundary can land on the other level in one layer and
+    # move the next layer's inputs: three layers deep that stays far below the quantization noise.
+    compiled = ov.Core().compile_model(ov.Core().read_model(path), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0})
+    with torch.no_grad():
+        for batch in _data(2):
+            expected = model(batch)["out"][0]
+            got = torch.from_numpy(compiled(batch.numpy())[0])
+            sqnr = 10 * torch.log10(expected.pow(2).sum() / (got - expected).pow(2).sum())
+            assert float(sqnr) > (30 if act_bits else 100), float(sqnr)
+
+
+class One(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(32, 16)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("act_bits", [8, 4])
+def test_one_quantized_layer_is_exact(tmp_path, act_bits):
+    """FakeQuantize + integer weights + offset term of one layer reproduce the torch layer to float rounding."""
+    data = _data(3)
+    model = nncf.quantize(One(), nncf.Dataset(data), subset_size=3)
+    qn.attach_qsam2(model, data[0], {"fc": qsam2_config(bits=4, act_bits=act_bits, step="prepare")}, keep_nncf=False)
+    with observing(model), torch.no_grad():
+        for x in data:
+            model(x)
+    qn.bake(model)
+    _, report = qn.export_openvino(model, data[0], str(tmp_path / "m.xml"), compress_to_fp16=False)
+    assert report["min_sqnr_db_vs_torch"] > 100, report
+
+
+def test_a8_layers_run_u8_by_i8_on_cpu(nncf_model, tmp_path):
+    """Executed precisions of the compiled runtime graph: every quantized layer is an integer kernel."""
+    model = _baked(nncf_model, 4, 8)
+    x = _data(1)[0]
+    _, report = qn.export_openvino(model, x, str(tmp_path / "m.xml"), compress_to_fp16=True)
+    compiled = ov.Core().compile_model(str(tmp_path / "m.xml"), "CPU")
+    precisions = qn.runtime_precisions(compiled)
+    ints = sum(n for kind in precisions.values() for p, n in kind.items() if p in ("u8", "i8"))
+    assert ints >= 3, precisions  # fc1, fc2 (FullyConnected) and the 1x1 conv
+    layers = {n: t for n, t in _weight_sources(ov.Core().read_model(str(tmp_path / "m.xml"))).items()
+              if "aten::" in n}
+    assert report["constants"].get("i4", 0) == 3 and sorted(layers.values()) == ["i4"] * 3, layers
+
+
+def test_weight_only_layers_use_compressed_kernels(nncf_model, tmp_path):
+    model = _baked(nncf_model, 4, None)
+    _, report = qn.export_openvino(model, _data(1)[0], str(tmp_path / "m.xml"), compress_to_fp16=False)
+    precisions = report["runtime_precisions"]
+    assert precisions.get("FullyConnectedCompressed") or any(
+        p == "i4" for kind in precisions.values() for p in kind), precisions
+
+
+@pytest.mark.slow
+def test_readme_flow_exports_a_sam2_encoder_and_the_predictor_runs_it(tmp_path):
+    """quantize_with_recipe (its defaults) -> bake -> save / restore -> export_openvino -> OpenVINOImageEncoder in
+    SAM2ImagePredictor, on a tiny random-init SAM2 (64²)."""
+    from helpers import tiny_model
+
+    from qsam2_ext.sam2.models import image_predictor
+
+    model = tiny_model(64)
+    batches = [torch.randn(1, 3, 64, 64) for _ in range(2)]
+    q = qn.quantize_with_recipe(model, "sam2.1_hiera_t_w4a8", batches, outside="float")
+    qn.bake(q.image_encoder)
+    ckpt = qn.save(q.image_encoder)
+    enc = qn.restore(tiny_model(64).image_encoder, ckpt)
+    path = str(tmp_path / "encoder.xml")
+    _, report = qn.export_openvino(enc, batches[0], path, compress_to_fp16=False)
+    assert report["weights"] == {"4-bit": report["layers"]} and report["quantized_inputs"] == report["layers"]
+    assert report["constants"].get("i4", 0) >= report["layers"] and report["min_sqnr_db_vs_torch"] > 20
+    assert report["hooks_ran"]["QSAM2WeightDecompressor"] == report["layers"]
+    # the IR as the predictor's image encoder: the same masks as the torch encoder it was exported from
+    model.image_encoder = enc
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    box = np.array([8, 8, 40, 40])
+    torch_masks = image_predictor(model)
+    torch_masks.set_image(image)
+    expected, _, _ = torch_masks.predict(box=box, multimask_output=False, return_logits=True)
+    model.image_encoder = qn.OpenVINOImageEncoder.compile(path, enc, batches[0], {"INFERENCE_PRECISION_HINT": "f32"})
+    ov_predictor = image_predictor(model)
+    ov_predictor.set_image(image)
+    got, _, _ = ov_predictor.predict(box=box, multimask_output=False, return_logits=True)
+    agree = ((got > 0) == (expected > 0)).mean()
+    assert agree > 0.98, agree
