@@ -23,6 +23,10 @@ class BadFileError(QSAM2Error):
         super().__init__(f"{self.path}: {problem}" if self.path is not None else problem)
 
 
+class MissingFileError(BadFileError, FileNotFoundError):
+    """A path that names no file (also a ``FileNotFoundError``, what callers of ``open`` expect)."""
+
+
 class NonFiniteError(QSAM2Error):
     """NaN or infinity where a number is needed (an image, a calibration batch, a training loss)."""
 
@@ -43,4 +47,5 @@ def describe(e: BaseException, limit: int = 200) -> Optional[str]:
     return f"{type(e).__name__}: {message}" if message else type(e).__name__
 
 
-__all__ = ["BadFileError", "NonFiniteError", "OutputFolderError", "QSAM2Error", "describe", "one_line"]
+__all__ = ["BadFileError", "MissingFileError", "NonFiniteError", "OutputFolderError", "QSAM2Error", "describe",
+           "one_line"]

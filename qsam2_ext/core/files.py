@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Mapping, Union
 import torch
 from torch import nn
 
-from ..errors import BadFileError, describe
+from ..errors import BadFileError, MissingFileError, describe
 
 PathLike = Union[str, os.PathLike]
 
@@ -69,7 +69,7 @@ def check_file(path: PathLike) -> str:
     """``path`` as a string, if it is a non-empty regular file; else a ``BadFileError`` saying what it is."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise BadFileError(path, "no such file")
+        raise MissingFileError(path, "no such file")
     if not os.path.isfile(path):
         raise BadFileError(path, "not a regular file")
     if os.path.getsize(path) == 0:
