@@ -87,10 +87,11 @@ def test_vrc_error_leaves_model_untouched():
     torch.manual_seed(0)
     net = Net()
     before = copy.deepcopy(net.state_dict())
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(nncf.ValidationError, match="non-finite"):
         qn.calibrate_vrc(net, nncf.Dataset([torch.full((2, 4, 4, 8), float("nan"))]))
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k])
+    assert qn._nncf.get_hook_storage(net).is_empty()  # no statistics hook left in the user's model
     with pytest.raises(ValueError, match="lam_rel"):
         qn.VRCAlgorithm(lam_rel=-1)
 
