@@ -9,10 +9,10 @@ from .hooks import QSAM2FakeQuantize, QSAM2WeightDecompressor
 from .pipeline import finish_nncf_qat, image_encoder_layers, nncf_ptq, prepare_nncf_qat, transplant
 from .qat import attach_qsam2, retarget_nncf
 from .recipe import quantize_with_recipe
-from .vrc import VRCAlgorithm, calibrate_vrc
+from .vrc import GramTensorStatistic, VarianceReducedCalibration, VRCAlgorithm, calibrate_vrc
 
 __all__ = [
-    "ALLOWED_MODULES", "QSAM2FakeQuantize", "QSAM2WeightDecompressor", "VRCAlgorithm", "attach_qsam2", "bake",
+    "ALLOWED_MODULES", "GramTensorStatistic", "QSAM2FakeQuantize", "VarianceReducedCalibration", "QSAM2WeightDecompressor", "VRCAlgorithm", "attach_qsam2", "bake",
     "calibrate_vrc", "check_hook_tensors", "export_openvino", "finish_nncf_qat", "image_encoder_layers", "nncf_ptq",
     "prepare_nncf_qat", "quantize_with_recipe", "restore", "retarget_nncf", "save", "transplant",
 ]
