@@ -233,7 +233,7 @@ def test_vrc_on_sam2_skips_window_padding_rows_like_the_core():
     encoder = model.image_encoder
     batches = [torch.randn(1, 3, 64, 64) for _ in range(2)]
     ref, original = copy.deepcopy(encoder), copy.deepcopy(encoder)
-    with hiera.padding_masks(), VRCCalibration.for_model(ref) as calib:
+    with hiera.padding_masks(), VRCCalibration.for_model(ref, row_masks=hiera.row_mask) as calib:
         for x in batches:
             ref(x)
     expected = calib.apply()

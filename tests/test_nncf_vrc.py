@@ -7,13 +7,11 @@ import pytest
 import torch
 
 nncf = pytest.importorskip("nncf")
-
 from nncf.quantization.algorithms.pipeline import Pipeline  # noqa: E402
+from qsam2_ext.integrations.nncf.vrc.algorithm import VarianceReducedCalibration  # noqa: E402
 from nncf.torch.function_hook import get_hook_storage  # noqa: E402
 from nncf.torch.function_hook import wrap_model  # noqa: E402
 from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import GraphModelWrapper  # noqa: E402
-
-from qsam2_ext.integrations.nncf.vrc.algorithm import VarianceReducedCalibration  # noqa: E402
 from test_nncf_vrc_template import LinearReluLinearModel  # noqa: E402
 from test_nncf_vrc_template import TemplateTestVRC  # noqa: E402
 from test_nncf_vrc_template import get_data  # noqa: E402
@@ -34,8 +32,11 @@ class TestTorchVRC(TemplateTestVRC):
 
     @staticmethod
     def get_weights(model):
-        return {name: module.weight.detach().numpy().copy() for name, module in model.model.named_children()
-                if isinstance(module, torch.nn.Linear)}
+        return {
+            name: module.weight.detach().numpy().copy()
+            for name, module in model.model.named_children()
+            if isinstance(module, torch.nn.Linear)
+        }
 
     @staticmethod
     def get_bias(model, name):

@@ -132,8 +132,9 @@ class TemplateTestVRC:
         model, data = self._model()
         model = self._run(VarianceReducedCalibration(subset_size=1), model, data)
         before = self.get_weights(self._model()[0])
-        np.testing.assert_allclose(self.get_weights(model)["linear_1"], ref_vrc(before["linear_1"], data[0]),
-                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            self.get_weights(model)["linear_1"], ref_vrc(before["linear_1"], data[0]), rtol=1e-4, atol=1e-6
+        )
 
     def test_apply_acts_on_the_model_it_is_given(self):
         model, data = self._model()
@@ -153,8 +154,9 @@ class TemplateTestVRC:
         x = np.stack(data)
         hidden = relu(x @ before["linear"].T + self.get_bias(model, "linear"))
         rows = np.concatenate([x.reshape(-1, 8), hidden.reshape(-1, 8)])
-        np.testing.assert_allclose(self.get_weights(model)["shared"], ref_vrc(before["shared"], rows),
-                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            self.get_weights(model)["shared"], ref_vrc(before["shared"], rows), rtol=1e-4, atol=1e-6
+        )
 
     @pytest.mark.parametrize("call", [0, 1])
     def test_shared_layer_with_an_ignored_call_is_left_unchanged(self, call):

@@ -103,10 +103,18 @@ class SumAggregator(AggregatorBase):
 
 
 def vrc_solve(weight: Tensor, gram: Tensor, lam_rel: float) -> tuple[Tensor, float]:
-    """``W' = W G (G + lam I)^-1`` for a 2-D ``weight`` ``(out, in)`` and its input Gram matrix (float64);
-    returns ``(W' in float64, lam)``. ``lam > 0`` uses a Cholesky factorization of ``G + lam I`` (positive definite
-    even for a rank-deficient ``G``); ``lam = 0`` (or a ``lam`` too small to regularise ``G`` numerically) the
-    eigen form ``W U diag(s / (s + lam)) U^T``, whose ``lam = 0`` limit is the minimum-norm solution."""
+    """
+    Computes ``W' = W G (G + lam I)^-1`` for a 2-D ``weight`` ``(out, in)`` and its input Gram matrix (float64).
+
+    ``lam > 0`` uses a Cholesky factorization of ``G + lam I`` (positive definite even for a rank-deficient ``G``);
+    ``lam = 0`` (or a ``lam`` too small to regularise ``G`` numerically) the eigen form
+    ``W U diag(s / (s + lam)) U^T``, whose ``lam = 0`` limit is the minimum-norm solution.
+
+    :param weight: Weight matrix ``(out, in)``.
+    :param gram: Gram matrix ``(in, in)`` of the layer's input rows.
+    :param lam_rel: Ridge strength relative to the mean eigenvalue of ``gram``.
+    :return: The updated weight (float64) and the absolute ridge strength ``lam``.
+    """
     d = weight.shape[1]
     gram = (gram + fns.transpose(gram)) / 2
     lam = lam_rel * float(fns.sum(fns.diag(gram)).item()) / d

@@ -11,13 +11,13 @@ from nncf.common.graph import NNCFGraph
 from nncf.common.graph import NNCFNode
 from nncf.common.graph.operator_metatypes import OperatorMetatype
 from nncf.common.graph.transformations.commands import TargetType
+from qsam2_ext.integrations.nncf.vrc.backend import VRCAlgoBackend
 from nncf.tensor import Tensor
 from nncf.torch.function_hook.commands import PT2ConstUpdateCommand
 from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import GraphModelWrapper
 from nncf.torch.graph.transformations.commands import PTTargetPoint
 from nncf.torch.model_graph_manager import get_const_data
 from nncf.torch.model_graph_manager import get_const_node
-from qsam2_ext.integrations.nncf.vrc.backend import VRCAlgoBackend
 
 
 class PTVRCAlgoBackend(VRCAlgoBackend):
