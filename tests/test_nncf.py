@@ -213,6 +213,8 @@ def test_vrc_statistic_points_install_nothing_outside_collection():
     from helpers import tiny_model
     from nncf.torch.function_hook import get_hook_storage
 
+    from qsam2_ext.sam2 import hiera
+
     encoder = tiny_model(64).image_encoder
     x = torch.randn(1, 3, 64, 64)
     global_hooks = dict(torch.nn.modules.module._global_forward_pre_hooks)
@@ -220,6 +222,7 @@ def test_vrc_statistic_points_install_nothing_outside_collection():
     algorithm = qn.VRCAlgorithm()
     algorithm.get_statistic_points(wrapper, graph)  # and statistic points never collected
     assert dict(torch.nn.modules.module._global_forward_pre_hooks) == global_hooks
+    assert hiera._handle is None  # SAM2's process-wide mask recorder (the torchao path's) was never started
     assert get_hook_storage(encoder).is_empty()
 
 
@@ -345,10 +348,12 @@ def test_attach_keeps_nncf_graph_whole_for_nncf_steps(quantized):
     assert kinds.count("SQMultiply") >= 1 and kinds.count("QSAM2FakeQuantize") == 6
     assert kinds.count("SymmetricQuantizer") == 3  # MinMax's weight quantizers on the three layers
     stripped = nncf.strip(q, do_copy=True, example_input=x)
+    hooks = [h for _, h in qn._nncf.get_hook_storage(stripped).named_hooks()]
+    assert not any(isinstance(h, qn._nncf.BaseQuantizer) for h in hooks)  # NNCF's quantizers became torch's
+    assert sum(isinstance(h, qn.QSAM2FakeQuantize) for h in hooks) == 6
     with torch.no_grad():
         out = stripped(x)
-        assert (out - expected).abs().max() < 0.2 * expected.abs().max()  # 8-bit on top of W4A8: close
-        assert torch.equal(q(x), out) or torch.allclose(q(x), out, rtol=1e-4, atol=1e-4)
+    assert (out - expected).abs().max() < 0.2 * expected.abs().max()  # NNCF's 8-bit steps on top of W4A8: close
 
 
 # ------------------------------------------------------------------------------------------------ save / bake
