@@ -147,7 +147,10 @@ class VRCAlgorithm(VarianceReducedCalibration):
 
 def _windowed_blocks(model: nn.Module, graph) -> dict[str, nn.Module]:
     """``{node name of norm1's layer_norm: block}`` for the windowed Hiera blocks of ``model``."""
-    from sam2.modeling.backbones.hieradet import MultiScaleBlock
+    try:
+        from sam2.modeling.backbones.hieradet import MultiScaleBlock
+    except ImportError:  # no sam2: no Hiera blocks either
+        return {}
 
     blocks = {f"{name}.norm1.weight": m for name, m in model.named_modules()
               if isinstance(m, MultiScaleBlock) and m.window_size > 0}
