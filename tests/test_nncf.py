@@ -87,12 +87,178 @@ def test_vrc_error_leaves_model_untouched():
     torch.manual_seed(0)
     net = Net()
     before = copy.deepcopy(net.state_dict())
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(nncf.ValidationError, match="non-finite"):
         qn.calibrate_vrc(net, nncf.Dataset([torch.full((2, 4, 4, 8), float("nan"))]))
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k])
+    assert qn._nncf.get_hook_storage(net).is_empty()  # no statistics hook left in the user's model
     with pytest.raises(ValueError, match="lam_rel"):
         qn.VRCAlgorithm(lam_rel=-1)
+
+
+class SharedNet(nn.Module):
+    """``shared`` is called twice (NNCF nodes ``shared/linear/0`` and ``shared/linear/1``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.shared = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.shared(x) + self.shared(torch.relu(self.fc(x)))
+
+
+def _collected(algorithm, model, data):
+    """NNCF's own statistics collection for ``algorithm`` on a wrapped ``model``: ``(wrapper, graph, points)``."""
+    from nncf.quantization.algorithms.pipeline import collect_statistics
+    from nncf.torch.function_hook import wrap_model
+    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import GraphModelWrapper
+
+    wrapper = GraphModelWrapper(wrap_model(model), data[0])
+    graph = wrapper.get_graph()
+    points = collect_statistics(algorithm.get_statistic_points(wrapper, graph), wrapper, graph, nncf.Dataset(data))
+    return wrapper, graph, points
+
+
+def test_vrc_apply_acts_on_the_model_it_is_given():
+    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import GraphModelWrapper
+
+    torch.manual_seed(0)
+    data = _data()
+    algorithm = qn.VRCAlgorithm()
+    wrapper, graph, points = _collected(algorithm, Net(), data)
+    original = copy.deepcopy(wrapper.model.state_dict())
+    other = GraphModelWrapper(copy.deepcopy(wrapper.model), data[0])
+    result = algorithm.apply(other, graph, points)
+    assert all(torch.equal(v, original[k]) for k, v in wrapper.model.state_dict().items())
+    assert not torch.equal(result.model.fc1.weight, original["fc1.weight"])
+
+
+def test_vrc_shared_linear_with_one_call_ignored_is_left_unchanged():
+    torch.manual_seed(0)
+    data = _data()
+    net = SharedNet()
+    before = copy.deepcopy(net.state_dict())
+    qn.calibrate_vrc(net, nncf.Dataset(data), ignored_scope=nncf.IgnoredScope(names=["shared/linear/1"]))
+    assert torch.equal(net.shared.weight, before["shared.weight"])  # the ignored call would see another layer
+    assert not torch.equal(net.fc.weight, before["fc.weight"])
+    ref = SharedNet()
+    ref.load_state_dict(before)
+    reports = qn.calibrate_vrc(ref, nncf.Dataset(data))
+    assert reports["shared"].tokens == 2 * 3 * 2 * 16  # both calls' rows
+
+
+def test_vrc_ignored_scope_that_matches_nothing_is_an_error():
+    torch.manual_seed(0)
+    net = Net()
+    before = copy.deepcopy(net.state_dict())
+    with pytest.raises(nncf.ValidationError, match="fc9"):
+        qn.calibrate_vrc(net, nncf.Dataset(_data()), ignored_scope=nncf.IgnoredScope(names=["fc9/linear/0"]))
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+def test_vrc_statistics_dump_and_load_with_nncf_statistics_caching(tmp_path):
+    from nncf.common.factory import StatisticsAggregatorFactory
+
+    torch.manual_seed(0)
+    data = _data()
+    expected = Net()
+    start = copy.deepcopy(expected.state_dict())
+    qn.calibrate_vrc(expected, nncf.Dataset(data))
+    algorithm = qn.VRCAlgorithm()
+    wrapper, graph, _ = _collected(algorithm, Net(), data)
+    wrapper.model.load_state_dict(start)
+    aggregator = StatisticsAggregatorFactory.create(wrapper, nncf.Dataset(data))
+    aggregator.register_statistic_points(algorithm.get_statistic_points(wrapper, graph))
+    aggregator.collect_statistics(wrapper, graph)
+    aggregator.dump_statistics(tmp_path / "stats")
+    loaded = StatisticsAggregatorFactory.create(wrapper, nncf.Dataset(data))
+    fresh = qn.VRCAlgorithm()
+    loaded.register_statistic_points(fresh.get_statistic_points(wrapper, graph))
+    loaded.load_statistics_from_dir(tmp_path / "stats")
+    fresh.apply(wrapper, graph, loaded.statistic_points)
+    for name in ("fc1", "fc2", "conv"):
+        assert torch.equal(wrapper.model.get_submodule(name).weight, expected.get_submodule(name).weight)
+
+
+def test_vrc_openvino_model_is_an_unsupported_backend():
+    ov = pytest.importorskip("openvino")
+    ov_model = ov.convert_model(Net(), example_input=_data(1)[0])
+    with pytest.raises(nncf.UnsupportedBackendError):
+        qn.VRCAlgorithm().get_statistic_points(ov_model, None)
+    with pytest.raises(nncf.UnsupportedBackendError):
+        qn.VRCAlgorithm().apply(ov_model, None, None)
+    with pytest.raises(nncf.UnsupportedBackendError):
+        qn.calibrate_vrc(ov_model, nncf.Dataset(_data()))
+
+
+def test_calibrate_vrc_empty_dataset_is_a_clear_error():
+    net = Net()
+    with pytest.raises(nncf.ValidationError, match="empty"):
+        qn.calibrate_vrc(net, nncf.Dataset([]))
+
+
+def test_vrc_failed_collection_leaves_no_hooks_and_no_changes():
+    torch.manual_seed(0)
+    net = Net()
+    before = copy.deepcopy(net.state_dict())
+    data = _data(2) + [torch.randn(2, 4, 4, 5)]  # the third item does not fit fc1: its forward fails mid-collection
+    with pytest.raises(RuntimeError):
+        qn.calibrate_vrc(net, nncf.Dataset(data))
+    assert qn._nncf.get_hook_storage(net).is_empty()
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+def test_vrc_statistic_points_install_nothing_outside_collection():
+    from helpers import tiny_model
+    from nncf.torch.function_hook import get_hook_storage
+
+    from qsam2_ext.sam2 import hiera
+
+    encoder = tiny_model(64).image_encoder
+    x = torch.randn(1, 3, 64, 64)
+    global_hooks = dict(torch.nn.modules.module._global_forward_pre_hooks)
+    wrapper, graph, _ = _collected(qn.VRCAlgorithm(), encoder, [x])  # collection, and no apply
+    algorithm = qn.VRCAlgorithm()
+    algorithm.get_statistic_points(wrapper, graph)  # and statistic points never collected
+    assert dict(torch.nn.modules.module._global_forward_pre_hooks) == global_hooks
+    assert hiera._handle is None  # SAM2's process-wide mask recorder (the torchao path's) was never started
+    assert get_hook_storage(encoder).is_empty()
+
+
+def test_vrc_on_sam2_skips_window_padding_rows_like_the_core():
+    """NNCF VRC on a SAM2 encoder whose windows need padding equals the core's calibration with its masks."""
+    from helpers import tiny_model
+
+    from qsam2_ext.sam2 import hiera
+
+    model = tiny_model(64)
+    encoder = model.image_encoder
+    batches = [torch.randn(1, 3, 64, 64) for _ in range(2)]
+    ref, original = copy.deepcopy(encoder), copy.deepcopy(encoder)
+    with hiera.padding_masks(), VRCCalibration.for_model(ref, row_masks=hiera.row_mask) as calib:
+        for x in batches:
+            ref(x)
+    expected = calib.apply()
+    reports = qn.calibrate_vrc(encoder, nncf.Dataset(batches))
+    assert set(reports) == set(expected)
+    for name in reports:
+        assert reports[name].tokens == expected[name].tokens, name
+        torch.testing.assert_close(encoder.get_submodule(name).weight, ref.get_submodule(name).weight,
+                                   rtol=1e-5, atol=1e-6)
+    # the masks mattered: NNCF's generic algorithm (no masks) counts padding rows in some attention layers
+    class Counting(qn.VarianceReducedCalibration):
+        rows = {}
+
+        def _on_update(self, weight_name, weight, new_weight, gram, num_rows, lam):
+            self.rows[weight_name[: -len(".weight")]] = int(num_rows)
+
+    from nncf.quantization.algorithms.pipeline import Pipeline
+    from nncf.torch.function_hook import wrap_model
+    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import GraphModelWrapper
+
+    Pipeline([[Counting()]]).run(GraphModelWrapper(wrap_model(original), batches[0]), nncf.Dataset(batches))
+    assert any(Counting.rows[name] > reports[name].tokens for name in reports if ".attn." in name)
 
 
 # ------------------------------------------------------------------------------------------------ LSC hooks
@@ -159,6 +325,35 @@ def test_attach_bad_input_changes_nothing(quantized):
     qn.attach_qsam2(model, _data(1)[0], {"fc1": cfg})
     with pytest.raises(RuntimeError, match="already carries"):
         qn.attach_qsam2(model, _data(1)[0], {"fc2": cfg})
+
+
+def test_attach_keeps_nncf_graph_whole_for_nncf_steps(quantized):
+    """After attach_qsam2, NNCF still finds every hooked layer's weight and input, and its own SmoothQuant,
+    MinMax (nncf.quantize, TRANSFORMER) and strip run on the model."""
+    from nncf.torch.model_graph_manager import get_const_node
+
+    model, _, _ = _lsc(quantized[1], 4, 8, keep_nncf=False)
+    x = _data(1)[0]
+    with observing(model), torch.no_grad():
+        model(x)
+    graph = nncf.build_graph(model, example_input=x)
+    layers = graph.get_nodes_by_metatypes(qn._nncf.LINEAR_METATYPES)
+    assert {get_const_node(n, 1, graph).layer_attributes.name for n in layers} == {"fc1.weight", "fc2.weight",
+                                                                                  "conv.weight"}
+    assert all(len(graph.get_input_edges(n)) == 3 for n in layers)  # input, weight, bias
+    model.eval()
+    expected = model(x)
+    q = nncf.quantize(model, nncf.Dataset(_data()), subset_size=3, model_type=nncf.ModelType.TRANSFORMER)
+    kinds = [type(h).__name__ for _, h in qn._nncf.get_hook_storage(q).named_hooks()]
+    assert kinds.count("SQMultiply") >= 1 and kinds.count("QSAM2FakeQuantize") == 6
+    assert kinds.count("SymmetricQuantizer") == 3  # MinMax's weight quantizers on the three layers
+    stripped = nncf.strip(q, do_copy=True, example_input=x)
+    hooks = [h for _, h in qn._nncf.get_hook_storage(stripped).named_hooks()]
+    assert not any(isinstance(h, qn._nncf.BaseQuantizer) for h in hooks)  # NNCF's quantizers became torch's
+    assert sum(isinstance(h, qn.QSAM2FakeQuantize) for h in hooks) == 6
+    with torch.no_grad():
+        out = stripped(x)
+    assert (out - expected).abs().max() < 0.2 * expected.abs().max()  # NNCF's 8-bit steps on top of W4A8: close
 
 
 # ------------------------------------------------------------------------------------------------ save / bake

@@ -10,12 +10,13 @@ from .openvino_sam2 import OpenVINOImageEncoder
 from .pipeline import finish_nncf_qat, image_encoder_layers, nncf_ptq, prepare_nncf_qat, transplant
 from .qat import attach_qsam2, retarget_nncf
 from .recipe import quantize_with_recipe
-from .vrc import VRCAlgorithm, calibrate_vrc
+from .vrc import GramTensorStatistic, VarianceReducedCalibration, VRCAlgorithm, calibrate_vrc
 
 __all__ = [
-    "ALLOWED_MODULES", "OpenVINOImageEncoder", "QSAM2FakeQuantize", "QSAM2WeightDecompressor", "VRCAlgorithm",
-    "attach_qsam2", "bake", "calibrate_vrc", "check_hook_tensors", "export_openvino", "finish_nncf_qat", "image_encoder_layers", "nncf_ptq",
-    "prepare_nncf_qat", "quantize_with_recipe", "restore", "retarget_nncf", "runtime_precisions", "save", "transplant",
+    "ALLOWED_MODULES", "GramTensorStatistic", "OpenVINOImageEncoder", "QSAM2FakeQuantize", "QSAM2WeightDecompressor",
+    "VRCAlgorithm", "VarianceReducedCalibration", "attach_qsam2", "bake", "calibrate_vrc", "check_hook_tensors",
+    "export_openvino", "finish_nncf_qat", "image_encoder_layers", "nncf_ptq", "prepare_nncf_qat",
+    "quantize_with_recipe", "restore", "retarget_nncf", "runtime_precisions", "save", "transplant",
 ]
 
 # NNCF's learned quantizer ranges train in the loop's quantizer parameter group (no weight decay)

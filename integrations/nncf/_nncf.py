@@ -18,7 +18,15 @@ if not nncf.__version__.startswith("3.4."):  # pragma: no cover - the pin guards
     raise ImportError(f"qsam2_ext.integrations.nncf is written against NNCF 3.4.x, found {nncf.__version__}")
 
 # public
-from nncf import Dataset, IgnoredScope, InternalError, ModelType, TargetDevice  # noqa: E402,F401
+from nncf import (  # noqa: E402,F401
+    Dataset,
+    IgnoredScope,
+    InternalError,
+    ModelType,
+    TargetDevice,
+    UnsupportedBackendError,
+    ValidationError,
+)
 from nncf.parameters import StripFormat  # noqa: E402,F401
 from nncf.torch import get_config, load_from_config  # noqa: E402,F401
 
@@ -36,7 +44,8 @@ from nncf.common.graph.graph import NNCFGraph, NNCFNode  # noqa: E402,F401
 from nncf.common.graph.transformations.commands import TargetType  # noqa: E402,F401
 from nncf.common.tensor_statistics.collectors import AggregatorBase, TensorCollector, TensorReducerBase  # noqa: E402,F401
 from nncf.common.tensor_statistics.statistic_point import StatisticPoint, StatisticPointsContainer  # noqa: E402,F401
-from nncf.common.utils.backend import BackendType  # noqa: E402,F401
+from nncf.common.tensor_statistics.statistics import TensorStatistic  # noqa: E402,F401
+from nncf.common.utils.backend import BackendType, get_backend  # noqa: E402,F401
 from nncf.quantization.algorithms.algorithm import Algorithm  # noqa: E402,F401
 from nncf.quantization.algorithms.pipeline import Pipeline, collect_statistics  # noqa: E402,F401
 from nncf.quantization.algorithms.post_training.pipeline import create_ptq_pipeline  # noqa: E402,F401
@@ -59,23 +68,6 @@ AGNOSTIC_METATYPES = tuple(DEFAULT_PT_QUANT_TRAIT_TO_OP_DICT[QuantizationTrait.Q
 LINEAR_METATYPES = (metatypes.PTLinearMetatype, metatypes.PTConv2dMetatype)
 
 
-def build_graph(model, example_input):
-    """NNCF's graph of an NNCF-wrapped model (hooks included)."""
-    return GraphModelWrapper(model, example_input).build_graph()
-
-
-def set_quantizer_bits(quantizer: "BaseQuantizer", bits: int) -> None:
-    """Re-target one of NNCF's own quantizers to ``bits`` the way NNCF's low-bit HW spaces define them
-    (``q4_w``/``q2_w``/``q4_tn``: full range, no narrowing); kept in its spec so ``get_config`` round-trips."""
-    if bits != quantizer.num_bits:
-        quantizer._narrow_range = quantizer._qspec.narrow_range = False
-        quantizer._qspec.num_bits = bits
-        quantizer.num_bits = bits
-
-
-def const_input(node, port: int, graph):
-    """The constant (parameter) node feeding ``node``'s ``port``, through quantizers; None for activations."""
-    try:
-        return get_const_node(node, port, graph)
-    except InternalError:  # NNCF raises when the port is fed by a non-constant subgraph
-        return None
+def unwrap(model):
+    """The ``nn.Module`` of an NNCF ``GraphModelWrapper`` (what NNCF's torch algorithms receive), or ``model``."""
+    return model.model if isinstance(model, GraphModelWrapper) else model

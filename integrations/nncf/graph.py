@@ -18,6 +18,19 @@ from . import _nncf as N
 Select = Callable[[str, nn.Module], bool]
 
 
+def build_graph(model: nn.Module, example_input):
+    """NNCF's graph of an NNCF-wrapped model (hooks included)."""
+    return N.GraphModelWrapper(model, example_input).build_graph()
+
+
+def const_input(node, port: int, graph):
+    """The constant (parameter) node feeding ``node``'s ``port``, through quantizers; None for activations."""
+    try:
+        return N.get_const_node(node, port, graph)
+    except N.InternalError:  # NNCF raises when the port is fed by a non-constant subgraph
+        return None
+
+
 @dataclass(frozen=True)
 class Target:
     """One call of a Linear / Conv2d module in the traced forward."""
@@ -33,7 +46,7 @@ def find_targets(model: nn.Module, graph, select: Optional[Select] = None) -> li
     modules = dict(model.named_modules())
     targets = []
     for node in graph.get_nodes_by_metatypes(N.LINEAR_METATYPES):
-        const = N.const_input(node, 1, graph)
+        const = const_input(node, 1, graph)
         name = getattr(getattr(const, "layer_attributes", None), "name", None)
         if name is None or not name.endswith(".weight"):
             continue  # a functional call on a computed weight: not a module's layer
@@ -69,7 +82,7 @@ def nncf_quantizers(model: nn.Module, graph) -> dict[str, tuple[str, set[tuple[s
         hook_type, op, port = N.decode_hook_name(name)
         if hook_type == "pre_hooks":
             node = graph.get_node_by_name(op)
-            kind = "weight" if N.const_input(node, port, graph) is not None else "activation"
+            kind = "weight" if const_input(node, port, graph) is not None else "activation"
             result[name] = (kind, {(op, port)})
         else:
             node = graph.get_node_by_name(op)

@@ -1,9 +1,14 @@
 """NNCF hook modules around qsam2_ext.core: a fake quantizer for QAT and a frozen decompressor for inference.
 
 Both are ``StatefulModuleInterface`` modules, so ``nncf.torch.get_config`` / ``load_from_config`` save and restore
-their placement (tensors travel in the state dict). Their bodies run with NNCF's tracer disabled: the NNCF graph
-then sees the hooked parameter feeding its op directly, so NNCF's graph utilities (``get_const_node``, strip,
-SmoothQuant, ``build_graph``) keep working on a model that carries them.
+their placement (tensors travel in the state dict).
+
+The fake quantizer keeps NNCF's graph whole: what NNCF's tracer sees of it is one ``clone`` of its input (an op of
+NNCF's no-op metatype, which NNCF's graph utilities walk through), and the quantizer's arithmetic fills that clone
+with NNCF's tracer disabled. The weight and input edges of a hooked layer therefore stay in the graph, and NNCF's
+own steps (``get_const_node``, SmoothQuant, MinMax, strip, weight compression) still find the parameter feeding
+the layer. (A body hidden without that traced op leaves the layer's port without an edge; a body traced op by op
+leaves a chain of arithmetic NNCF does not walk through.)
 """
 
 from __future__ import annotations
@@ -54,8 +59,10 @@ class QSAM2FakeQuantize(nn.Module, StatefulModuleInterface):
         self.quantizer = quantizer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()  # traced: NNCF's graph sees input -> clone -> consumer (see the module docstring)
         with disable_function_hook_mode():
-            return self.quantizer(x)
+            out.copy_(self.quantizer(x))  # gradients reach x and the quantizer through the copied values only
+        return out
 
     @property
     def is_weight(self) -> bool:

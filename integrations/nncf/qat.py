@@ -21,7 +21,7 @@ from torch import nn
 from qsam2_ext.core import effective_group_size, layer_quantizers
 
 from . import _nncf as N
-from .graph import find_targets, nncf_quantizers
+from .graph import build_graph, find_targets, nncf_quantizers
 from .hooks import QSAM2FakeQuantize
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def attach_qsam2(model: nn.Module, example_input, layers: Mapping[str, "QSAM2Con
     """Put Q-SAM2 fake quantizers on ``layers`` (module name -> ``QSAM2Config``) of an NNCF-wrapped (or plain)
     model, in place. Everything is checked before the first hook changes. Returns a summary."""
     model = N.wrap_model(model)
-    graph = N.build_graph(model, example_input)
+    graph = build_graph(model, example_input)
     targets = find_targets(model, graph, lambda fqn, m: fqn in layers)
     missing = sorted(set(layers) - {t.fqn for t in targets})
     if missing:
@@ -73,7 +73,7 @@ def retarget_nncf(model: nn.Module, example_input, select: Callable[[str, nn.Mod
     """NNCF's own QAT at other bit widths: NNCF's quantizers of the selected layers' weights get ``bits``, those
     feeding their inputs ``act_bits`` (None: removed, float inputs); with ``keep_nncf=False`` every other NNCF
     quantizer is removed. NNCF's quantizer class, ranges and range-learning gradient are kept."""
-    graph = N.build_graph(model, example_input)
+    graph = build_graph(model, example_input)
     targets = find_targets(model, graph, select)
     if not targets:
         raise ValueError("no selected Linear/Conv2d layer in the traced model")
@@ -84,12 +84,21 @@ def retarget_nncf(model: nn.Module, example_input, select: Callable[[str, nn.Mod
     changed, removed = [], []
     for name, (kind, consumers) in nncf_quantizers(model, graph).items():
         if kind == "weight" and consumers & weights:
-            N.set_quantizer_bits(hooks[name], bits)
+            set_quantizer_bits(hooks[name], bits)
             changed.append(name)
         elif kind == "activation" and consumers & inputs and act_bits is not None:
-            N.set_quantizer_bits(hooks[name], act_bits)
+            set_quantizer_bits(hooks[name], act_bits)
             changed.append(name)
         elif not keep_nncf or (kind == "activation" and consumers & inputs):
             storage.delete_hook(name)
             removed.append(name)
     return {"layers": len({t.fqn for t in targets}), "retargeted": changed, "removed_nncf_quantizers": removed}
+
+
+def set_quantizer_bits(quantizer: "N.BaseQuantizer", bits: int) -> None:
+    """Re-target one of NNCF's own quantizers to ``bits`` the way NNCF's low-bit HW spaces define them
+    (``q4_w``/``q2_w``/``q4_tn``: full range, no narrowing); kept in its spec so ``get_config`` round-trips."""
+    if bits != quantizer.num_bits:
+        quantizer._narrow_range = quantizer._qspec.narrow_range = False
+        quantizer._qspec.num_bits = bits
+        quantizer.num_bits = bits
