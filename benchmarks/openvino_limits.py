@@ -7,15 +7,9 @@ precision from the compiled model's runtime graph. ``u8`` means OpenVINO's low-p
 turned the layer into a u8 x i8 kernel.
 """
 
-import os
-import sys
-
-# benchmarks/openvino.py would shadow the openvino package for scripts run from this folder
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-import numpy as np  # noqa: E402
-import openvino as ov  # noqa: E402
-import openvino.opset13 as ops  # noqa: E402
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
 
 T, D = 256, 128
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 from importlib.resources import files
-from typing import Optional
 
 from .explain import explain
 from .plan import LayerPlan, Recipe

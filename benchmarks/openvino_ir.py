@@ -1,7 +1,7 @@
 """SAM2 image encoder IRs on OpenVINO's CPU plugin: float, NNCF's own compression, and Q-SAM2, in one run.
 
-    python benchmarks/openvino.py                                   # embedded model: size, latency, memory, mIoU
-    python benchmarks/openvino.py --model sam2.1_hiera_t --size 1024 --eval-images 0   # size + latency only
+    python benchmarks/openvino_ir.py                                   # embedded model: size, latency, memory, mIoU
+    python benchmarks/openvino_ir.py --model sam2.1_hiera_t --size 1024 --eval-images 0   # size + latency only
 
 Rows: fp32 IR, fp16 IR (``compress_to_fp16``), NNCF ``compress_weights`` INT8 (INT8_ASYM) and INT4 (INT4_SYM,
 group 32, NNCF's default backup INT8 for the first and last layers), NNCF int8 PTQ (``nncf.quantize`` on the fp32
@@ -29,13 +29,9 @@ import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-# this file's name would shadow the openvino package: import the package first, then make accuracy.py importable
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
-import openvino  # noqa: E402,F401
-import torch  # noqa: E402
+import openvino  # noqa: F401  (the extra this benchmark needs: fail here, not halfway)
+import torch
 
-sys.path.append(HERE)
 os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")  # NNCF builds its CPU extension on first use
 
 from qsam2_ext.io import write_json, write_text  # noqa: E402
@@ -115,7 +111,6 @@ def build_irs(args, rows, model_config, checkpoint, calibration, example, irs) -
 
 
 def measure(rows, paths, example, rounds) -> dict:
-    import numpy as np
     import openvino as ov
 
     from qsam2_ext.integrations.nncf.export import runtime_precisions
@@ -245,7 +240,7 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "rounds": args.rounds,
             "float_precision": results["fp32 IR"]["inference_precision"], "eval_images": args.eval_images,
             "calibration_images": len(calibration), "qat_steps": 0, "seconds": round(time.time() - started),
-            "command": shlex.join(["python", "benchmarks/openvino.py"] + sys.argv[1:])}
+            "command": shlex.join(["python", "benchmarks/openvino_ir.py"] + sys.argv[1:])}
     try:
         meta["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
     except (OSError, StopIteration):
