@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from . import _nncf as N
-from .graph import find_targets
+from .graph import build_graph, find_targets
 from .hooks import QSAM2FakeQuantize, QSAM2WeightDecompressor
 
 
@@ -115,7 +115,7 @@ def layer_specs(model: nn.Module, example_input: torch.Tensor) -> dict:
               if isinstance(hook, QSAM2FakeQuantize) and not hook.is_weight]
     if inputs:  # layer calls by op name, traced on the float copy (NNCF's graph sees through baked weights there)
         plain = _float_copy(model, specs)
-        weight_of = {t.node: t.weight for t in find_targets(plain, N.build_graph(plain, example_input))}
+        weight_of = {t.node: t.weight for t in find_targets(plain, build_graph(plain, example_input))}
         for name, hook in inputs:
             _, op, port = N.decode_hook_name(name)
             weight = weight_of.get(op)
