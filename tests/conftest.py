@@ -29,12 +29,19 @@ _GLOBAL_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_
 def _no_leaked_global_state():
     """Tests must not depend on their order (CI runs them shuffled): a test that leaves a process-wide module hook
     behind fails here, and the hook is removed so that later tests run as they would alone."""
+    import sys
+
     from torch.nn.modules import module
 
     yield
     leaked = {name: dict(getattr(module, name)) for name in _GLOBAL_HOOKS if getattr(module, name, None)}
-    for name in leaked:
-        getattr(module, name).clear()
+    if leaked:  # reset their owners too (reference counts), so that later tests start clean
+        for owner in ("qsam2_ext.core.row_masks", "qsam2_ext.sam2.hiera"):
+            if owner in sys.modules:
+                while sys.modules[owner]._users:
+                    sys.modules[owner].release()
+        for name in _GLOBAL_HOOKS:
+            getattr(module, name, {}).clear()
     assert not leaked, f"the test left process-wide torch module hooks installed: {leaked}"
 
 

@@ -407,3 +407,5 @@ def test_vrc_convert_without_data_changes_nothing():
     with pytest.raises(RuntimeError, match="saw no calibration data"):
         quantize_(net, vrc_config(step="convert"))
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    net(torch.randn(2, 16, 4, 4))  # the observers stay for more data: a finished calibration releases them
+    quantize_(net, vrc_config(step="convert"))
