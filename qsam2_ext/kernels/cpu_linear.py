@@ -18,12 +18,13 @@ fuses the reference expression (or the integer product).
 
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import Callable, Iterator, Optional
+from typing import Callable, ContextManager, Optional
 
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
+
+from .path_choice import PathChoice
 
 PATHS = ("cached", "reference")
 REPEATS = 3
@@ -31,24 +32,15 @@ REPEATS = 3
 # timing noise (or where caching would push the weight out of memory bandwidth's favour): it must be this much
 # faster to be kept
 REFERENCE_MARGIN = 0.9
-_FORCED: Optional[str] = None
 # per packed weight, kept off the tensor (whose attributes torch.save would write): {"path": the last path it ran,
 # "dense": its cached dequantized weight}; an entry goes with its weight
 _STATE: WeakIdKeyDictionary = WeakIdKeyDictionary()
-_CHOSEN: dict[tuple, tuple[str, dict[str, float]]] = {}  # layer key -> (fastest path, seconds of each candidate)
+_CHOICE = PathChoice(PATHS)  # chosen: layer key -> (fastest path, seconds of each candidate)
 
 
-@contextlib.contextmanager
-def cpu_paths(path: Optional[str]) -> Iterator[None]:
+def cpu_paths(path: Optional[str]) -> ContextManager[None]:
     """Run every packed CPU Linear through ``path`` (where it has it; else the reference), or measure (``None``)."""
-    global _FORCED
-    if path is not None and path not in PATHS:
-        raise ValueError(f"path must be one of {PATHS} or None, got {path!r}")
-    previous, _FORCED = _FORCED, path
-    try:
-        yield
-    finally:
-        _FORCED = previous
+    return _CHOICE.force(path)
 
 
 def _seconds(fn: Callable[[], torch.Tensor]) -> float:
@@ -64,14 +56,14 @@ def _seconds(fn: Callable[[], torch.Tensor]) -> float:
 def run(weight, key: tuple, candidates: dict[str, Callable[[], torch.Tensor]]) -> torch.Tensor:
     """The layer's output through its path: forced, else the one measured fastest for layers like it (``key``: the
     layer's shape and grids, with the input's row count and dtype), measured on this input the first time."""
-    if _FORCED is not None:
-        path = _FORCED if _FORCED in candidates else "reference"
+    if _CHOICE.forced is not None:
+        path = _CHOICE.forced if _CHOICE.forced in candidates else "reference"
     else:
-        if key not in _CHOSEN:
+        if key not in _CHOICE.chosen:
             times = {name: _seconds(fn) for name, fn in candidates.items()}
             path = "reference" if times["reference"] < REFERENCE_MARGIN * times["cached"] else "cached"
-            _CHOSEN[key] = path, times
-        path = _CHOSEN[key][0]
+            _CHOICE.chosen[key] = path, times
+        path = _CHOICE.chosen[key][0]
     state = _STATE.setdefault(weight, {})
     state["path"] = path
     if path != "cached":
@@ -89,7 +81,7 @@ def dense(weight, dtype: torch.dtype) -> torch.Tensor:
 
 def chosen_paths() -> dict[tuple, tuple[str, dict[str, float]]]:
     """Layer key -> (the path measured fastest, seconds of each candidate), as measured so far."""
-    return dict(_CHOSEN)
+    return dict(_CHOICE.chosen)
 
 
 def paths_taken(model: torch.nn.Module) -> dict[str, int]:

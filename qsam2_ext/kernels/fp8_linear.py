@@ -18,15 +18,15 @@ Only the GEMMs are timed (the activation quantization is fused into whatever pro
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Optional
+from typing import ContextManager, Optional
 
 import torch
 
+from .path_choice import PathChoice
+
 FP8_MAX_BITS = 4  # codes in [-8, 7]: exact in e4m3 (and their products' sums exact in fp32 for K < 2**18)
 PATHS = ("fp8", "fp8 rowwise", "bf16")
-_FORCED: Optional[str] = None
-_CHOSEN: dict[tuple, str] = {}
+_CHOICE = PathChoice(PATHS)
 
 
 def fits(m: int, k: int, n: int, bits: int, act_bits: Optional[int]) -> bool:
@@ -37,22 +37,14 @@ def fits(m: int, k: int, n: int, bits: int, act_bits: Optional[int]) -> bool:
             and n % 16 == 0 and m > 0 and k < 2**18)
 
 
-@contextlib.contextmanager
-def force_path(path: Optional[str]) -> Iterator[None]:
+def force_path(path: Optional[str]) -> ContextManager[None]:
     """Trace every A4 layer through ``path`` (one of ``PATHS``), or measure again (``None``)."""
-    global _FORCED
-    if path is not None and path not in PATHS:
-        raise ValueError(f"path must be one of {PATHS} or None, got {path!r}")
-    previous, _FORCED = _FORCED, path
-    try:
-        yield
-    finally:
-        _FORCED = previous
+    return _CHOICE.force(path)
 
 
 def chosen_paths() -> dict[tuple, str]:
     """The path measured fastest per (device, M, K, N)."""
-    return dict(_CHOSEN)
+    return dict(_CHOICE.chosen)
 
 
 def to_fp8(codes: torch.Tensor) -> torch.Tensor:
@@ -113,8 +105,8 @@ def _measure(m: int, k: int, n: int, device: torch.device) -> str:
 
 def choose(m: int, k: int, n: int, device: torch.device) -> str:
     """The path for an A4 layer of this shape: forced, else measured once per (device, shape) and cached."""
-    if _FORCED is not None:
-        return _FORCED
+    if _CHOICE.forced is not None:
+        return _CHOICE.forced
     return PATHS[_measured(m, k, n, device.index or 0)]  # a tensor's device always has its index
 
 
@@ -123,6 +115,6 @@ def _measured(m: int, k: int, n: int, index: int) -> int:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability(index) < (8, 9):
         return PATHS.index("bf16")  # no FP8 tensor cores here
     key = (index, m, k, n)
-    if key not in _CHOSEN:
-        _CHOSEN[key] = _measure(m, k, n, torch.device("cuda", index))
-    return PATHS.index(_CHOSEN[key])
+    if key not in _CHOICE.chosen:
+        _CHOICE.chosen[key] = _measure(m, k, n, torch.device("cuda", index))
+    return PATHS.index(_CHOICE.chosen[key])

@@ -16,34 +16,25 @@ compiles without per-call Python. ``force_path`` pins one implementation (tests,
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator, Optional
+from typing import Callable, ContextManager, Optional
 
 import torch
 
 from . import triton_packed as tk
+from .path_choice import PathChoice
 
 PATHS = ("fused", "unfused")
-_FORCED: Optional[str] = None
-_CHOSEN: dict[tuple, str] = {}  # layer shape -> the faster path, measured on first use
+_CHOICE = PathChoice(PATHS)  # chosen: layer shape -> the faster path, measured on first use
 
 
-@contextlib.contextmanager
-def force_path(path: Optional[str]) -> Iterator[None]:
+def force_path(path: Optional[str]) -> ContextManager[None]:
     """Run every packed Linear through ``path`` ("fused" / "unfused"), or measure again (``None``)."""
-    global _FORCED
-    if path is not None and path not in PATHS:
-        raise ValueError(f"path must be one of {PATHS} or None, got {path!r}")
-    previous, _FORCED = _FORCED, path
-    try:
-        yield
-    finally:
-        _FORCED = previous
+    return _CHOICE.force(path)
 
 
 def chosen_paths() -> dict[tuple, str]:
     """The path measured fastest per (device, M, K, N, bits, act_bits, static input grid, groups, dtype)."""
-    return dict(_CHOSEN)
+    return dict(_CHOICE.chosen)
 
 
 def _grid_1d(n: int, block: int) -> int:
@@ -109,13 +100,13 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, center: torch.Tensor, s
     row (``act_center is None``) or on the static per-tensor grid."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     args = (rows, packed, center, step, bias, act_center, act_step, bits, act_bits)
-    path = _FORCED
+    path = _CHOICE.forced
     if path is None:
         key = (x.device.index, *rows.shape, center.shape[0], bits, act_bits, act_center is not None,
                center.shape[1], x.dtype)
-        path = _CHOSEN.get(key)
+        path = _CHOICE.chosen.get(key)
         if path is None:
-            path = _CHOSEN[key] = _measure({"fused": lambda: _fused(*args), "unfused": lambda: _unfused(*args)})
+            path = _CHOICE.chosen[key] = _measure({"fused": lambda: _fused(*args), "unfused": lambda: _unfused(*args)})
     y = (_fused if path == "fused" else _unfused)(*args)
     return y.reshape(*x.shape[:-1], center.shape[0])
 
