@@ -29,7 +29,7 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 AO_TAG = "v0.18.0"
-DEFAULT_TREE = os.environ.get("QSAM2_AO_TREE", "/work/wt/ext/ao")
+DEFAULT_TREE = os.environ.get("QSAM2_AO_TREE")  # a pytorch/ao checkout at v0.18.0
 HEADER = """# Copyright (c) Meta Platforms, Inc. and affiliates.
 # All rights reserved.
 #
@@ -343,6 +343,8 @@ def _diff_edit(rel: str, before: str, after: str) -> str:
 
 
 def build_patch(out_path, ao_tree=None) -> pathlib.Path:
+    if not (ao_tree or DEFAULT_TREE):
+        raise FileNotFoundError(f"no pytorch/ao checkout given (pass --ao PATH or set QSAM2_AO_TREE; tag {AO_TAG})")
     tree = pathlib.Path(ao_tree or DEFAULT_TREE)
     if not (tree / "ruff.toml").is_file():
         raise FileNotFoundError(f"no pytorch/ao checkout at {tree} (pass --ao PATH or set QSAM2_AO_TREE; tag {AO_TAG})")

@@ -172,10 +172,10 @@ def test_yaml_bomb_is_refused_fast(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("model: ../../../../tmp/x.yaml\nrules: [{match: 're:.*'}]\n", "packaged models"),
+    ("model: ../../../../elsewhere/x.yaml\nrules: [{match: 're:.*'}]\n", "packaged models"),
     ("model: configs/sam2.1/../../evil.yaml\nrules: [{match: 're:.*'}]\n", "packaged models"),
     ("model: '${oc.env:HOME}'\nrules: [{match: 're:.*'}]\n", "packaged models"),
-    ("extends: ../../../tmp/evil\n", "not a path"),
+    ("extends: ../../../elsewhere/evil\n", "not a path"),
     ("extends: /etc/passwd\n", "not a path"),
     ("model: !!python/object/apply:os.system ['touch x']\n", "invalid YAML"),
     ("model: qsam2_mini\nrules: [{match: 're:(a+)+$'}]\n", "exponential"),

@@ -1,5 +1,5 @@
 """scripts/upstream.py: the torchao patch is generated from the project's files and applies to pytorch/ao v0.18.0
-(a checkout named by $QSAM2_AO_TREE, or the one the tooling fetched; skipped without one); the dispatcher names a
+(a checkout named by $QSAM2_AO_TREE; skipped without one); the dispatcher names a
 missing target in one line."""
 
 import os
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TREE = pathlib.Path(os.environ.get("QSAM2_AO_TREE", "/work/wt/ext/ao"))
+TREE = pathlib.Path(os.environ.get("QSAM2_AO_TREE", "no-ao-checkout"))
 
 
 def _run(*args, **kwargs):
