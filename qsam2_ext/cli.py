@@ -52,7 +52,7 @@ def _is_quantized(path: str) -> bool:
     check_file(path)
     if path.endswith(".safetensors"):
         return True
-    ckpt = load_torch(path)
+    ckpt = load_torch(path, mmap=True)  # a look at its keys: the tensors are not read
     return isinstance(ckpt, dict) and "qsam2_ext" in ckpt
 
 

@@ -171,7 +171,7 @@ def read_metadata(path: PathLike) -> dict:
     if path.endswith(".safetensors"):
         text = safetensors_metadata(path).get(_METADATA)
     else:
-        ckpt = load_torch(path)
+        ckpt = load_torch(path, mmap=True)  # the metadata only: the tensors are not read
         text = ckpt.get(_METADATA) if isinstance(ckpt, dict) else None
     return parse_json_metadata(text, path)
 

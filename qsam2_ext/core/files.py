@@ -127,15 +127,19 @@ def safetensors_metadata(path: PathLike) -> dict[str, str]:
     return dict(metadata or {})
 
 
-def load_torch(path: PathLike) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors for empty, truncated or foreign files."""
+def load_torch(path: PathLike, *, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors for empty, truncated or foreign files.
+
+    ``mmap``: map the tensors' storage instead of reading it (zip-format files), for callers that only look at the
+    plain data beside the tensors (metadata), so a large checkpoint costs no read."""
     path = check_file(path)
     with open(path, "rb") as f:
         head = f.read(4)
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a legacy pickle
+    zipped = head.startswith(b"PK\x03\x04")  # torch.save's format; else a legacy pickle
+    if not (zipped or head[:1] == b"\x80"):
         raise BadFileError(path, "truncated or not a PyTorch checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a file that is not a checkpoint
         text = str(e)
         if "Unsupported global" in text or "Unsupported operand" in text:
