@@ -23,7 +23,7 @@ from qsam2_ext.sam2 import hiera
 
 from .. import _nncf as N
 from ..graph import const_input
-from .algorithm import GramReducer, SumAggregator, VarianceReducedCalibration
+from .algorithm import GramReducer, VarianceReducedCalibration
 
 Select = Callable[[str, nn.Module], bool]
 
