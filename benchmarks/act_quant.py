@@ -30,7 +30,7 @@ from torch._inductor.choices import InductorChoices
 from torch._inductor.virtualized import V
 from torch.nn import functional as F
 
-from qsam2_ext.core.grid import center_step, dequantize, fake_quantize_per_token, quantize
+from qsam2_ext.core.grid import CONSTANT_ROW_SPAN, center_step, dequantize, fake_quantize_per_token, quantize
 from qsam2_ext.io import write_json, write_text
 
 BITS = 8
@@ -52,7 +52,7 @@ def gelu_quantized_one_pass(h: torch.Tensor) -> torch.Tensor:
     """The same, with each row's min and max taken in one reduction (before ``row_extrema`` took them in chunks)."""
     y = F.gelu(h).float()
     lo, hi = y.amin(-1, keepdim=True), y.amax(-1, keepdim=True)
-    center, step = center_step(lo, torch.maximum(hi, lo + torch.finfo(torch.float32).tiny), BITS)
+    center, step = center_step(lo, torch.maximum(hi, lo + CONSTANT_ROW_SPAN), BITS)
     return dequantize(quantize(y, center, step, BITS), center, step).to(h.dtype)
 
 

@@ -177,6 +177,18 @@ def test_fp8_layer_agrees_bitwise_with_the_int8_reference(bits):
     assert (rowwise.double() - ref.double()).abs().max() <= 2 ** -8 * main.abs().max()
 
 
+class _Parallel(torch.nn.Module):
+    """Layers side by side, each on its own input: a layer's codes then depend on that input alone, so the compiled
+    and the eager path quantize the same values (chained A4 layers would amplify bf16 rounding into code flips)."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(layers)
+
+    def forward(self, *xs):
+        return [layer(x) for layer, x in zip(self.layers, xs)]
+
+
 @fp8_cards
 @pytest.mark.parametrize("path", ["fp8", "fp8 rowwise", "bf16", None])
 def test_compiled_a4_layers_take_the_fp8_product(path):
@@ -188,21 +200,20 @@ def test_compiled_a4_layers_take_the_fp8_product(path):
 
     from qsam2_ext.kernels import cuda_kernels, fp8_linear
 
-    model = torch.nn.Sequential(torch.nn.Linear(K, 384), torch.nn.GELU(), torch.nn.Linear(384, 208),
-                                torch.nn.GELU(), torch.nn.Linear(208, 64)).cuda().bfloat16()
-    quantize_(model[0], qsam2_ext.qsam2_config(bits=2, act_bits=4), filter_fn=None)
-    quantize_(model[2], qsam2_ext.qsam2_config(bits=4, act_bits=4), filter_fn=None)
-    quantize_(model[4], qsam2_ext.qsam2_config(bits=8, act_bits=4), filter_fn=None)
-    x = torch.randn(M, K, device="cuda").to(torch.bfloat16)
+    model = _Parallel(torch.nn.Linear(K, 384), torch.nn.Linear(384, 208), torch.nn.Linear(208, 64)).cuda().bfloat16()
+    for layer, bits in zip(model.layers, (2, 4, 8)):
+        quantize_(layer, qsam2_ext.qsam2_config(bits=bits, act_bits=4), filter_fn=None)
+    xs = [torch.randn(M, k, device="cuda").to(torch.bfloat16) for k in (K, 384, 208)]
     with torch.inference_mode():
         with cuda_kernels(False):
-            reference = model(x)
+            reference = model(*xs)
         torch._dynamo.reset()
         with qsam2_ext.integer_matmul(force=True), fp8_linear.force_path(path):
-            compiled, code = run_and_get_code(torch.compile(model, dynamic=False), x)
+            compiled, code = run_and_get_code(torch.compile(model, dynamic=False), *xs)
     chosen = [path] * 2 if path else [fp8_linear.chosen_paths()[(0, M, K, 384)],
                                       fp8_linear.chosen_paths()[(0, M, 384, 208)]]
     assert set(chosen) <= set(fp8_linear.PATHS)
     assert ("_scaled_mm" in "".join(code)) == any(p != "bf16" for p in chosen)
     assert "_int_mm" in "".join(code)  # the W8A4 layer: 8-bit codes are not exact in e4m3
-    assert relative_error(compiled, reference) < 2e-2
+    for out, ref in zip(compiled, reference):  # the same codes: bf16 rounding of the reference's operands only
+        assert relative_error(out, ref) < 1e-2

@@ -4,6 +4,7 @@ import torch
 
 from conftest import np_qdq
 from qsam2_ext.core import center_step, code_range, dequantize, fake_quantize, quantize
+from qsam2_ext.core.grid import fake_quantize_per_token
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -91,3 +92,45 @@ def test_compiled_per_token_quantization_of_a_long_row_equals_eager():
     # the same grid; a code may differ by one step where inductor's division rounds differently from eager's
     assert ((out - ref).abs() <= step * 1.001).all()
     assert (out == ref).float().mean() > 0.99
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_constant_tokens_come_back_without_subnormal_values(bits, dtype):
+    """A constant token (a zero-padded window) keeps its value, and no output, step or center is subnormal: CPU GEMMs
+    fed subnormal inputs run several times slower."""
+    from qsam2_ext.core.grid import token_grid
+
+    x = torch.tensor([[0.0] * 6, [3.0] * 6, [-1e-30] * 6, [0.0, 1.0, -2.0, 0.5, 0.25, 1.5]]).to(dtype)
+    out = fake_quantize_per_token(x.float(), bits).to(dtype)
+    tiny = torch.finfo(torch.float32).tiny
+
+    def subnormal(t):
+        t = t.float()
+        return bool(((t != 0) & (t.abs() < tiny)).any())
+
+    center, step = token_grid(x.float(), bits)
+    assert not subnormal(out) and not subnormal(center) and not subnormal(step)
+    assert (step[0] > 0) and not out.isnan().any()  # a nonzero constant's step may round to 0: it is its center
+    assert float(out[0].abs().max()) <= 2.0**-64  # a zero token: zero up to the grid's rounding
+    assert torch.equal(out[1], x[1])               # a nonzero constant token: exactly itself
+    ref = fake_quantize_per_token(x[3:].double(), bits)  # a real token: the grid of its own min..max
+    assert torch.allclose(out[3].double(), ref[0], atol=1e-6 if dtype == torch.float32 else 2e-2)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_one_buffer_quantize_dequantize_gives_the_two_step_bits(bits):
+    """The eager one-buffer chain equals dequantize(quantize(...)) bit for bit, clipped values and ties included."""
+    from qsam2_ext.core.grid import quantize_dequantize, token_grid
+
+    x = torch.randn(64, 48) * 3
+    x[0, :4] = torch.tensor([100.0, -100.0, 0.0, 0.5])
+    center, step = token_grid(x, bits)
+    x[1] = center[1] + step[1] * torch.arange(-8, 40).float()  # ties on the grid's boundaries
+    assert torch.equal(quantize_dequantize(x, center, step, bits), dequantize(quantize(x, center, step, bits), center, step))
+    c, s = torch.tensor(0.1), torch.tensor(0.37)  # a static per-tensor grid
+    assert torch.equal(quantize_dequantize(x, c, s, bits), dequantize(quantize(x, c, s, bits), c, s))
+    k = torch.full((3, 5), 2.5)  # constant tokens: a zero step, every level the center
+    kc, ks = token_grid(k, bits)
+    assert torch.equal(quantize_dequantize(k, kc, ks, bits), dequantize(quantize(k, kc, ks, bits), kc, ks))
+    assert torch.equal(quantize_dequantize(k, kc, ks, bits), k)

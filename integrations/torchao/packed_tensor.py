@@ -37,7 +37,7 @@ from qsam2_ext.kernels import cpu_linear, fp8_linear
 from qsam2_ext.core import (
     cpu_int8, cuda_int8_product_fits, dequantize, int_linear, pack_codes, quantize, quantize_tokens, unpack_codes,
 )
-from qsam2_ext.core.grid import carry_nonfinite, fake_quantize_per_token
+from qsam2_ext.core.grid import carry_nonfinite, fake_quantize_per_token, quantize_dequantize
 
 aten = torch.ops.aten
 
@@ -143,7 +143,7 @@ class QSAM2PackedTensor(TorchAOBaseTensor):
             shape[channel_dim] = -1
             center, step = center.reshape(shape), step.reshape(shape)
         xf = x.float()
-        return carry_nonfinite(dequantize(quantize(xf, center, step, self.act_bits), center, step), xf).to(x.dtype)
+        return carry_nonfinite(quantize_dequantize(xf, center, step, self.act_bits), xf).to(x.dtype)
 
     def __tensor_flatten__(self):
         # what TorchAOBaseTensor's generic version returns, without its scans over the name lists: dynamo's guards
@@ -253,12 +253,13 @@ def integer_matmul(enabled: bool = True, force: bool = False) -> Iterator[None]:
         _INTEGER_MATMUL, _FORCE_INTEGER = previous
 
 
-def _trace_mode() -> tuple[bool, bool, bool]:
-    """The switches that pick the expression a layer with quantized inputs traces (integer product or reference).
-    Part of such weights' flatten context and cache hash, so that dynamo recompiles when they change and compile
-    caches keep one entry per mode: keyed on the graph alone, torch 2.11's AOT autograd cache returned the integer
-    graph to a later process that compiled the same model outside ``integer_matmul()``."""
-    return _INTEGER_MATMUL, _FORCE_INTEGER, kernels.enabled()
+def _trace_mode() -> tuple:
+    """The switches that pick the expression a layer with quantized inputs traces (integer product or reference, and
+    the A4 layers' pinned FP8 path). Part of such weights' flatten context and cache hash, so that dynamo recompiles
+    when they change and compile caches keep one entry per mode: keyed on the graph alone, torch 2.11's AOT autograd
+    cache returned the integer graph to a later process that compiled the same model outside ``integer_matmul()``
+    (and, on an H100, the FP8 graph to a later compile pinned to the bf16 path)."""
+    return _INTEGER_MATMUL, _FORCE_INTEGER, kernels.enabled(), fp8_linear.forced_path()
 
 
 _DEFAULT_TRACE_MODE = _trace_mode()  # outside every context

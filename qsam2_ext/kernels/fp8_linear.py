@@ -42,6 +42,11 @@ def force_path(path: Optional[str]) -> ContextManager[None]:
     return _CHOICE.force(path)
 
 
+def forced_path() -> Optional[str]:
+    """The path ``force_path`` pinned, if any."""
+    return _CHOICE.forced
+
+
 def chosen_paths() -> dict[tuple, str]:
     """The path measured fastest per (device, M, K, N)."""
     return dict(_CHOICE.chosen)

@@ -24,8 +24,8 @@ import os
 import triton
 import triton.language as tl
 
-# torch.finfo(torch.float32).tiny (bf16's too): a constant row keeps a positive step
-_TINY = tl.constexpr(1.1754943508222875e-38)
+# qsam2_ext.core.grid.CONSTANT_ROW_SPAN (2**-64): a constant row keeps a positive step, and its values stay normal
+_TINY = tl.constexpr(5.421010862427522e-20)
 
 
 def _configs(int8: bool) -> list:
