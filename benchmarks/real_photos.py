@@ -94,7 +94,7 @@ def main() -> None:
     write_json(os.path.join(args.out, "real_photos.json"), {"meta": meta, "results": results, "instances": records})
     names = [ph.name for ph in photos]
     lines = [f"mIoU (%) on real photographs ({', '.join(f'{n}: {len(ph.masks)}' for n, ph in zip(names, photos))} "
-             f"instances; evaluation only). Per-photo means in brackets.", "",
+             f"instances; evaluation only; the box: <photo> columns are per-photo means).", "",
              "| model | point mIoU | box mIoU | " + " | ".join(f"box: {n}" for n in names) + " |",
              "|---|---:|---:|" + "---:|" * len(names)]
     for name, summary in results.items():
