@@ -17,57 +17,13 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
-from qsam2_ext.evaluate import predict_masks
 from qsam2_ext.io import write_json, write_text
-from qsam2_ext.sam2.metrics import mask_iou
 from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, build_model, default_checkpoint, image_predictor
-from qsam2_ext.sam2.prompts import center_point, tight_box
-from qsam2_ext.sam2.real_photos import real_photos
+from qsam2_ext.sam2.real_photos import real_photos, score, summarise
 
 BASELINE = "filled box"
-
-
-def filled_box(box: np.ndarray, shape) -> np.ndarray:
-    """The inclusive pixel box ``[x0, y0, x1, y1]`` as a mask."""
-    mask = np.zeros(shape, bool)
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    mask[y0:y1 + 1, x0:x1 + 1] = True
-    return mask
-
-
-@torch.no_grad()
-def score(predictor, photos) -> list[dict]:
-    """Per-instance IoU of a model (``predictor``) or, for ``None``, of the filled-box baseline."""
-    records = []
-    for photo in photos:
-        boxes = np.stack([tight_box(m) for m in photo.masks])
-        if predictor is None:
-            predictions = {"box": np.stack([filled_box(b, photo.masks.shape[1:]) for b in boxes])}
-        else:
-            predictor.set_image(photo.image)
-            points = np.stack([center_point(m) for m in photo.masks])
-            predictions = {"point": predict_masks(predictor, "point", points),
-                           "box": predict_masks(predictor, "box", boxes)}
-        for kind, masks in predictions.items():
-            records += [{"photo": photo.name, "instance": i, "prompt": kind, "iou": mask_iou(p, g)}
-                        for i, (p, g) in enumerate(zip(masks, photo.masks))]
-    return records
-
-
-def summarise(records: list[dict]) -> dict:
-    out = {}
-    for kind in ("point", "box"):
-        chosen = [r for r in records if r["prompt"] == kind]
-        if not chosen:
-            continue
-        per_photo = {name: float(np.mean([r["iou"] for r in chosen if r["photo"] == name]))
-                     for name in dict.fromkeys(r["photo"] for r in chosen)}
-        out[kind] = {"mIoU": float(np.mean([r["iou"] for r in chosen])), "instances": len(chosen),
-                     "per_photo": per_photo}
-    return out
 
 
 def main() -> None:

@@ -90,3 +90,53 @@ def motorcycle() -> RealPhoto:
 def real_photos() -> list[RealPhoto]:
     """The evaluation set, in a fixed order."""
     return [coins(), motorcycle()]
+
+
+def filled_box(box: np.ndarray, shape) -> np.ndarray:
+    """The inclusive pixel box ``[x0, y0, x1, y1]`` as a mask."""
+    mask = np.zeros(shape, bool)
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    mask[y0:y1 + 1, x0:x1 + 1] = True
+    return mask
+
+
+def score(predictor, photos: list[RealPhoto]) -> list[dict]:
+    """Per-instance IoU of a model (a ``SAM2ImagePredictor``) or, for ``None``, of the filled-prompt-box baseline.
+    Prompts are the evaluation's (``qsam2_ext.evaluate``): the innermost point (multimask, best predicted IoU kept)
+    and the tight box."""
+    import torch
+
+    from qsam2_ext.evaluate import predict_masks
+
+    from .metrics import mask_iou
+    from .prompts import center_point, tight_box
+
+    records = []
+    for photo in photos:
+        boxes = np.stack([tight_box(m) for m in photo.masks])
+        if predictor is None:
+            predictions = {"box": np.stack([filled_box(b, photo.masks.shape[1:]) for b in boxes])}
+        else:
+            points = np.stack([center_point(m) for m in photo.masks])
+            with torch.no_grad():
+                predictor.set_image(photo.image)
+                predictions = {"point": predict_masks(predictor, "point", points),
+                               "box": predict_masks(predictor, "box", boxes)}
+        for kind, masks in predictions.items():
+            records += [{"photo": photo.name, "instance": i, "prompt": kind, "iou": mask_iou(p, g)}
+                        for i, (p, g) in enumerate(zip(masks, photo.masks))]
+    return records
+
+
+def summarise(records: list[dict]) -> dict:
+    """mIoU per prompt kind over all instances, and per photo."""
+    out = {}
+    for kind in ("point", "box"):
+        chosen = [r for r in records if r["prompt"] == kind]
+        if not chosen:
+            continue
+        per_photo = {name: float(np.mean([r["iou"] for r in chosen if r["photo"] == name]))
+                     for name in dict.fromkeys(r["photo"] for r in chosen)}
+        out[kind] = {"mIoU": float(np.mean([r["iou"] for r in chosen])), "instances": len(chosen),
+                     "per_photo": per_photo}
+    return out
