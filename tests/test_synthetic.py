@@ -79,3 +79,24 @@ def test_split_written_in_parts_equals_one_writer_and_is_reused(tmp_path):
     assert write_split("images", one, 99, seed=4) == one and len(os.listdir(one)) == 10  # reused as it is
     with pytest.raises(ValueError, match="kind"):
         write_split("videos", str(tmp_path / "x"), 1, seed=0)
+
+
+def test_photo_style_is_deterministic_keeps_exact_masks_and_leaves_out_the_evaluation_photos():
+    from qsam2_ext.sam2.images import PHOTOS, load_photo
+    from qsam2_ext.sam2.real_photos import EVAL_PHOTOS
+    from qsam2_ext.sam2.synthetic import _photos
+
+    photos = _photos("photo")
+    assert len(photos) == len([n for n in PHOTOS if n not in EVAL_PHOTOS]) == len(PHOTOS) - 1  # coins left out
+    coins = load_photo("coins")
+    assert not any(p.shape == coins.shape and np.array_equal(p, coins) for p in photos)
+    a_img, a_masks = render_scene(4, 2, 128, photos, style="photo")
+    b_img, b_masks = render_scene(4, 2, 128, style="photo")
+    assert np.array_equal(a_img, b_img) and all(np.array_equal(x, y) for x, y in zip(a_masks, b_masks))
+    plain_img, _ = render_scene(4, 2, 128, photos)  # same pool, v1 rendering: the photo look changes pixels
+    assert not np.array_equal(a_img, plain_img)
+    assert np.stack(a_masks).sum(0).max() <= 1 and all(m.sum() >= MIN_VISIBLE_PIXELS for m in a_masks)
+    images, ids = render_clip(4, 1, frames=3, size=96, style="photo")
+    assert len(images) == 3 and images[0].dtype == np.uint8 and ids[0].dtype == np.uint8
+    with pytest.raises(ValueError, match="style"):
+        render_scene(4, 2, 64, style="cartoon")

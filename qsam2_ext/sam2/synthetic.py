@@ -10,6 +10,12 @@ each other (occlusion) and may leave view.
 Everything is a function of ``(seed, index)``: a sample never depends on how many others were generated or in
 which order, so splits can be generated in parallel and regenerated exactly.
 
+``style="photo"`` (the v2 training data) renders the same kind of scene to look more like a photograph
+(``sam2.photo_style``): objects are shaded and cast a soft shadow, their edges are feathered, and each image (each
+clip) gets one camera look (colour jitter, blur, sensor noise, JPEG). Its photos leave out the real-photo
+evaluation set (``sam2.real_photos.EVAL_PHOTOS``), which must never be trained on. ``style="synthetic"`` (the
+default, v1's data) is unchanged.
+
 Layouts written: SA-1B for images (``<name>.jpg`` + ``<name>.json`` with COCO RLE masks) and DAVIS for video
 (``JPEGImages/<video>/<frame>.jpg``, ``Annotations/<video>/<frame>.png`` with instance ids in a palette PNG).
 """
@@ -23,9 +29,12 @@ from typing import Optional
 
 import numpy as np
 
+from . import photo_style
 from .images import PHOTOS, load_photo
+from .real_photos import EVAL_PHOTOS
 
 MIN_VISIBLE_PIXELS = 48  # smaller visible remnants are dropped from the annotations (and from video ids)
+STYLES = ("synthetic", "photo")
 
 
 @dataclass
@@ -37,8 +46,16 @@ class _Object:
     scale_rate: float  # relative size change per frame
 
 
-def _photos() -> list[np.ndarray]:
-    return [load_photo(name) for name in PHOTOS]
+def _check_style(style: str) -> str:
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    return style
+
+
+def _photos(style: str = "synthetic") -> list[np.ndarray]:
+    """The photos a style draws backgrounds and textures from (``photo`` leaves out the evaluation photos)."""
+    names = PHOTOS if _check_style(style) == "synthetic" else [n for n in PHOTOS if n not in EVAL_PHOTOS]
+    return [load_photo(name) for name in names]
 
 
 def _resize(image: np.ndarray, height: int, width: int, nearest: bool = False) -> np.ndarray:
@@ -107,8 +124,10 @@ def _new_object(rng, photos, background_index, size, video: bool) -> _Object:
     )
 
 
-def _paint(canvas: np.ndarray, ids: np.ndarray, obj: _Object, object_id: int, scale: float) -> None:
-    """Paste ``obj`` at its center (clipped to the canvas); ``ids`` records which object is visible where."""
+def _paint(canvas: np.ndarray, ids: np.ndarray, obj: _Object, object_id: int, scale: float,
+           style_rng: Optional[np.random.Generator] = None) -> None:
+    """Paste ``obj`` at its center (clipped to the canvas); ``ids`` records which object is visible where.
+    With ``style_rng`` the object is composited photo-style (shadow, feathered edge)."""
     extent = max(4, int(round(obj.mask.shape[0] * scale)))
     mask, texture = _resize(obj.mask, extent, extent, nearest=True), _resize(obj.texture, extent, extent)
     top, left = int(round(obj.center[0])) - extent // 2, int(round(obj.center[1])) - extent // 2
@@ -117,32 +136,51 @@ def _paint(canvas: np.ndarray, ids: np.ndarray, obj: _Object, object_id: int, sc
     if y0 >= y1 or x0 >= x1:
         return
     m = mask[y0 - top : y1 - top, x0 - left : x1 - left]
-    canvas[y0:y1, x0:x1][m] = texture[y0 - top : y1 - top, x0 - left : x1 - left][m]
+    t = texture[y0 - top : y1 - top, x0 - left : x1 - left]
+    if style_rng is None:
+        canvas[y0:y1, x0:x1][m] = t[m]
+    else:
+        photo_style.composite(canvas[y0:y1, x0:x1], t, m, style_rng)
     ids[y0:y1, x0:x1][m] = object_id
 
 
-def render_scene(seed: int, index: int, size: int = 256, photos: Optional[list] = None):
-    """One image ``(size, size, 3)`` uint8 and its visible instance masks (list of bool arrays)."""
-    photos = photos if photos is not None else _photos()
+def _styled(obj: _Object, style_rng: Optional[np.random.Generator]) -> _Object:
+    if style_rng is None:
+        return obj
+    return _Object(obj.mask, photo_style.shade(obj.texture, style_rng), obj.center, obj.velocity, obj.scale_rate)
+
+
+def render_scene(seed: int, index: int, size: int = 256, photos: Optional[list] = None, style: str = "synthetic"):
+    """One image ``(size, size, 3)`` uint8 and its visible instance masks (list of bool arrays).
+    ``photos`` must be ``_photos(style)`` when given (it only saves loading them again)."""
+    photos = photos if photos is not None else _photos(style)
     rng = np.random.default_rng([seed, index, 0])
+    style_rng = np.random.default_rng([seed, index, 2]) if _check_style(style) == "photo" else None
     background_index = int(rng.integers(len(photos)))
     image = _crop(rng, photos[background_index], size, size).copy()
     ids = np.zeros((size, size), np.int32)
     for object_id in range(1, int(rng.integers(1, 5)) + 1):
-        _paint(image, ids, _new_object(rng, photos, background_index, size, video=False), object_id, 1.0)
+        obj = _styled(_new_object(rng, photos, background_index, size, video=False), style_rng)
+        _paint(image, ids, obj, object_id, 1.0, style_rng)
+    if style_rng is not None:
+        image = photo_style.apply_look(image, photo_style.sample_look(style_rng), style_rng)
     masks = [ids == i for i in range(1, ids.max() + 1)]
     return image, [m for m in masks if m.sum() >= MIN_VISIBLE_PIXELS]
 
 
-def render_clip(seed: int, index: int, frames: int = 8, size: int = 256, photos: Optional[list] = None):
+def render_clip(seed: int, index: int, frames: int = 8, size: int = 256, photos: Optional[list] = None,
+                style: str = "synthetic"):
     """``frames`` images and per-frame instance-id maps (0 = background) of one clip with moving objects."""
-    photos = photos if photos is not None else _photos()
+    photos = photos if photos is not None else _photos(style)
     rng = np.random.default_rng([seed, index, 1])
+    style_rng = np.random.default_rng([seed, index, 3]) if _check_style(style) == "photo" else None
     background_index = int(rng.integers(len(photos)))
     pan = int(size * 1.25)
     background = _crop(rng, photos[background_index], pan, pan)
     pan_velocity = rng.uniform(-2, 2, size=2)
-    objects = [_new_object(rng, photos, background_index, size, video=True) for _ in range(int(rng.integers(1, 4)))]
+    objects = [_styled(_new_object(rng, photos, background_index, size, video=True), style_rng)
+               for _ in range(int(rng.integers(1, 4)))]
+    look = photo_style.sample_look(style_rng) if style_rng is not None else None
     images, id_maps = [], []
     for t in range(frames):
         offset = np.clip(np.round((pan - size) / 2 + pan_velocity * t).astype(int), 0, pan - size)
@@ -152,11 +190,12 @@ def render_clip(seed: int, index: int, frames: int = 8, size: int = 256, photos:
             position = obj.center + obj.velocity * t
             period = 2 * size  # bounce off the borders: reflect the unbounded trajectory
             obj_now = _Object(obj.mask, obj.texture, size - np.abs(np.mod(position, period) - size), obj.velocity, 0)
-            _paint(image, ids, obj_now, object_id, (1 + obj.scale_rate) ** t)
+            shadow_rng = None if style_rng is None else np.random.default_rng([seed, index, 4, object_id])
+            _paint(image, ids, obj_now, object_id, (1 + obj.scale_rate) ** t, shadow_rng)  # same shadow every frame
         for object_id in range(1, len(objects) + 1):
             if 0 < (ids == object_id).sum() < MIN_VISIBLE_PIXELS:
                 ids[ids == object_id] = 0  # a sliver is not an annotation
-        images.append(image)
+        images.append(image if look is None else photo_style.apply_look(image, look, style_rng))
         id_maps.append(ids)
     return images, id_maps
 
@@ -167,15 +206,16 @@ def _write_jpeg(path: str, image: np.ndarray) -> None:
     Image.fromarray(image).save(path, quality=95)
 
 
-def write_image_split(root: str, count: int, seed: int, size: int = 256, start: int = 0) -> str:
+def write_image_split(root: str, count: int, seed: int, size: int = 256, start: int = 0,
+                      style: str = "synthetic") -> str:
     """Write scenes ``start .. start + count - 1`` in the SA-1B layout under ``root``; returns ``root``.
     (``start`` lets several processes write one split in parts.)"""
     from pycocotools import mask as mask_utils
 
     os.makedirs(root, exist_ok=True)
-    photos = _photos()
+    photos = _photos(style)
     for index in range(start, start + count):
-        image, masks = render_scene(seed, index, size, photos)
+        image, masks = render_scene(seed, index, size, photos, style)
         name = f"synth_{index:06d}"
         annotations = []
         for object_id, m in enumerate(masks, start=1):
@@ -192,14 +232,15 @@ def write_image_split(root: str, count: int, seed: int, size: int = 256, start: 
     return root
 
 
-def write_video_split(root: str, count: int, seed: int, frames: int = 8, size: int = 256, start: int = 0) -> str:
+def write_video_split(root: str, count: int, seed: int, frames: int = 8, size: int = 256, start: int = 0,
+                      style: str = "synthetic") -> str:
     """Write clips ``start .. start + count - 1`` in the DAVIS layout under ``root``; returns ``root``."""
     from PIL import Image
 
-    photos = _photos()
+    photos = _photos(style)
     palette = [0, 0, 0] + [int(c) for c in np.random.default_rng(0).integers(64, 256, size=255 * 3)]
     for index in range(start, start + count):
-        images, id_maps = render_clip(seed, index, frames, size, photos)
+        images, id_maps = render_clip(seed, index, frames, size, photos, style)
         video = f"clip_{index:05d}"
         for sub in ("JPEGImages", "Annotations"):
             os.makedirs(os.path.join(root, sub, video), exist_ok=True)
@@ -211,7 +252,7 @@ def write_video_split(root: str, count: int, seed: int, frames: int = 8, size: i
     return root
 
 
-def write_split(kind: str, root: str, count: int, seed: int, processes: int = 1) -> str:
+def write_split(kind: str, root: str, count: int, seed: int, processes: int = 1, style: str = "synthetic") -> str:
     """Scenes (``kind="images"``) or clips (``"clips"``) ``0 .. count - 1`` of ``seed`` under ``root``, written
     once: an existing ``root`` is reused, and a new one appears completely or not at all (written beside it and
     renamed). ``processes`` workers write contiguous ranges of indices."""
@@ -220,6 +261,7 @@ def write_split(kind: str, root: str, count: int, seed: int, processes: int = 1)
 
     if kind not in ("images", "clips"):
         raise ValueError(f"kind must be 'images' or 'clips', got {kind!r}")
+    _check_style(style)
     if os.path.isdir(root):
         return root
     write = write_image_split if kind == "images" else write_video_split
@@ -227,10 +269,10 @@ def write_split(kind: str, root: str, count: int, seed: int, processes: int = 1)
     shutil.rmtree(tmp, ignore_errors=True)
     part = -(-count // processes)
     if processes == 1:
-        write(tmp, count, seed)
+        write(tmp, count, seed, style=style)
     else:
         with ProcessPoolExecutor(processes) as pool:
-            for job in [pool.submit(write, tmp, min(part, count - start), seed, start=start)
+            for job in [pool.submit(write, tmp, min(part, count - start), seed, start=start, style=style)
                         for start in range(0, count, part)]:
                 job.result()
     os.replace(tmp, root)
