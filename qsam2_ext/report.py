@@ -68,8 +68,11 @@ def _overlay(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 
 def mask_figure(float_model, quantized, dataset, path: str) -> None:
-    """Rows of (image with prompts and reference masks | float masks | quantized masks), box prompts."""
+    """Rows of (image with prompts and reference masks | float masks | quantized masks), box prompts: the first
+    ``MASK_IMAGES`` images of ``dataset``, then one real photograph (``sam2.real_photos.coins``, evaluation-only)."""
     from PIL import Image, ImageDraw
+
+    from .sam2.real_photos import coins
 
     rows = []
     predictors = [image_predictor(float_model), image_predictor(quantized)]
@@ -77,25 +80,16 @@ def mask_figure(float_model, quantized, dataset, path: str) -> None:
         for i in range(min(MASK_IMAGES, len(dataset))):
             sample = dataset.load(i)
             image = sample.frames[0]
-            for p in predictors:
-                p.set_image(image)
             if sample.masks is not None:
                 reference = sample.masks[0]
             else:  # unlabeled: the float model's masks for a 2x2 grid of clicks are the reference
+                predictors[0].set_image(image)
                 reference = predict_masks(predictors[0], "point", grid_points(*image.shape[:2], 2))
                 reference = reference[reference.reshape(len(reference), -1).any(1)]
-            if not len(reference):
-                continue
-            boxes = np.stack([tight_box(m) for m in reference])
-            tiles = [_overlay(image, reference)] + [_overlay(image, predict_masks(p, "box", boxes)) for p in predictors]
-            tiles = [Image.fromarray(t) for t in tiles]
-            for tile in tiles:
-                draw = ImageDraw.Draw(tile)
-                for x0, y0, x1, y1 in boxes:
-                    draw.rectangle([x0, y0, x1, y1], outline=(255, 255, 255), width=2)
-            rows.append(tiles)
-    if not rows:
-        return
+            if len(reference):
+                rows.append(_mask_row(predictors, image, reference))
+        photo = coins()
+        rows.append(_mask_row(predictors, photo.image, photo.masks))
     w, h = rows[0][0].size
     header = 18
     figure = Image.new("RGB", (3 * w, header + h * len(rows)), (255, 255, 255))
@@ -107,6 +101,23 @@ def mask_figure(float_model, quantized, dataset, path: str) -> None:
             figure.paste(tile.resize((w, h)), (c * w, header + r * h))
     with atomic_path(path) as tmp:
         figure.save(tmp, format="PNG")
+
+
+def _mask_row(predictors, image: np.ndarray, reference: np.ndarray) -> list:
+    """One figure row: the image with the reference masks, then each predictor's masks for their tight boxes."""
+    from PIL import Image, ImageDraw
+
+    boxes = np.stack([tight_box(m) for m in reference])
+    tiles = [_overlay(image, reference)]
+    for p in predictors:
+        p.set_image(image)
+        tiles.append(_overlay(image, predict_masks(p, "box", boxes)))
+    tiles = [Image.fromarray(t) for t in tiles]
+    for tile in tiles:
+        draw = ImageDraw.Draw(tile)
+        for x0, y0, x1, y1 in boxes:
+            draw.rectangle([x0, y0, x1, y1], outline=(255, 255, 255), width=2)
+    return tiles
 
 
 def _sizes(float_model, quantized, model_path: str) -> dict:
@@ -140,7 +151,8 @@ def _markdown(data: dict) -> str:
             fmt = (lambda v: "-" if v is None else f"{100 * v:.2f}")
             change = "-" if None in (f, q) else f"{100 * (q - f):+.2f}"
             lines.append(f"| {kind} | {fmt(f)} | {fmt(q)} | {change} |")
-        lines += ["", "![masks: float vs quantized](masks.png)", ""]
+        lines += ["", "![masks: float vs quantized](masks.png)", "",
+                  "Box prompts; the last row is a real photograph (scikit-image's coins, evaluation-only).", ""]
     s = data["sizes"]
     packed = s["packed"]
     ratio = "" if packed["packed_ratio_vs_bf16"] is None else (

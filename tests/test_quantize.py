@@ -38,6 +38,10 @@ def test_quantize_end_to_end(tmp_path, checkpoint, eval_data):
     assert {"point", "box"} == set(report["evaluation"]["quantized"]["results"])
     assert 0 <= report["evaluation"]["float"]["results"]["box"]["mIoU"] <= 1
     assert (out / "masks.png").stat().st_size > 0 and "| box |" in (out / "report.md").read_text()
+    from PIL import Image
+
+    width, height = Image.open(out / "masks.png").size  # 3 scenes, then the real photograph: 4 rows of 256² tiles
+    assert (width, height) == (3 * 256, 18 + 4 * 256)
     # no temporary QAT folder or file left: only the list of what the run wrote (for --force)
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".qsam2-outputs.json"]
 
