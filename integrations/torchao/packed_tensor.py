@@ -329,8 +329,8 @@ def _linear(func, types, args, kwargs):
 def _cpu_eager(x: torch.Tensor) -> bool:
     """An eager inference call on a CPU outside ``integer_matmul()``: one of the exact paths, the faster measured per
     kind of layer (``qsam2_ext.kernels.cpu_linear``: the weight dequantized once and kept, or at every call)."""
-    return (x.device.type == "cpu" and not _INTEGER_MATMUL and not _traced(x)
-            and not (torch.is_grad_enabled() and x.requires_grad))
+    return (x.device.type == "cpu" and not _INTEGER_MATMUL and not (torch.is_grad_enabled() and x.requires_grad)
+            and not _traced(x))
 
 
 def _cpu_key(x: torch.Tensor, weight: QSAM2PackedTensor, op: str) -> tuple:
