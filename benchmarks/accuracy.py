@@ -1,13 +1,15 @@
 """Segmentation accuracy of quantization methods on the embedded default model (qsam2_mini), against its float self.
 
-    python benchmarks/accuracy.py                      # GPUs: the full run (all methods x W2A4/W2A8/W3A8/W4A8)
+    python benchmarks/accuracy.py                      # GPUs: all methods x W2A4/W2A8/W3A8/W4A4/W4A8
+    python benchmarks/accuracy.py --seeded-bits W2A4 W2A8 W3A8 W4A4 W4A8   # the grid, 3 seeds everywhere
     python benchmarks/accuracy.py --reduced            # CPU: fewer steps, images, clips and seeds
 
 Every row starts from the same float checkpoint, quantizes the image encoder with one method (see
 ``accuracy_methods.py`` for the targeted layers and each method), trains the QAT methods with the project's loop
 for the same steps on the same labeled synthetic data (seed 0 split; prompts and order from the row's seed), then
 evaluates the packed model on the held-out split (seed 1000): box and point mIoU through ``SAM2ImagePredictor``
-and J&F through ``SAM2VideoPredictor`` (first-frame masks). Rows run in parallel worker processes spread over the
+and J&F through ``SAM2VideoPredictor`` (first-frame masks), and box and point mIoU on the real-photo evaluation set
+(``qsam2_ext.sam2.real_photos``, never trained on). Rows run in parallel worker processes spread over the
 GPUs. Writes ``<out>/accuracy.json``, ``<out>/accuracy.md`` and, with matplotlib, ``<out>/accuracy.png``.
 """
 
@@ -31,8 +33,9 @@ from accuracy_methods import ABLATIONS, METHODS, NNCF, PTQ, quantize  # noqa: E4
 
 from qsam2_ext.io import atomic_write, write_json, write_text  # noqa: E402
 
-BITS = {"W2A4": (2, 4), "W2A8": (2, 8), "W3A8": (3, 8), "W4A8": (4, 8)}
-SEEDED = ("W2A4", "W2A8")  # the rows with several seeds (mean ± std)
+BITS = {"W2A4": (2, 4), "W2A8": (2, 8), "W3A8": (3, 8), "W4A4": (4, 4), "W4A8": (4, 8)}
+SEEDED = ("W2A4", "W2A8")  # the rows with several seeds by default (mean ± std); --seeded-bits names others
+METRICS = ("box_mIoU", "point_mIoU", "J&F", "real_box_mIoU", "real_point_mIoU")
 TRAIN_SEED, HELD_OUT_SEED = 0, 1000
 
 
@@ -84,7 +87,8 @@ def run_job(job: Job, setup: Setup) -> dict:
     from qsam2_ext import load_quantized, storage_report
     from qsam2_ext.evaluate import evaluate
     from qsam2_ext.sam2.data import open_dataset
-    from qsam2_ext.sam2.models import build_model
+    from qsam2_ext.sam2.models import build_model, image_predictor
+    from qsam2_ext.sam2.real_photos import real_photos, score, summarise
     from qsam2_ext.train import TrainConfig, train
 
     logging.getLogger().setLevel(logging.WARNING)  # sam2 logs every predictor call at INFO
@@ -117,9 +121,11 @@ def run_job(job: Job, setup: Setup) -> dict:
     else:
         load_quantized(video, model.state_dict())  # packed or float weights alike
     clips = evaluate(video, open_dataset("video", splits["clips"]), progress=False)
+    real = summarise(score(image_predictor(model), real_photos()))  # never trained on (docs/real-photos.md)
     size = storage_report(model)
     return {**asdict(job), "label": job.label, "box_mIoU": images["results"]["box"]["mIoU"],
             "point_mIoU": images["results"]["point"]["mIoU"], "J&F": clips["results"]["J&F"],
+            "real_box_mIoU": real["box"]["mIoU"], "real_point_mIoU": real["point"]["mIoU"],
             "model_bytes": size["model_bytes"], "packed_bytes": size["packed_bytes"],
             "packed_as_bf16_bytes": size["packed_as_bf16_bytes"], "quantize_seconds": quantize_seconds,
             "seconds": time.time() - started, "device": str(device)}
@@ -147,7 +153,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     table = []
     for (label, bits), rs in groups.items():
         entry = {"method": label, "bits": bits, "seeds": len(rs), "model_MB": rs[0]["model_bytes"] / 1e6}
-        for metric in ("box_mIoU", "point_mIoU", "J&F"):
+        for metric in METRICS:
             values = [r[metric] for r in rs]
             entry[metric] = statistics.fmean(values)
             entry[metric + "_std"] = statistics.stdev(values) if len(values) > 1 else None
@@ -166,12 +172,12 @@ def markdown(table: list[dict], meta: dict) -> str:
     lines = [f"Accuracy of quantization methods on {meta['model']} (held-out synthetic split: "
              f"{meta['eval_images']} images, {meta['eval_clips']} clips); {meta['device']}; QAT: {meta['steps']} "
              f"steps of batch {meta['batch_size']}. Quantized: every Linear and 1x1 Conv2d of the image encoder.", "",
-             "| bits | method | seeds | box mIoU | point mIoU | J&F | box % of FP | model MB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| bits | method | seeds | box mIoU | point mIoU | J&F | box % of FP | real photos: box | point | model MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for e in table:
         lines.append(f"| {e['bits']} | {e['method']} | {e['seeds']} | {cell(e, 'box_mIoU')} | "
                      f"{cell(e, 'point_mIoU')} | {cell(e, 'J&F')} | {100 * e['box_mIoU_of_fp']:.1f} | "
-                     f"{e['model_MB']:.2f} |")
+                     f"{cell(e, 'real_box_mIoU')} | {cell(e, 'real_point_mIoU')} | {e['model_MB']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -213,7 +219,9 @@ def main() -> None:
     p.add_argument("--bits", nargs="+", choices=list(BITS), default=list(BITS))
     p.add_argument("--ablations", action="store_true",
                    help="only the W2A4 Q-SAM2 ablations (alpha init, momentum, VRC lam_rel) and the controls")
-    p.add_argument("--seeds", type=int, help="seeds of the W2A4/W2A8 QAT rows (default 3; reduced 1)")
+    p.add_argument("--seeds", type=int, help="seeds of the QAT rows at --seeded-bits (default 3; reduced 1)")
+    p.add_argument("--seeded-bits", nargs="+", choices=list(BITS), default=list(SEEDED),
+                   help="bit settings whose QAT rows get every seed (the others one)")
     p.add_argument("--steps", type=int, help="QAT steps (default 300; reduced 10)")
     p.add_argument("--batch-size", type=int, help="QAT images per step (default 32; reduced 4)")
     p.add_argument("--lr", type=float, default=1e-4, help="QAT learning rate of the weights")
@@ -255,7 +263,7 @@ def main() -> None:
             if method == "fp_trained":
                 jobs += [Job(method, "FP", seed) for seed in range(seeds)] if bits == args.bits[0] else []
                 continue
-            n = 1 if method in PTQ or bits not in SEEDED else seeds
+            n = 1 if method in PTQ or bits not in args.seeded_bits else seeds
             jobs += [Job(method, bits, seed) for seed in range(n)]
     print(f"{len(jobs)} rows, {jobs_parallel} at a time", flush=True)
     started = time.time()
@@ -276,7 +284,8 @@ def main() -> None:
             partial.write(json.dumps(row) + "\n")
             partial.flush()
             print(f"[{time.time() - started:5.0f} s] {row['bits']} {row['label']} seed {row['seed']}: "
-                  f"box {row['box_mIoU']:.3f} point {row['point_mIoU']:.3f} J&F {row['J&F']:.3f}", flush=True)
+                  f"box {row['box_mIoU']:.3f} point {row['point_mIoU']:.3f} J&F {row['J&F']:.3f} "
+                  f"real box {row['real_box_mIoU']:.3f}", flush=True)
     partial.close()
     table = summarize(rows)
     meta = {"model": os.path.basename(args.model),
