@@ -43,7 +43,6 @@ QSAM2_ROWS = {"Q-SAM2 W8A8": (8, 8, "fold"), "Q-SAM2 W4A8": (4, 8, "fold"), "Q-S
               "Q-SAM2 W8A8 exact offset": (8, 8, "exact")}
 ROWS = ("fp32 IR", "fp16 IR", "NNCF INT8 (compress_weights)", "NNCF INT4 (compress_weights)",
         "NNCF int8 PTQ (nncf.quantize)") + tuple(QSAM2_ROWS)
-DEFAULT_ROWS = ROWS[:-1]
 HINTS = {"default": {}, "f32": {"INFERENCE_PRECISION_HINT": "f32"}}
 
 
@@ -215,7 +214,7 @@ def main() -> None:
     p.add_argument("--model", default=DEFAULT_MODEL_CONFIG)
     p.add_argument("--checkpoint", default=None, help="default: the embedded model's; none for sam2.1_* configs")
     p.add_argument("--size", type=int, default=None, help="image size (default: the model's)")
-    p.add_argument("--rows", nargs="+", choices=ROWS, default=list(DEFAULT_ROWS))
+    p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--calibration-images", type=int, default=8)
     p.add_argument("--int4-group-size", type=int, default=32,
