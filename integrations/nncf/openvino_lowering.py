@@ -140,6 +140,7 @@ def _folded_weights(spec: LayerSpec, shape: list[int], r: np.ndarray) -> ov.Node
                         ov.Type.f32)
     value = ops.round(ops.multiply(ops.add(value, ops.constant(h.astype(np.float32).reshape(per_channel))),
                                    ops.constant(r.astype(np.float32).reshape(per_channel))), "half_to_even")
+    value = ops.clamp(value, -127.0, 127.0)  # h and r saved as f16 (compress_to_fp16) must not wrap around in i8
     scale = (spec.step[:, 0] / r).astype(np.float32).reshape(per_channel)
     return ops.multiply(ops.convert(ops.convert(value, ov.Type.i8), ov.Type.f32),
                         ops.constant(scale, name=f"{spec.name}/scale"), name=f"{spec.name}/fq_weights_1")
