@@ -14,13 +14,14 @@
   and ``has_mask``; the dense embedding is ``has_mask · mask_downscaling(mask) + (1 − has_mask) · no_mask_embed``
   (exact for ``has_mask`` 0 or 1). ``B`` and ``N`` are dynamic (prompts vary; padding them would change SAM2's
   result). Boxes come as corner points with labels 2/3, as ``SAM2ImagePredictor`` sends them.
-* **Mask decoder**: ``predict_masks`` with dynamic prompt batch and token count; the choice among the masks
+* **Mask decoder**: ``predict_masks`` with dynamic prompt batch and token count (one image embedding per prompt,
+  repeated by the wrapper for ``repeat_image``, as SAM2 does); the choice among the masks
   (``multimask_output``, the stability-based choice of a single mask) is SAM2's own code, run on the IR's
   outputs. Its ``conv_s0`` / ``conv_s1`` (two 1×1 convolutions that ``SAM2Base.forward_image`` applies to the
   encoder's high-resolution features) and the ``no_mem_embed`` addition stay in torch, as does the upsampling of
   masks to the image size.
 
-The video modules (memory attention, memory encoder) stay in torch: ``SAM2VideoPredictor`` runs with these IRs
+The video modules (memory attention, memory encoder) are not exported: ``SAM2VideoPredictor`` runs with these IRs
 for the encoder and heads and torch for its memory.
 """
 
@@ -146,7 +147,7 @@ class _MaskDecoderIO(nn.Module):
     def forward(self, image_embeddings, image_pe, sparse, dense, feat_s0, feat_s1):
         return self.decoder.predict_masks(image_embeddings=image_embeddings, image_pe=image_pe,
                                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                          repeat_image=True, high_res_features=[feat_s0, feat_s1])
+                                          repeat_image=False, high_res_features=[feat_s0, feat_s1])
 
 
 class OpenVINOMaskDecoder(nn.Module):
@@ -174,8 +175,8 @@ class OpenVINOMaskDecoder(nn.Module):
         c, e = decoder.transformer_dim, image_size // 16
         example = (torch.randn(1, c, e, e), torch.randn(1, c, e, e), torch.randn(1, 3, c), torch.randn(1, c, e, e),
                    torch.randn(1, c // 8, 4 * e, 4 * e), torch.randn(1, c // 4, 2 * e, 2 * e))
-        shapes = [[1, c, e, e], [1, c, e, e], [-1, -1, c], [-1, c, e, e], [1, c // 8, 4 * e, 4 * e],
-                  [1, c // 4, 2 * e, 2 * e]]
+        shapes = [[-1, c, e, e], [1, c, e, e], [-1, -1, c], [-1, c, e, e], [-1, c // 8, 4 * e, 4 * e],
+                  [-1, c // 4, 2 * e, 2 * e]]  # image batch: one, or one per prompt
         with torch.no_grad():
             model = ov.convert_model(_MaskDecoderIO(decoder.eval()), example_input=example, input=shapes)
         _save(model, path, compress_to_fp16)
@@ -184,10 +185,11 @@ class OpenVINOMaskDecoder(nn.Module):
                 multimask_output: bool, repeat_image: bool, high_res_features=None):
         if high_res_features is None:
             raise ValueError("the OpenVINO mask decoder expects SAM2's high-resolution features")
-        if not repeat_image and image_embeddings.shape[0] != sparse_prompt_embeddings.shape[0]:
+        batch = sparse_prompt_embeddings.shape[0]
+        if repeat_image:  # as MaskDecoder.predict_masks does (the high-resolution features broadcast)
+            image_embeddings = torch.repeat_interleave(image_embeddings, batch, dim=0)
+        elif image_embeddings.shape[0] != batch:
             raise ValueError("one image embedding per prompt batch entry, or repeat_image")
-        if image_embeddings.shape[0] != 1:  # the IR repeats one image for the prompt batch
-            raise NotImplementedError("the OpenVINO mask decoder takes one image at a time")
         masks, iou_pred, mask_tokens_out, object_score_logits = _run(
             self.request, self.compiled, [image_embeddings, image_pe, sparse_prompt_embeddings,
                                           dense_prompt_embeddings, *high_res_features], image_embeddings.device)
