@@ -78,3 +78,35 @@ def test_mask_input_prompt_matches(predictors):
         got, scores, _ = ov_predictor.predict(**kw, mask_input=low)
     assert _iou(got, expected) > 0.999
     np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_video_predictor_with_the_irs_tracks_like_torch(tmp_path):
+    """SAM2's video predictor with the three IRs (memory modules in torch), two objects (one image embedding per
+    object in the mask decoder): the same masks on every frame as the torch predictor."""
+    from PIL import Image
+    from skimage import data
+
+    from qsam2_ext.sam2.video import build_video_predictor
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    image = data.astronaut()[::2, ::2]
+    for i in range(3):
+        Image.fromarray(np.roll(image, 6 * i, axis=1)).save(frames / f"{i:05d}.jpg")
+    reference = build_video_predictor(DEFAULT_MODEL_CONFIG, default_checkpoint()).eval()
+    ov_predictor = qn.openvino_sam2(copy.deepcopy(reference), str(tmp_path / "ir"), compress_to_fp16=False,
+                                    config={"INFERENCE_PRECISION_HINT": "f32"})
+    masks = []
+    for predictor in (reference, ov_predictor):
+        with torch.inference_mode():
+            state = predictor.init_state(video_path=str(frames))
+            predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=np.array([[100, 75]], np.float32),
+                                            labels=np.array([1], np.int32))
+            predictor.add_new_points_or_box(state, frame_idx=0, obj_id=2, box=np.array([25, 100, 150, 250],
+                                                                                       np.float32))
+            masks.append({f: (m > 0).numpy() for f, _, m in predictor.propagate_in_video(state)})
+    assert sorted(masks[0]) == sorted(masks[1]) == [0, 1, 2]
+    for frame, expected in masks[0].items():
+        for obj in range(2):
+            assert _iou(masks[1][frame][obj], expected[obj]) > 0.999, (frame, obj)

@@ -21,8 +21,8 @@
   encoder's high-resolution features) and the ``no_mem_embed`` addition stay in torch, as does the upsampling of
   masks to the image size.
 
-The video modules (memory attention, memory encoder) are not exported: ``SAM2VideoPredictor`` runs with these IRs
-for the encoder and heads and torch for its memory.
+The video modules (memory attention, memory encoder) are not exported: ``SAM2VideoPredictor`` runs these IRs for
+the encoder and heads (several objects: one image embedding per object) and torch for its memory.
 """
 
 from __future__ import annotations
