@@ -15,7 +15,7 @@ ov = pytest.importorskip("openvino")
 from qsam2_ext import qsam2_config  # noqa: E402
 from qsam2_ext.core import observing  # noqa: E402
 from qsam2_ext.integrations import nncf as qn  # noqa: E402
-from qsam2_ext.integrations.nncf.export import layer_specs  # noqa: E402
+from qsam2_ext.integrations.nncf.export import float_ir, layer_specs  # noqa: E402
 from qsam2_ext.integrations.nncf.openvino_lowering import _pack, storage_type  # noqa: E402
 
 LAYERS = ("fc1", "fc2", "conv")
@@ -226,3 +226,20 @@ def test_readme_flow_exports_a_sam2_encoder_and_the_predictor_runs_it(tmp_path):
     got, _, _ = ov_predictor.predict(box=box, multimask_output=False, return_logits=True)
     agree = ((got > 0) == (expected > 0)).mean()
     assert agree > 0.98, agree
+
+
+def test_dynamic_shapes_on_request(tmp_path):
+    """``dynamic_shapes=True``: the image batch's N, H, W are free in the IR, which then runs other sizes like the
+    torch model; the default is the example's static shape."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    example = torch.randn(1, 3, 16, 16)
+    static = float_ir(model, example, str(tmp_path / "s.xml"), compress_to_fp16=False)
+    assert static.inputs[0].get_partial_shape().is_static
+    ir = float_ir(model, example, str(tmp_path / "d.xml"), compress_to_fp16=False, dynamic_shapes=True)
+    assert str(ir.inputs[0].get_partial_shape()) == "[?,3,?,?]"
+    compiled = ov.Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    for shape in ((2, 3, 24, 20), (1, 3, 16, 16)):
+        x = torch.randn(shape)
+        with torch.no_grad():
+            np.testing.assert_allclose(compiled(x.numpy())[0], model(x).numpy(), atol=1e-4)

@@ -188,10 +188,12 @@ def _save(ov_model, path: str, compress_to_fp16: bool) -> None:
 
 
 def export_openvino(model: nn.Module, example_input: torch.Tensor, path: Optional[str] = None, *,
-                    compress_to_fp16: bool = False, offset: str = "fold") -> tuple[Any, dict]:
+                    compress_to_fp16: bool = False, offset: str = "fold", dynamic_shapes: bool = False
+                    ) -> tuple[Any, dict]:
     """Lower ``model`` (NNCF-wrapped, with Q-SAM2 hooks, baked or not) to an OpenVINO IR at ``path`` (``.xml``;
     a temporary file when None), read it back, compare OpenVINO's f32 outputs with the torch model's, and return
-    ``(ov_model read back, report)``. Static shapes: those of ``example_input``. ``offset``: ``"fold"`` or
+    ``(ov_model read back, report)``. Static shapes (those of ``example_input``) unless ``dynamic_shapes`` (then the
+    batch and, for ``N×C×H×W`` images, the sides are free: ``input_shape``). ``offset``: ``"fold"`` or
     ``"exact"`` (``openvino_lowering``). Needs the ``openvino`` extra."""
     try:
         import openvino as ov
@@ -213,7 +215,7 @@ def export_openvino(model: nn.Module, example_input: torch.Tensor, path: Optiona
         remaining = any(True for _ in N.get_hook_storage(plain).named_hooks())  # NNCF's own, if kept
         calls = check_hook_tensors(plain, example_input) if remaining else 0
         ov_model = ov.convert_model(TupleOutputs(plain), example_input=example_input,
-                                     input=[tuple(example_input.shape)])  # static shapes
+                                     input=[input_shape(example_input, dynamic_shapes)])
     del plain
     by_value = float_constants_by_value(ov_model, {tuple(v.shape) for _, v in specs.values()})
     rewritten = 0
@@ -260,12 +262,21 @@ def export_openvino(model: nn.Module, example_input: torch.Tensor, path: Optiona
 
 
 
-def float_ir(model: nn.Module, example_input: torch.Tensor, path: str, *, compress_to_fp16: bool):
+def input_shape(example_input: torch.Tensor, dynamic: bool) -> list[int]:
+    """The IR's input shape: the example's, or with the batch (and for ``N×C×H×W`` images the sides) free."""
+    shape = list(example_input.shape)
+    if not dynamic:
+        return shape
+    return [-1, shape[1], -1, -1] if len(shape) == 4 else [-1] + shape[1:]
+
+
+def float_ir(model: nn.Module, example_input: torch.Tensor, path: str, *, compress_to_fp16: bool,
+             dynamic_shapes: bool = False):
     """The IR of a model without Q-SAM2 hooks (float, or NNCF's own quantizers) at ``path``, read back."""
     import openvino as ov
 
     with torch.no_grad():
         ov_model = ov.convert_model(TupleOutputs(model.eval()), example_input=example_input,
-                                     input=[tuple(example_input.shape)])
+                                     input=[input_shape(example_input, dynamic_shapes)])
     _save(ov_model, path, compress_to_fp16)
     return ov.Core().read_model(path)

@@ -7,7 +7,8 @@
     predictor = SAM2ImagePredictor(model)
     predictor.set_image(image); masks, scores, _ = predictor.predict(box=box, multimask_output=False)
 
-* **Image encoder**: static shapes (``1×3×S×S``, the model's image size); a Q-SAM2 encoder (NNCF hooks) goes
+* **Image encoder**: static shapes by default (``1×3×S×S``, the model's image size; ``dynamic_shapes=True``
+  frees batch and sides); a Q-SAM2 encoder (NNCF hooks) goes
   through ``export_openvino``, a float one through ``ov.convert_model``. Its nested outputs are flattened for
   OpenVINO and rebuilt with the tree structure recorded at export.
 * **Prompt encoder**: inputs ``coords`` ``(B, N, 2)``, ``labels`` ``(B, N)``, ``mask_input`` ``(B, 1, 4e, 4e)``
@@ -66,18 +67,20 @@ class OpenVINOImageEncoder(nn.Module):
 
     @classmethod
     def export(cls, encoder: nn.Module, example_input: torch.Tensor, path: str, *, compress_to_fp16: bool,
-               config: Optional[dict] = None) -> "OpenVINOImageEncoder":
+               config: Optional[dict] = None, dynamic_shapes: bool = False) -> "OpenVINOImageEncoder":
         """Q-SAM2 encoders (with Q-SAM2 hooks) through ``export_openvino``; others through ``ov.convert_model``."""
         from .export import export_openvino, float_ir
 
         if any(type(m).__name__ in ("QSAM2FakeQuantize", "QSAM2WeightDecompressor") for m in encoder.modules()):
-            export_openvino(encoder, example_input, path, compress_to_fp16=compress_to_fp16)
+            export_openvino(encoder, example_input, path, compress_to_fp16=compress_to_fp16,
+                            dynamic_shapes=dynamic_shapes)
         else:
-            float_ir(encoder, example_input, path, compress_to_fp16=compress_to_fp16)
+            float_ir(encoder, example_input, path, compress_to_fp16=compress_to_fp16, dynamic_shapes=dynamic_shapes)
         return cls.compile(path, encoder, example_input, config)
 
     def forward(self, images: torch.Tensor) -> dict:
-        if tuple(images.shape) != self.input_shape:
+        static = self.compiled.input(0).get_partial_shape().is_static
+        if static and tuple(images.shape) != self.input_shape:
             raise ValueError(f"this IR takes images of shape {self.input_shape}, got {tuple(images.shape)}")
         return tree_unflatten(_run(self.request, self.compiled, [images.float()], images.device), self.treespec)
 
@@ -205,11 +208,12 @@ class OpenVINOMaskDecoder(nn.Module):
 
 
 def openvino_sam2(model: nn.Module, folder: str, *, compress_to_fp16: bool, example: Optional[torch.Tensor] = None,
-                  config: Optional[dict] = None) -> nn.Module:
+                  config: Optional[dict] = None, dynamic_shapes: bool = False) -> nn.Module:
     """Export ``model``'s image encoder (float, or Q-SAM2 through NNCF), prompt encoder and mask decoder to
     ``folder`` (``image_encoder.xml``, ``prompt_encoder.xml``, ``mask_decoder.xml``) and put their compiled IRs in
     ``model`` in place of the torch modules (in place; returns ``model``). ``example``: a ``1×3×S×S`` image batch
-    for tracing and the export check (default: seeded noise); ``config``: the CPU plugin's compile options."""
+    for tracing and the export check (default: seeded noise); ``config``: the CPU plugin's compile options;
+    ``dynamic_shapes``: an image encoder IR with free batch and sides (SAM2 itself still expects its image size)."""
     import openvino as ov
 
     os.makedirs(folder, exist_ok=True)
@@ -219,7 +223,8 @@ def openvino_sam2(model: nn.Module, folder: str, *, compress_to_fp16: bool, exam
         example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     core = ov.Core()
     image_encoder = OpenVINOImageEncoder.export(model.image_encoder.eval(), example, os.path.join(folder, "image_encoder.xml"),
-                                                compress_to_fp16=compress_to_fp16, config=config)
+                                                compress_to_fp16=compress_to_fp16, config=config,
+                                                dynamic_shapes=dynamic_shapes)
     paths = {name: os.path.join(folder, f"{name}.xml") for name in ("prompt_encoder", "mask_decoder")}
     OpenVINOPromptEncoder.export(model.sam_prompt_encoder, paths["prompt_encoder"], compress_to_fp16=compress_to_fp16)
     OpenVINOMaskDecoder.export(model.sam_mask_decoder, size, paths["mask_decoder"], compress_to_fp16=compress_to_fp16)
