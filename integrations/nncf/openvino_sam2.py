@@ -222,7 +222,8 @@ def openvino_sam2(model: nn.Module, folder: str, *, compress_to_fp16: bool, exam
     if example is None:
         example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     core = ov.Core()
-    image_encoder = OpenVINOImageEncoder.export(model.image_encoder.eval(), example, os.path.join(folder, "image_encoder.xml"),
+    image_encoder = OpenVINOImageEncoder.export(model.image_encoder.eval(), example,
+                                                os.path.join(folder, "image_encoder.xml"),
                                                 compress_to_fp16=compress_to_fp16, config=config,
                                                 dynamic_shapes=dynamic_shapes)
     paths = {name: os.path.join(folder, f"{name}.xml") for name in ("prompt_encoder", "mask_decoder")}
