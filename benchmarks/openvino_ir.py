@@ -7,11 +7,13 @@ Rows: fp32 IR, fp16 IR (``compress_to_fp16``), NNCF ``compress_weights`` INT8 (I
 group 32, NNCF's default backup INT8 for the first and last layers), NNCF int8 PTQ (``nncf.quantize`` on the fp32
 IR, ``model_type=TRANSFORMER``), and Q-SAM2 W8A8 / W4A8 / W2A8 / W4A4 through NNCF (``prepare_nncf_qat``: VRC
 then LSC on every Linear and 1x1 Conv2d of the encoder, activation statistics from the calibration images; no QAT
-steps here) lowered by ``export_openvino``. NNCF rows and Q-SAM2 rows calibrate on the same images.
+steps here) lowered by ``export_openvino`` (``offset="fold"``; the ``exact offset`` rows: ``offset="exact"``, from
+the same prepared model). NNCF rows and Q-SAM2 rows calibrate on the same images.
 
-Every IR is compiled with the CPU plugin's defaults (on a CPU with AMX/AVX512-BF16 the float rows then run in
-bf16). Latency: the median of ``--rounds`` rounds, each running every row once in turn (interleaved, so load from
-other processes spreads over all rows). Memory: resident memory added by compiling the IR and one inference
+Every IR is timed in two settings: the CPU plugin's defaults (on a CPU with AMX/AVX512-BF16 the float parts then
+run in bf16) and ``INFERENCE_PRECISION_HINT=f32`` (what the float parts run in on a CPU without bf16). Latency: per
+setting, the median of ``--rounds`` rounds, each running every row once in turn (interleaved, so load from other
+processes spreads over all rows). Memory: resident memory added by compiling the IR and one inference
 (process RSS before and after; the IR file itself is read into memory first). mIoU: box and point prompts through
 ``SAM2ImagePredictor`` on the accuracy benchmark's held-out synthetic split (seed 1000), with the IR as the image
 encoder and the rest of SAM2 in torch. Writes ``<out>/openvino[_<tag>].json`` and ``.md``.
@@ -36,9 +38,12 @@ os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")  # NNCF builds its C
 
 from qsam2_ext.io import write_json, write_text  # noqa: E402
 
-QSAM2_ROWS = {"Q-SAM2 W8A8": (8, 8), "Q-SAM2 W4A8": (4, 8), "Q-SAM2 W2A8": (2, 8), "Q-SAM2 W4A4": (4, 4)}
+QSAM2_ROWS = {"Q-SAM2 W8A8": (8, 8, "fold"), "Q-SAM2 W4A8": (4, 8, "fold"), "Q-SAM2 W2A8": (2, 8, "fold"),
+              "Q-SAM2 W4A4": (4, 4, "fold"), "Q-SAM2 W4A8 exact offset": (4, 8, "exact"),
+              "Q-SAM2 W8A8 exact offset": (8, 8, "exact")}
 ROWS = ("fp32 IR", "fp16 IR", "NNCF INT8 (compress_weights)", "NNCF INT4 (compress_weights)",
         "NNCF int8 PTQ (nncf.quantize)") + tuple(QSAM2_ROWS)
+HINTS = {"default": {}, "f32": {"INFERENCE_PRECISION_HINT": "f32"}}
 
 
 def _rss() -> int:
@@ -46,13 +51,38 @@ def _rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
 
 
+def prepare_qsam2(args, model_config, checkpoint, calibration, example, bits, act_bits):
+    """The model with its image encoder prepared by Q-SAM2 through NNCF (hooks in eval mode, not baked)."""
+    import nncf
+
+    from qsam2_ext.core import observing
+    from qsam2_ext.integrations.nncf import finish_nncf_qat, prepare_nncf_qat
+    from qsam2_ext.sam2.models import build_model
+
+    model = build_model(model_config, checkpoint, image_size=args.size)
+    if args.no_vrc:  # size / latency only: the same hooks and IR structure, without the VRC solve
+        from qsam2_ext.integrations.nncf import attach_qsam2, image_encoder_layers, nncf_ptq
+        from qsam2_ext.integrations.torchao.configs import QSAM2Config
+
+        q = nncf_ptq(model.image_encoder, nncf.Dataset(calibration), subset_size=len(calibration))
+        cfg = QSAM2Config(bits=bits, act_bits=act_bits, method="lsc", step="prepare")
+        attach_qsam2(q, example, {n: cfg for n, m in q.named_modules()
+                                  if image_encoder_layers(m, "image_encoder." + n)}, keep_nncf=False)
+        with observing(q), torch.no_grad():
+            q(example)
+        model.image_encoder = q
+    else:
+        prepare_nncf_qat(model, calibration, bits, act_bits, method="qsam2")
+    finish_nncf_qat(model)
+    return model
+
+
 def build_irs(args, rows, model_config, checkpoint, calibration, example, irs) -> dict:
     """Write every row's IR; returns ``{row: export report or None}``."""
     import nncf
     import openvino as ov
 
-    from qsam2_ext.integrations.nncf import export_openvino, finish_nncf_qat, prepare_nncf_qat
-    from qsam2_ext.core import observing
+    from qsam2_ext.integrations.nncf import export_openvino
     from qsam2_ext.integrations.nncf.export import float_ir
     from qsam2_ext.sam2.models import build_model
 
@@ -61,7 +91,7 @@ def build_irs(args, rows, model_config, checkpoint, calibration, example, irs) -
     encoder = build_model(model_config, checkpoint, image_size=args.size).image_encoder.eval()
     fp32 = (ov.Core().read_model(path("fp32 IR")) if args.reuse and os.path.exists(path("fp32 IR")) else
             float_ir(encoder, example, path("fp32 IR"), compress_to_fp16=False))
-    reports, paths = {}, {}
+    reports, paths, prepared = {}, {}, {}
     for row in rows:
         started = time.time()
         paths[row] = path(row)
@@ -84,60 +114,54 @@ def build_irs(args, rows, model_config, checkpoint, calibration, example, irs) -
             q = nncf.quantize(fp32.clone(), dataset, subset_size=len(calibration), model_type=nncf.ModelType.TRANSFORMER)
             ov.save_model(q, path(row), compress_to_fp16=True)
         else:
-            bits, act_bits = QSAM2_ROWS[row]
-            model = build_model(model_config, checkpoint, image_size=args.size)
-            if args.no_vrc:  # size / latency only: the same hooks and IR structure, without the VRC solve
-                from qsam2_ext.integrations.nncf import attach_qsam2, image_encoder_layers, nncf_ptq
-                from qsam2_ext.integrations.torchao.configs import QSAM2Config
-
-                q = nncf_ptq(model.image_encoder, nncf.Dataset(calibration), subset_size=len(calibration))
-                cfg = QSAM2Config(bits=bits, act_bits=act_bits, method="lsc", step="prepare")
-                attach_qsam2(q, example, {n: cfg for n, m in q.named_modules()
-                                          if image_encoder_layers(m, "image_encoder." + n)}, keep_nncf=False)
-                with observing(q), torch.no_grad():
-                    q(example)
-                model.image_encoder = q
-            else:
-                prepare_nncf_qat(model, calibration, bits, act_bits, method="qsam2")
-            finish_nncf_qat(model)
-            _, report = export_openvino(model.image_encoder, example, path(row), compress_to_fp16=True)
-            reports[row] = {k: report[k] for k in ("layers", "weights", "quantized_inputs", "constants",
-                                                   "min_sqnr_db_vs_torch", "runtime_precisions", "hooks_ran")}
+            bits, act_bits, offset = QSAM2_ROWS[row]
+            if (bits, act_bits) not in prepared:  # the exact-offset rows export the same prepared model
+                prepared[(bits, act_bits)] = prepare_qsam2(args, model_config, checkpoint, calibration, example,
+                                                           bits, act_bits)
+            model = prepared[(bits, act_bits)]
+            _, report = export_openvino(model.image_encoder, example, path(row), compress_to_fp16=True, offset=offset)
+            reports[row] = {k: report[k] for k in ("layers", "weights", "quantized_inputs", "constants", "offset",
+                                                   "offset_terms", "min_sqnr_db_vs_torch", "runtime_precisions",
+                                                   "hooks_ran")}
             write_json(path(row) + ".json", reports[row])
             del model
+            if not any(QSAM2_ROWS[r][:2] == (bits, act_bits) for r in rows[rows.index(row) + 1:] if r in QSAM2_ROWS):
+                del prepared[(bits, act_bits)]
         print(f"  built {row} in {time.time() - started:.0f} s", flush=True)
         gc.collect()
     return paths, reports, encoder
 
 
 def measure(rows, paths, example, rounds) -> dict:
+    """Per setting (``HINTS``): compile every row, then time them interleaved; one setting's compiled models at a
+    time (a 1024² encoder holds ~0.6 GB each)."""
     import openvino as ov
 
     from qsam2_ext.integrations.nncf.export import runtime_precisions
 
-    core, compiled, results = ov.Core(), {}, {}
-    x = example.numpy()
-    for row in rows:
-        gc.collect()
-        before = _rss()
-        model = core.read_model(paths[row])
-        c = core.compile_model(model, "CPU")
-        request = c.create_infer_request()
-        request.infer([x])
-        compiled[row] = (c, request)
-        results[row] = {"ir_bytes": os.path.getsize(paths[row][:-4] + ".bin"), "rss_added_bytes": _rss() - before,
-                        "executed": runtime_precisions(c), "latency_ms": []}
-    for r in range(rounds):
-        order = rows[r % len(rows):] + rows[:r % len(rows)]
-        for row in order:
-            request = compiled[row][1]
-            started = time.perf_counter()
+    core, x = ov.Core(), example.numpy()
+    results = {row: {"ir_bytes": os.path.getsize(paths[row][:-4] + ".bin")} for row in rows}
+    for hint, config in HINTS.items():
+        compiled = {}
+        for row in rows:
+            gc.collect()
+            before = _rss()
+            c = core.compile_model(core.read_model(paths[row]), "CPU", config)
+            request = c.create_infer_request()
             request.infer([x])
-            results[row]["latency_ms"].append(1000 * (time.perf_counter() - started))
-    for row in rows:
-        results[row]["median_ms"] = statistics.median(results[row]["latency_ms"])
-        results[row]["inference_precision"] = str(compiled[row][0].get_property("INFERENCE_PRECISION_HINT"))
-    del compiled
+            compiled[row] = (c, request)
+            if hint == "default":
+                results[row]["rss_added_bytes"] = _rss() - before
+            results[row][hint] = {"executed": runtime_precisions(c), "latency_ms": [],
+                                  "inference_precision": str(c.get_property("INFERENCE_PRECISION_HINT"))}
+        for r in range(rounds):
+            for row in rows[r % len(rows):] + rows[:r % len(rows)]:
+                started = time.perf_counter()
+                compiled[row][1].infer([x])
+                results[row][hint]["latency_ms"].append(1000 * (time.perf_counter() - started))
+        for row in rows:
+            results[row][hint]["median_ms"] = statistics.median(results[row][hint]["latency_ms"])
+        del compiled, c, request
     return results
 
 
@@ -159,19 +183,22 @@ def accuracy(rows, paths, model_config, checkpoint, size, example, eval_root, li
 
 
 def markdown(results: dict, meta: dict) -> str:
-    fp32 = results["fp32 IR"]["median_ms"]
+    fp32 = {hint: results["fp32 IR"][hint]["median_ms"] for hint in HINTS}
     acc = any("box_mIoU" in r for r in results.values())
     lines = [f"OpenVINO {meta['openvino']} CPU plugin, {meta['model']} image encoder at {meta['size']}², batch 1, "
              f"{meta['cpu']} ({meta['cores']} cores, shared with other jobs: latencies are noisy; medians of "
-             f"{meta['rounds']} interleaved rounds). Float rows execute in {meta['float_precision']}."
+             f"{meta['rounds']} interleaved rounds). Default setting: float parts execute in "
+             f"{meta['float_precision']}; f32 hint: INFERENCE_PRECISION_HINT=f32 for every row."
              + (f" mIoU: {meta['eval_images']} held-out synthetic images." if acc else ""), "",
-             "| row | IR MB | median ms | × fp32 IR | RSS added MB | executed MatMul/Conv precisions |"
-             + (" box mIoU | point mIoU |" if acc else ""),
-             "|---|---:|---:|---:|---:|---|" + ("---:|---:|" if acc else "")]
+             "| row | IR MB | ms | × fp32 IR | ms (f32 hint) | × fp32 IR (f32 hint) | RSS added MB | "
+             "executed MatMul/Conv precisions |" + (" box mIoU | point mIoU |" if acc else ""),
+             "|---|---:|---:|---:|---:|---:|---:|---|" + ("---:|---:|" if acc else "")]
     for row, r in results.items():
-        executed = ", ".join(f"{k} {'/'.join(f'{p}:{n}' for p, n in v.items())}" for k, v in r["executed"].items())
-        line = (f"| {row} | {r['ir_bytes'] / 1e6:.2f} | {r['median_ms']:.1f} | {r['median_ms'] / fp32:.2f} | "
-                f"{r['rss_added_bytes'] / 1e6:.0f} | {executed} |")
+        d, f = r["default"], r["f32"]
+        executed = ", ".join(f"{k} {'/'.join(f'{p}:{n}' for p, n in v.items())}" for k, v in d["executed"].items())
+        line = (f"| {row} | {r['ir_bytes'] / 1e6:.2f} | {d['median_ms']:.1f} | {d['median_ms'] / fp32['default']:.2f} "
+                f"| {f['median_ms']:.1f} | {f['median_ms'] / fp32['f32']:.2f} | {r['rss_added_bytes'] / 1e6:.0f} | "
+                f"{executed} |")
         if acc:
             line += f" {100 * r.get('box_mIoU', float('nan')):.1f} | {100 * r.get('point_mIoU', float('nan')):.1f} |"
         lines.append(line)
@@ -234,11 +261,12 @@ def main() -> None:
     for row, report in reports.items():
         results[row]["export"] = report
     for r in results.values():
-        r["ratio_to_fp32_ir"] = r["median_ms"] / results["fp32 IR"]["median_ms"]
+        for hint in HINTS:
+            r[hint]["ratio_to_fp32_ir"] = r[hint]["median_ms"] / results["fp32 IR"][hint]["median_ms"]
     meta = {"model": os.path.basename(args.model).removesuffix(".yaml"), "size": size,
             "checkpoint": checkpoint and os.path.basename(checkpoint), "openvino": ov.__version__,
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "rounds": args.rounds,
-            "float_precision": results["fp32 IR"]["inference_precision"], "eval_images": args.eval_images,
+            "float_precision": results["fp32 IR"]["default"]["inference_precision"], "eval_images": args.eval_images,
             "calibration_images": len(calibration), "qat_steps": 0, "seconds": round(time.time() - started),
             "command": shlex.join(["python", "benchmarks/openvino_ir.py"] + sys.argv[1:])}
     try:

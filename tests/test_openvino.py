@@ -15,6 +15,7 @@ ov = pytest.importorskip("openvino")
 from qsam2_ext import qsam2_config  # noqa: E402
 from qsam2_ext.core import observing  # noqa: E402
 from qsam2_ext.integrations import nncf as qn  # noqa: E402
+from qsam2_ext.integrations.nncf.export import float_ir, layer_specs  # noqa: E402
 from qsam2_ext.integrations.nncf.openvino_lowering import _pack, storage_type  # noqa: E402
 
 LAYERS = ("fc1", "fc2", "conv")
@@ -127,18 +128,48 @@ class One(nn.Module):
         return self.fc(x)
 
 
-@pytest.mark.parametrize("act_bits", [8, 4])
-def test_one_quantized_layer_is_exact(tmp_path, act_bits):
-    """FakeQuantize + integer weights + offset term of one layer reproduce the torch layer to float rounding."""
+def _one(bits, act_bits):
     data = _data(3)
     model = nncf.quantize(One(), nncf.Dataset(data), subset_size=3)
-    qn.attach_qsam2(model, data[0], {"fc": qsam2_config(bits=4, act_bits=act_bits, step="prepare")}, keep_nncf=False)
+    qn.attach_qsam2(model, data[0], {"fc": qsam2_config(bits=bits, act_bits=act_bits, step="prepare")},
+                    keep_nncf=False)
     with observing(model), torch.no_grad():
         for x in data:
             model(x)
     qn.bake(model)
-    _, report = qn.export_openvino(model, data[0], str(tmp_path / "m.xml"), compress_to_fp16=False)
-    assert report["min_sqnr_db_vs_torch"] > 100, report
+    return model, data
+
+
+@pytest.mark.parametrize("act_bits", [8, 4])
+def test_one_quantized_layer_is_exact(tmp_path, act_bits):
+    """FakeQuantize + integer weights + offset term of one layer reproduce the torch layer to float rounding."""
+    model, data = _one(4, act_bits)
+    _, report = qn.export_openvino(model, data[0], str(tmp_path / "m.xml"), compress_to_fp16=False, offset="exact")
+    assert report["min_sqnr_db_vs_torch"] > 100 and report["offset_terms"] == 1, report
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_folded_weights_are_the_grid_on_a_symmetric_int8_grid(tmp_path, bits):
+    """offset="fold": the weights OpenVINO computes from the file (constant-folded on the CPU plugin) are integers
+    times one scale per output channel, within [-127, 127], and at most half of that scale from the torch
+    layer's grid values; the file still holds the narrow codes, the layer has no offset term and runs u8."""
+    model, data = _one(bits, 8)
+    path = str(tmp_path / "m.xml")
+    ir, report = qn.export_openvino(model, data[0], path, compress_to_fp16=False)
+    assert report["offset"] == "fold" and report["offset_terms"] == 0
+    assert _weight_sources(ir) == {"__module.model.fc/aten::linear/MatMul": storage_type(bits)[0].get_type_name()}
+    ops = {op.get_friendly_name(): op for op in ir.get_ops()}
+    weights = ov.Core().compile_model(ov.Model([ops["fc.weight/fq_weights_1"].output(0)], []), "CPU",
+                                      {"INFERENCE_PRECISION_HINT": "f32"})({})[0]
+    scale = ops["fc.weight/scale"].get_data().reshape(-1, 1)
+    expected = layer_specs(model, data[0])["fc.weight"][1].numpy()  # the torch layer's weight values
+    n = weights / scale
+    np.testing.assert_allclose(n, np.round(n), atol=1e-3)
+    assert np.abs(np.round(n)).max() <= 127
+    # the scale is the row's largest grid value over 126.5: the error bound is half of it
+    np.testing.assert_allclose(scale[:, 0], np.abs(expected).max(1) / 126.5, rtol=1e-5)
+    assert (np.abs(weights - expected) <= scale / 2 * (1 + 1e-4)).all()
+    assert qn.runtime_precisions(ov.Core().compile_model(path, "CPU"))["FullyConnected"] == {"u8": 1}
 
 
 def test_a8_layers_run_u8_by_i8_on_cpu(nncf_model, tmp_path):
@@ -195,3 +226,20 @@ def test_readme_flow_exports_a_sam2_encoder_and_the_predictor_runs_it(tmp_path):
     got, _, _ = ov_predictor.predict(box=box, multimask_output=False, return_logits=True)
     agree = ((got > 0) == (expected > 0)).mean()
     assert agree > 0.98, agree
+
+
+def test_dynamic_shapes_on_request(tmp_path):
+    """``dynamic_shapes=True``: the image batch's N, H, W are free in the IR, which then runs other sizes like the
+    torch model; the default is the example's static shape."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    example = torch.randn(1, 3, 16, 16)
+    static = float_ir(model, example, str(tmp_path / "s.xml"), compress_to_fp16=False)
+    assert static.inputs[0].get_partial_shape().is_static
+    ir = float_ir(model, example, str(tmp_path / "d.xml"), compress_to_fp16=False, dynamic_shapes=True)
+    assert str(ir.inputs[0].get_partial_shape()) == "[?,3,?,?]"
+    compiled = ov.Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    for shape in ((2, 3, 24, 20), (1, 3, 16, 16)):
+        x = torch.randn(shape)
+        with torch.no_grad():
+            np.testing.assert_allclose(compiled(x.numpy())[0], model(x).numpy(), atol=1e-4)

@@ -6,8 +6,9 @@
    fake quantizer rounds onto) and its input quantizer's static range;
 2. converts a copy of the model in which those layers carry their grid values as plain float weights and no Q-SAM2
    hook (NNCF's own quantizers, if kept, export as NNCF exports them: ``FakeQuantize``);
-3. lowers each layer in the IR (``openvino_lowering``): integer weight constants, the offset term, input
-   ``FakeQuantize``;
+3. lowers each layer in the IR (``openvino_lowering``): integer weight constants, input ``FakeQuantize``, and for
+   layers with quantized inputs the grid's offset folded into symmetric int8 weights at compile time
+   (``offset="fold"``, the default: the fast path) or added back exactly after the layer (``offset="exact"``);
 4. saves the IR (``compress_to_fp16`` is the caller's choice: it rounds the float constants, scales and
    ``FakeQuantize`` ranges included, to f16; integer weights are unaffected), reads the file back, runs it on
    OpenVINO's CPU plugin in f32 and compares it with the torch model.
@@ -187,18 +188,23 @@ def _save(ov_model, path: str, compress_to_fp16: bool) -> None:
 
 
 def export_openvino(model: nn.Module, example_input: torch.Tensor, path: Optional[str] = None, *,
-                    compress_to_fp16: bool = False) -> tuple[Any, dict]:
+                    compress_to_fp16: bool = False, offset: str = "fold", dynamic_shapes: bool = False
+                    ) -> tuple[Any, dict]:
     """Lower ``model`` (NNCF-wrapped, with Q-SAM2 hooks, baked or not) to an OpenVINO IR at ``path`` (``.xml``;
     a temporary file when None), read it back, compare OpenVINO's f32 outputs with the torch model's, and return
-    ``(ov_model read back, report)``. Static shapes: those of ``example_input``. Needs the ``openvino`` extra."""
+    ``(ov_model read back, report)``. Static shapes (those of ``example_input``) unless ``dynamic_shapes`` (then the
+    batch and, for ``N×C×H×W`` images, the sides are free: ``input_shape``). ``offset``: ``"fold"`` or
+    ``"exact"`` (``openvino_lowering``). Needs the ``openvino`` extra."""
     try:
         import openvino as ov
     except ImportError as e:
         raise ImportError("OpenVINO export needs the openvino extra: pip install 'qsam2_ext[openvino]'") from e
-    from .openvino_lowering import float_constants_by_value, lower_layer
+    from .openvino_lowering import OFFSETS, float_constants_by_value, lower_layer
 
     if path is not None and not path.endswith(".xml"):
         raise ValueError(f"path must end in .xml, got {path!r}")
+    if offset not in OFFSETS:
+        raise ValueError(f"offset must be one of {OFFSETS}, got {offset!r}")
     model.eval()
     specs = layer_specs(model, example_input)
     if not specs:
@@ -209,7 +215,7 @@ def export_openvino(model: nn.Module, example_input: torch.Tensor, path: Optiona
         remaining = any(True for _ in N.get_hook_storage(plain).named_hooks())  # NNCF's own, if kept
         calls = check_hook_tensors(plain, example_input) if remaining else 0
         ov_model = ov.convert_model(TupleOutputs(plain), example_input=example_input,
-                                     input=[tuple(example_input.shape)])  # static shapes
+                                     input=[input_shape(example_input, dynamic_shapes)])
     del plain
     by_value = float_constants_by_value(ov_model, {tuple(v.shape) for _, v in specs.values()})
     rewritten = 0
@@ -217,7 +223,7 @@ def export_openvino(model: nn.Module, example_input: torch.Tensor, path: Optiona
         const = by_value.get((tuple(values.shape), values.numpy().tobytes()))
         if const is None:
             raise RuntimeError(f"{spec.name}: its weight constant is not in the converted IR")
-        rewritten += lower_layer(const, spec)
+        rewritten += lower_layer(const, spec, offset)
     ov_model.validate_nodes_and_infer_types()
 
     scratch = tempfile.mkdtemp() if path is None else None
@@ -247,19 +253,30 @@ def export_openvino(model: nn.Module, example_input: torch.Tensor, path: Optiona
         "hooks_ran": hooks_ran, "hook_calls_checked": calls, "layers": len(specs), "ops_rewritten": rewritten,
         "weights": dict(Counter(f"{s.bits}-bit" for s, _ in specs.values())),
         "quantized_inputs": sum(s.act_bits is not None for s, _ in specs.values()),
-        "fake_quantize_ops": kinds["FakeQuantize"], "constants": dict(constants), "compress_to_fp16": compress_to_fp16,
+        "fake_quantize_ops": kinds["FakeQuantize"], "offset": offset,
+        "offset_terms": sum(op.get_friendly_name().endswith("/offset") for op in read_back.get_ops()),
+        "constants": dict(constants), "compress_to_fp16": compress_to_fp16,
         "ir_bytes": size, "path": path, "max_rel_diff_vs_torch": max(diffs), "min_sqnr_db_vs_torch": min(sqnr),
         "runtime_precisions": runtime_precisions(compiled),
     }
 
 
 
-def float_ir(model: nn.Module, example_input: torch.Tensor, path: str, *, compress_to_fp16: bool):
+def input_shape(example_input: torch.Tensor, dynamic: bool) -> list[int]:
+    """The IR's input shape: the example's, or with the batch (and for ``N×C×H×W`` images the sides) free."""
+    shape = list(example_input.shape)
+    if not dynamic:
+        return shape
+    return [-1, shape[1], -1, -1] if len(shape) == 4 else [-1] + shape[1:]
+
+
+def float_ir(model: nn.Module, example_input: torch.Tensor, path: str, *, compress_to_fp16: bool,
+             dynamic_shapes: bool = False):
     """The IR of a model without Q-SAM2 hooks (float, or NNCF's own quantizers) at ``path``, read back."""
     import openvino as ov
 
     with torch.no_grad():
         ov_model = ov.convert_model(TupleOutputs(model.eval()), example_input=example_input,
-                                     input=[tuple(example_input.shape)])
+                                     input=[input_shape(example_input, dynamic_shapes)])
     _save(ov_model, path, compress_to_fp16)
     return ov.Core().read_model(path)

@@ -1,21 +1,26 @@
 """Q-SAM2 layers lowered into an ``openvino.Model`` in the patterns OpenVINO's CPU plugin runs on integers.
 
 Works on the IR of the float-weight model (``export.py`` converts it), like NNCF's own OpenVINO weight-compression
-backend, which rewrites weight constants of an ``ov.Model`` in place. Per quantized layer (``LayerSpec``):
+backend, which rewrites weight constants of an ``ov.Model`` in place. Per quantized layer (``LayerSpec``), with the
+mid-rise grid ``w = (c + h)·step`` (``h = 1/2 + center/step``, per output channel and group):
 
-* **Weights**: the mid-rise codes ``c`` (``w = (c + 1/2)·step + center``) as the narrowest integer constant that
-  holds them and that the CPU plugin decompresses: ``i8`` (8 bits), ``i4`` (3/4 bits), ``u2`` with the integer zero
-  point 2 (2 bits). The fractional part of the grid, ``offset = center + step/2`` per channel (and group), is not a
-  zero point (a float zero point turns off the CPU plugin's int8 paths): it is added back exactly as the rank-1 term
-  ``offset · sum(x)`` after the MatMul / Convolution.
-* Weight-only layers get NNCF ``compress_weights``' decompression pattern
-  ``Constant -> Convert -> [Subtract(zero point)] -> Multiply(scale) -> [Reshape]``, which the CPU plugin fuses
-  into its compressed FullyConnected kernels.
-* Layers with an input quantizer get ``FakeQuantize(levels=2**bits)`` on their input (the mid-rise grid's
-  outermost levels are its input/output range) and weights as ``Constant -> Convert(i8) -> [Subtract(i8)] ->
-  Convert -> Multiply(scale)``: the integer Convert and Subtract fold at compile time into the ``i8`` weights
-  that OpenVINO's low-precision transformations (LPT) pair with the ``u8`` activations (u8 x i8 kernels), while
-  the file keeps the narrow type. Grouped weights (``group_size``) stay exact but LPT does not take them.
+* **Weights in the file**: the codes ``c`` as the narrowest integer constant that holds them and that the CPU
+  plugin decompresses: ``i8`` (8 bits), ``i4`` (3/4 bits), ``u2`` with the integer zero point 2 (2 bits).
+* **Weight-only layers**: NNCF ``compress_weights``' decompression pattern ``Constant -> Convert -> [Subtract(zero
+  point)] -> Multiply(step) -> [Reshape]``, which the CPU plugin fuses into its compressed FullyConnected kernels.
+  The grid's fractional part is not a zero point there (a float zero point turns off the plugin's int8 paths): it
+  is added back exactly as the rank-1 term ``offset · sum(x)`` after the MatMul / Convolution
+  (``offset = h·step``).
+* **Layers with an input quantizer** get ``FakeQuantize(levels=2**bits)`` on their input (the mid-rise grid's
+  outermost levels are its input/output range). Their weights, ``offset="fold"`` (the default of ``export``):
+  ``Constant -> Convert -> Add(h) -> Multiply(r) -> Round -> Convert(i8) -> Convert -> Multiply(step/r)``, which
+  the plugin folds at compile time into plain symmetric per-channel ``i8`` weights ``n = round(r·(c + h))``
+  (``fold_ratio``): what OpenVINO's low-precision transformations (LPT) pair with the ``u8`` activations, with no
+  offset term. The executed weights are the grid re-rounded onto an int8 grid (at most ``step/(2r)`` off;
+  ``r`` ~15 at 4 bits, ~50 at 2 bits, ~1 at 8 bits); the file keeps the exact codes. ``offset="exact"``: weights
+  ``Constant -> Convert(i8) -> [Subtract(i8)] -> Convert -> Multiply(step)`` (also folded to ``i8``) plus the
+  rank-1 offset term, exact but slower: the plugin fuses neither the ``ReduceSum`` nor the add
+  (``docs/openvino.md``). Grouped weights (``group_size``) always take the exact path; LPT does not take them.
 """
 
 from __future__ import annotations
@@ -111,6 +116,36 @@ def _weights(spec: LayerSpec, shape: list[int], integer_path: bool) -> ov.Node:
     return ops.reshape(value, shape, special_zero=False) if grouped else value
 
 
+def fold_ratio(spec: LayerSpec) -> Optional[np.ndarray]:
+    """Per output channel the factor ``r`` of the symmetric int8 weights ``n = round(r·(c + h))`` (scale
+    ``step / r``, ``h = offset / step``) that stand in for the grid ``(c + h)·step`` without an offset term: the
+    largest ``r`` that keeps ``|n| <= 127``. Every weight moves by at most ``step / (2r)``: ``r`` is about 15 at
+    4 bits and 50 at 2 bits, below 1 at 8 bits (there the fold re-rounds the grid onto a per-channel int8 grid of
+    about the same step). None for grouped grids (LPT takes per-channel weight scales only)."""
+    if spec.groups != 1:
+        return None
+    h = spec.center[:, 0].astype(np.float64) / spec.step[:, 0] + 0.5
+    top = np.abs(spec.codes[:, 0, :].astype(np.float64) + h[:, None]).max(1)
+    return 126.5 / np.maximum(top, 1e-6)
+
+
+def _folded_weights(spec: LayerSpec, shape: list[int], r: np.ndarray) -> ov.Node:
+    """``round(r·(c + h))·step/r`` shaped like the layer's weight: the narrow code constant and ops that fold at
+    compile time into plain symmetric ``i8`` weights with one per-channel scale (what LPT pairs with ``u8``). The
+    file keeps the codes in their storage type."""
+    etype, zero_point = storage_type(spec.bits)
+    per_channel = [len(r)] + [1] * (len(shape) - 1)
+    h = spec.center[:, 0].astype(np.float64) / spec.step[:, 0] + 0.5 - zero_point
+    value = ops.convert(integer_constant(spec.codes.astype(np.int16).reshape(shape) + zero_point, etype, spec.name),
+                        ov.Type.f32)
+    value = ops.round(ops.multiply(ops.add(value, ops.constant(h.astype(np.float32).reshape(per_channel))),
+                                   ops.constant(r.astype(np.float32).reshape(per_channel))), "half_to_even")
+    value = ops.clamp(value, -127.0, 127.0)  # h and r saved as f16 (compress_to_fp16) must not wrap around in i8
+    scale = (spec.step[:, 0] / r).astype(np.float32).reshape(per_channel)
+    return ops.multiply(ops.convert(ops.convert(value, ov.Type.i8), ov.Type.f32),
+                        ops.constant(scale, name=f"{spec.name}/scale"), name=f"{spec.name}/fq_weights_1")
+
+
 def _offset_term(node: ov.Node, x: ov.Output, spec: LayerSpec, shape: list[int]) -> ov.Output:
     """``sum_i offset[o, g(i)] · x_i`` for every output channel ``o``: the rank-1 (rank-groups) correction."""
     offset = (spec.center + spec.step / 2).astype(np.float32)  # (out, groups)
@@ -147,10 +182,15 @@ def _fake_quantize(x: ov.Output, spec: LayerSpec, node: ov.Node) -> ov.Output:
     return ops.fake_quantize(x, lo, hi, lo, hi, 2 ** spec.act_bits, name=f"{spec.name}/input_quantizer").output(0)
 
 
-def lower_layer(const: ov.Node, spec: LayerSpec) -> int:
+OFFSETS = ("fold", "exact")
+
+
+def lower_layer(const: ov.Node, spec: LayerSpec, offset: str = "fold") -> int:
     """Replace the float weight Constant ``const`` of one quantized layer by its integer lowering; every MatMul /
-    Convolution that reads it gets the offset term and, with ``spec.act_bits``, the input FakeQuantize. Returns
-    the number of rewritten ops."""
+    Convolution that reads it gets, with ``spec.act_bits``, the input FakeQuantize, and the offset term unless the
+    weights fold it (``offset``: see the module docstring). Returns the number of rewritten ops."""
+    if offset not in OFFSETS:
+        raise ValueError(f"offset must be one of {OFFSETS}, got {offset!r}")
     shape = list(const.get_output_shape(0))
     consumers = [t.get_node() for t in const.output(0).get_target_inputs()]
     bad = [n.get_type_name() for n in consumers if n.get_type_name() not in _LINEAR_OPS]
@@ -159,13 +199,17 @@ def lower_layer(const: ov.Node, spec: LayerSpec) -> int:
     for n in consumers:
         if n.get_type_name() == "MatMul" and (n.get_attributes()["transpose_a"] or not n.get_attributes()["transpose_b"]):
             raise ValueError(f"{spec.name}: expected MatMul(x, W^T) from a Linear layer")
-    weights = _weights(spec, shape, integer_path=spec.act_bits is not None)
+    folded = fold_ratio(spec) if spec.act_bits is not None and offset == "fold" else None
+    weights = (_folded_weights(spec, shape, folded) if folded is not None else
+               _weights(spec, shape, integer_path=spec.act_bits is not None))
     for n in consumers:
         x = n.input(0).get_source_output()
         if spec.act_bits is not None:
             x = _fake_quantize(x, spec, n)
             n.input(0).replace_source_output(x)
         n.input(1).replace_source_output(weights.output(0))
+        if folded is not None:
+            continue
         targets = list(n.output(0).get_target_inputs())
         total = ops.add(n.output(0), _offset_term(n, x, spec, shape), name=f"{spec.name}/offset")
         for t in targets:
