@@ -73,6 +73,17 @@ def prepare_qsam2(args, model_config, checkpoint, calibration, example, bits, ac
         model.image_encoder = q
     else:
         prepare_nncf_qat(model, calibration, bits, act_bits, method="qsam2")
+        if args.qat_steps:  # LSC's clips and the weights trained on labeled scenes (SAM2's losses), as recipes do
+            import tempfile
+
+            from qsam2_ext.sam2.data import open_dataset
+            from qsam2_ext.train import TrainConfig, train
+
+            config = TrainConfig(steps=args.qat_steps, batch_size=4, lr=1e-5, quantizer_lr=1e-3, num_workers=0,
+                                 checkpoint_every=args.qat_steps, seed=0)
+            with tempfile.TemporaryDirectory() as run_dir:
+                train(model, open_dataset("sa1b", args.qat_data), config, run_dir, device="cpu", progress=False)
+            model.eval()
     finish_nncf_qat(model)
     return model
 
@@ -189,7 +200,9 @@ def markdown(results: dict, meta: dict) -> str:
              f"{meta['cpu']} ({meta['cores']} cores, shared with other jobs: latencies are noisy; medians of "
              f"{meta['rounds']} interleaved rounds). Default setting: float parts execute in "
              f"{meta['float_precision']}; f32 hint: INFERENCE_PRECISION_HINT=f32 for every row."
-             + (f" mIoU: {meta['eval_images']} held-out synthetic images." if acc else ""), "",
+             + (f" mIoU: {meta['eval_images']} held-out synthetic images." if acc else "")
+             + (f" Q-SAM2 rows: VRC, then {meta['qat_steps']} QAT steps of 4 labeled images."
+                if meta.get("qat_steps") else " Q-SAM2 rows: VRC and LSC's initial clips, no QAT."), "",
              "| row | IR MB | ms | × fp32 IR | ms (f32 hint) | × fp32 IR (f32 hint) | RSS added MB | "
              "executed MatMul/Conv precisions |" + (" box mIoU | point mIoU |" if acc else ""),
              "|---|---:|---:|---:|---:|---:|---:|---|" + ("---:|---:|" if acc else "")]
@@ -225,6 +238,8 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--reuse", action="store_true", help="reuse IRs already in --work (built by an earlier run)")
     p.add_argument("--build-only", action="store_true", help="build the IRs, measure nothing")
+    p.add_argument("--qat-steps", type=int, default=0,
+                   help="QAT steps of 4 labeled synthetic images for the Q-SAM2 rows (the qsam2_mini recipes: 100)")
     p.add_argument("--no-vrc", action="store_true",
                    help="Q-SAM2 rows without the VRC solve (size / latency runs: the IR is built the same way)")
     p.add_argument("--tag", default="", help="suffix of the result files (openvino_<tag>.json)")
@@ -243,6 +258,8 @@ def main() -> None:
     size = args.size or probe.image_size
     del probe
     train = write_split("images", os.path.join(args.data, "train_64"), 64, TRAIN_SEED)
+    args.qat_data = (write_split("images", os.path.join(args.data, "train_400"), 400, TRAIN_SEED)
+                     if args.qat_steps else None)
     batches = _calibration_batches(open_dataset("sa1b", train), args.calibration_images, size, "cpu")
     calibration = [b[i:i + 1] for b in batches for i in range(len(b))]
     example = calibration[0]
@@ -267,7 +284,7 @@ def main() -> None:
             "checkpoint": checkpoint and os.path.basename(checkpoint), "openvino": ov.__version__,
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "rounds": args.rounds,
             "float_precision": results["fp32 IR"]["default"]["inference_precision"], "eval_images": args.eval_images,
-            "calibration_images": len(calibration), "qat_steps": 0, "seconds": round(time.time() - started),
+            "calibration_images": len(calibration), "qat_steps": args.qat_steps, "seconds": round(time.time() - started),
             "command": shlex.join(["python", "benchmarks/openvino_ir.py"] + sys.argv[1:])}
     try:
         meta["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
