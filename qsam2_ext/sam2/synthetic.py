@@ -256,6 +256,7 @@ def write_split(kind: str, root: str, count: int, seed: int, processes: int = 1,
     """Scenes (``kind="images"``) or clips (``"clips"``) ``0 .. count - 1`` of ``seed`` under ``root``, written
     once: an existing ``root`` is reused, and a new one appears completely or not at all (written beside it and
     renamed). ``processes`` workers write contiguous ranges of indices."""
+    import multiprocessing
     import shutil
     from concurrent.futures import ProcessPoolExecutor
 
@@ -271,7 +272,9 @@ def write_split(kind: str, root: str, count: int, seed: int, processes: int = 1,
     if processes == 1:
         write(tmp, count, seed, style=style)
     else:
-        with ProcessPoolExecutor(processes) as pool:
+        # spawned, not forked: a fork copies a process whose library threads (OpenMP, OpenVINO's TBB) may hold locks,
+        # and the parent of such a fork was seen to crash in the test suite
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
             for job in [pool.submit(write, tmp, min(part, count - start), seed, start=start, style=style)
                         for start in range(0, count, part)]:
                 job.result()
