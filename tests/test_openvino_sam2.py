@@ -1,112 +1,25 @@
-"""SAM2 in OpenVINO: the image encoder, prompt encoder and mask decoder IRs in SAM2ImagePredictor give the torch
-predictor's masks and scores on the embedded model (qsam2_mini), for every kind of prompt the predictor takes."""
+"""SAM2 in OpenVINO (``tests/openvino_sam2_cases.py``), run in a child process.
 
-import copy
+After these cases had compiled SAM2's prompt encoder and mask decoder (dynamic prompt shapes) in the pytest process,
+a later process creation in that same process (a DataLoader worker, ``subprocess.run``, a process pool) crashed it
+with SIGSEGV and no Python traceback, in 3 of 3 full-suite runs whose random order put these cases first (OpenVINO
+2026.4.1, torch 2.14.1). In their own process the cases cannot take the rest of the suite down.
+"""
 
-import numpy as np
+import os
+import subprocess
+import sys
+
 import pytest
-import torch
 
 pytest.importorskip("nncf")
-ov = pytest.importorskip("openvino")
-
-from qsam2_ext.integrations import nncf as qn  # noqa: E402
-from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, build_model, default_checkpoint, image_predictor  # noqa: E402
-
-PROMPTS = {  # on a 256x256 photo (skimage's astronaut, every second pixel)
-    "point, multimask": dict(point_coords=np.array([[100, 75]]), point_labels=np.array([1])),
-    "two points": dict(point_coords=np.array([[100, 75], [150, 50]]), point_labels=np.array([1, 0]),
-                       multimask_output=False),
-    "box": dict(box=np.array([50, 25, 200, 225]), multimask_output=False),
-    "box and point": dict(box=np.array([50, 25, 200, 225]), point_coords=np.array([[100, 75]]),
-                          point_labels=np.array([1])),
-    "two boxes (batched)": dict(box=np.array([[50, 25, 200, 225], [25, 100, 150, 250]]), multimask_output=False),
-}
+pytest.importorskip("openvino")
 
 
-def _iou(a, b):
-    union = np.logical_or(a, b).sum()
-    assert union > 0, "empty masks: the prompt tests nothing"
-    return np.logical_and(a, b).sum() / union
-
-
-@pytest.fixture(scope="module")
-def predictors(tmp_path_factory):
-    from skimage import data
-
-    model = build_model(DEFAULT_MODEL_CONFIG, default_checkpoint()).eval()
-    folder = str(tmp_path_factory.mktemp("sam2_ir"))
-    ov_model = qn.openvino_sam2(copy.deepcopy(model), folder, compress_to_fp16=False,
-                                config={"INFERENCE_PRECISION_HINT": "f32"})
-    image = data.astronaut()[::2, ::2].copy()  # 256x256 RGB
-    pair = image_predictor(model), image_predictor(ov_model)
-    for p in pair:
-        p.set_image(image)
-    return pair, folder
-
-
-def test_three_irs_with_static_image_and_dynamic_prompts(predictors):
-    (_, ov_predictor), folder = predictors
-    assert isinstance(ov_predictor.model.image_encoder, qn.OpenVINOImageEncoder)
-    core = ov.Core()
-    encoder = core.read_model(f"{folder}/image_encoder.xml")
-    assert encoder.inputs[0].get_partial_shape().is_static and list(encoder.inputs[0].shape) == [1, 3, 256, 256]
-    prompt = core.read_model(f"{folder}/prompt_encoder.xml")
-    assert prompt.inputs[0].get_partial_shape().is_dynamic  # (B, N, 2): prompts vary
-
-
-@pytest.mark.parametrize("prompt", sorted(PROMPTS))
-def test_masks_and_scores_match_the_torch_predictor(predictors, prompt):
-    (torch_predictor, ov_predictor), _ = predictors
-    with torch.no_grad():
-        expected, expected_scores, expected_low = torch_predictor.predict(**PROMPTS[prompt])
-        got, scores, low = ov_predictor.predict(**PROMPTS[prompt])
-    assert got.shape == expected.shape and scores.shape == expected_scores.shape
-    assert _iou(got, expected) > 0.999
-    np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
-    np.testing.assert_allclose(low, expected_low, atol=1e-3 * np.abs(expected_low).max())
-
-
-def test_mask_input_prompt_matches(predictors):
-    """A previous low-resolution mask as the prompt (the dense embedding's mask branch)."""
-    (torch_predictor, ov_predictor), _ = predictors
-    kw = dict(point_coords=np.array([[200, 150]]), point_labels=np.array([1]), multimask_output=False)
-    with torch.no_grad():
-        _, _, low = torch_predictor.predict(**kw)
-        assert not np.allclose(torch_predictor.predict(**kw, mask_input=low)[2], low)  # the mask changes the result
-        expected, expected_scores, _ = torch_predictor.predict(**kw, mask_input=low)
-        got, scores, _ = ov_predictor.predict(**kw, mask_input=low)
-    assert _iou(got, expected) > 0.999
-    np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
-
-
-@pytest.mark.slow
-def test_video_predictor_with_the_irs_tracks_like_torch(tmp_path):
-    """SAM2's video predictor with the three IRs (memory modules in torch), two objects (one image embedding per
-    object in the mask decoder): the same masks on every frame as the torch predictor."""
-    from PIL import Image
-    from skimage import data
-
-    from qsam2_ext.sam2.video import build_video_predictor
-
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    image = data.astronaut()[::2, ::2]
-    for i in range(3):
-        Image.fromarray(np.roll(image, 6 * i, axis=1)).save(frames / f"{i:05d}.jpg")
-    reference = build_video_predictor(DEFAULT_MODEL_CONFIG, default_checkpoint()).eval()
-    ov_predictor = qn.openvino_sam2(copy.deepcopy(reference), str(tmp_path / "ir"), compress_to_fp16=False,
-                                    config={"INFERENCE_PRECISION_HINT": "f32"})
-    masks = []
-    for predictor in (reference, ov_predictor):
-        with torch.inference_mode():
-            state = predictor.init_state(video_path=str(frames))
-            predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=np.array([[100, 75]], np.float32),
-                                            labels=np.array([1], np.int32))
-            predictor.add_new_points_or_box(state, frame_idx=0, obj_id=2, box=np.array([25, 100, 150, 250],
-                                                                                       np.float32))
-            masks.append({f: (m > 0).numpy() for f, _, m in predictor.propagate_in_video(state)})
-    assert sorted(masks[0]) == sorted(masks[1]) == [0, 1, 2]
-    for frame, expected in masks[0].items():
-        for obj in range(2):
-            assert _iou(masks[1][frame][obj], expected[obj]) > 0.999, (frame, obj)
+@pytest.mark.parametrize("marks", ["not slow", pytest.param("slow", marks=pytest.mark.slow)])
+def test_openvino_sam2_cases_in_a_child_process(marks):
+    cases = os.path.join(os.path.dirname(__file__), "openvino_sam2_cases.py")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", marks, "-p", "no:randomly",
+                           "-p", "no:cacheprovider", cases], capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and " failed" not in done.stdout
