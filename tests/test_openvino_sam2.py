@@ -2,8 +2,9 @@
 
 After these cases had compiled SAM2's prompt encoder and mask decoder (dynamic prompt shapes) in the pytest process,
 a later process creation in that same process (a DataLoader worker, ``subprocess.run``, a process pool) crashed it
-with SIGSEGV and no Python traceback, in 3 of 3 full-suite runs whose random order put these cases first (OpenVINO
-2026.4.1, torch 2.14.1). In their own process the cases cannot take the rest of the suite down.
+with SIGSEGV and no Python traceback, in all 5 full-suite runs (2 random orders) after these cases were added
+(OpenVINO 2026.4.1, torch 2.14.1; cause not found). In their own process the cases cannot take the rest of the
+suite down.
 """
 
 import os
