@@ -307,11 +307,20 @@ def _quiet(args) -> None:
 ERRORS = (QSAM2Error, DatasetError, BadSample, ValueError, OSError)
 
 
+def _drop_enum_constant_notice(record: logging.LogRecord) -> bool:
+    """torch >= 2.12 logs a warning when torchao, at import, registers its Enum configs as pytree constants (now
+    native in torch.compile): noise on the command line, where a bad file must give one line."""
+    return "is an Enum subclass and is now natively supported" not in record.getMessage()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("qsam2_ext").setLevel(logging.INFO)  # sam2 logs every image embedding at INFO on the root
     _quiet(args)
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    if _drop_enum_constant_notice not in pytree_log.filters:
+        pytree_log.addFilter(_drop_enum_constant_notice)
     try:
         return args.run(args)
     except ERRORS as e:

@@ -111,6 +111,7 @@ def test_cli_refuses_hostile_files_in_one_line(tmp_path, marker, capsys):
     data = write_image_split(str(tmp_path / "data"), 1, seed=1000, size=64)
     evil = _hostile_config(tmp_path, marker, "subprocess.run")
     path = _artifact(tmp_path, {"model": str(evil)})
+    capsys.readouterr()  # what writing the file printed (torch's first-import notices) is not the CLI's
     assert cli.main(["eval", "--format", "sa1b", "--data", data, "--checkpoint", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("qsam2 eval: error: ") and str(path) in err and "model" in err
