@@ -76,20 +76,18 @@ def mask_figure(float_model, quantized, dataset, path: str) -> None:
 
     rows = []
     predictors = [image_predictor(float_model), image_predictor(quantized)]
+    samples = [dataset.load(i) for i in range(min(MASK_IMAGES, len(dataset)))]
+    photo = coins()
+    scenes = [(s.frames[0], None if s.masks is None else s.masks[0]) for s in samples] + [(photo.image, photo.masks)]
     with torch.inference_mode():
-        for i in range(min(MASK_IMAGES, len(dataset))):
-            sample = dataset.load(i)
-            image = sample.frames[0]
-            if sample.masks is not None:
-                reference = sample.masks[0]
-            else:  # unlabeled: the float model's masks for a 2x2 grid of clicks are the reference
-                predictors[0].set_image(image)
+        for image, reference in scenes:
+            for p in predictors:
+                p.set_image(image)
+            if reference is None:  # unlabeled: the float model's masks for a 2x2 grid of clicks are the reference
                 reference = predict_masks(predictors[0], "point", grid_points(*image.shape[:2], 2))
                 reference = reference[reference.reshape(len(reference), -1).any(1)]
             if len(reference):
                 rows.append(_mask_row(predictors, image, reference))
-        photo = coins()
-        rows.append(_mask_row(predictors, photo.image, photo.masks))
     w, h = rows[0][0].size
     header = 18
     figure = Image.new("RGB", (3 * w, header + h * len(rows)), (255, 255, 255))
@@ -104,14 +102,12 @@ def mask_figure(float_model, quantized, dataset, path: str) -> None:
 
 
 def _mask_row(predictors, image: np.ndarray, reference: np.ndarray) -> list:
-    """One figure row: the image with the reference masks, then each predictor's masks for their tight boxes."""
+    """One figure row: the image with the reference masks, then each predictor's masks (its image set) for their
+    tight boxes."""
     from PIL import Image, ImageDraw
 
     boxes = np.stack([tight_box(m) for m in reference])
-    tiles = [_overlay(image, reference)]
-    for p in predictors:
-        p.set_image(image)
-        tiles.append(_overlay(image, predict_masks(p, "box", boxes)))
+    tiles = [_overlay(image, reference)] + [_overlay(image, predict_masks(p, "box", boxes)) for p in predictors]
     tiles = [Image.fromarray(t) for t in tiles]
     for tile in tiles:
         draw = ImageDraw.Draw(tile)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .granularity import ActivationGranularity, WeightGranularity
-from .grid import center_step, check_bits, code_range, dequantize, fake_quantize, quantize
+from .grid import center_step, check_bits, code_range, dequantize, fake_quantize, quantize, quantize_dequantize
 
 Granularity = Union[WeightGranularity, ActivationGranularity]
 
@@ -110,7 +110,7 @@ class FakeQuantizer(nn.Module):
         errors = []
         for b_lo, b_hi in bounds:
             center, step = (g.expand(t, view) for t in center_step(b_lo, b_hi, self.bits))
-            err = (dequantize(quantize(view, center, step, self.bits), center, step) - view).square()
+            err = (quantize_dequantize(view, center, step, self.bits) - view).square()
             errors.append(err.sum(dim=g.dims(view)).reshape(g.stat_shape))
         best = torch.stack(errors).argmin(0)  # ties keep the earlier candidate: the quantizer's own range first
         pick = lambda values: torch.stack(values).gather(0, best.unsqueeze(0)).squeeze(0)  # noqa: E731
