@@ -64,10 +64,11 @@ class Setup:
     workers_per_job: int
 
 
-def _write_splits(data: str, train_images: int, eval_images: int, eval_clips: int) -> dict:
+def _write_splits(data: str, train_images: int, eval_images: int, eval_clips: int, style: str) -> dict:
     from qsam2_ext.sam2.synthetic import write_split
 
-    return {"train": write_split("images", os.path.join(data, f"train_{train_images}"), train_images, TRAIN_SEED),
+    train = os.path.join(data, f"train_{train_images}" + ("" if style == "synthetic" else f"_{style}"))
+    return {"train": write_split("images", train, train_images, TRAIN_SEED, os.cpu_count() or 1, style),
             "images": write_split("images", os.path.join(data, f"eval_{eval_images}"), eval_images, HELD_OUT_SEED),
             "clips": write_split("clips", os.path.join(data, f"clips_{eval_clips}"), eval_clips, HELD_OUT_SEED)}
 
@@ -227,6 +228,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="QAT learning rate of the weights")
     p.add_argument("--quantizer-lr", type=float, default=1e-3, help="QAT learning rate of quantizer parameters")
     p.add_argument("--train-images", type=int, default=4000)
+    p.add_argument("--train-style", choices=("synthetic", "photo"), default="synthetic",
+                   help="QAT and calibration scenes: v1's synthetic ones, or photo-like (for a model trained on them)")
     p.add_argument("--eval-images", type=int, help="held-out images (default 200; reduced 16)")
     p.add_argument("--eval-clips", type=int, help="held-out clips (default 20; reduced 4)")
     p.add_argument("--calibration-images", type=int, default=16)
@@ -249,7 +252,7 @@ def main() -> None:
     if not os.path.isfile(checkpoint):
         p.error(f"checkpoint {checkpoint} does not exist")
 
-    splits = _write_splits(args.data, train_images, eval_images, eval_clips)
+    splits = _write_splits(args.data, train_images, eval_images, eval_clips, args.train_style)
     setup = Setup(args.model, checkpoint, splits, steps, batch_size, args.lr, args.quantizer_lr,
                   args.calibration_images, 2 if gpus else 0)
     jobs = [Job("fp", "FP", 0)]
@@ -292,7 +295,7 @@ def main() -> None:
             "checkpoint": args.checkpoint or "embedded default (qsam2_mini.pt)",
             "device": torch.cuda.get_device_name(0) + f" x{gpus}" if gpus else f"CPU ({os.cpu_count()} cores)",
             "torch": torch.__version__, "steps": steps, "batch_size": batch_size, "lr": args.lr,
-            "quantizer_lr": args.quantizer_lr, "train_images": train_images, "eval_images": eval_images,
+            "quantizer_lr": args.quantizer_lr, "train_images": train_images, "train_style": args.train_style, "eval_images": eval_images,
             "eval_clips": eval_clips, "calibration_images": args.calibration_images, "seeds": seeds,
             "seconds": time.time() - started, "command": " ".join(["python", "benchmarks/accuracy.py"] + sys.argv[1:])}
     write_json(os.path.join(args.out, "accuracy.json"), {"meta": meta, "table": table, "rows": rows})
