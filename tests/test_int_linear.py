@@ -275,26 +275,39 @@ def test_compiled_cuda_a4_layers_take_the_fp8_product_on_their_chosen_path(bits)
 
 
 @pytest.mark.parametrize("bits,act_bits", [(2, None), (2, 8), (4, 4)])
-def test_default_cpu_path_is_measured_per_kind_of_layer_and_gives_the_reference_bits(bits, act_bits):
-    """Eager on a CPU, each kind of packed layer times its two exact paths (weight dequantized once and kept, or per
-    call) on its first input and keeps the faster; the output has the reference path's bits either way, and the
-    model says which path each layer ran."""
+def test_default_cpu_path_is_measured_per_kind_of_layer_among_the_layers_paths(bits, act_bits):
+    """Eager on a CPU, each kind of packed layer times its paths (weight dequantized once and kept, or per call, and
+    for a Linear with factoring grids on a CPU with a fast int8 kernel the integer product) on its first input and
+    keeps the fastest. The exact paths give the reference path's bits, the integer product the by-hand integer
+    product; ``cpu_paths("exact")`` measures among the exact ones only; the model says which path each layer ran."""
     from qsam2_ext.kernels import cpu_linear
 
     net, x = _converted(bits, act_bits, False)
+    integer = act_bits is not None and cpu_int8.fast_int8_product(bits)  # net[0] has 128 inputs, net[2] 96
     with torch.no_grad():
         with cpu_linear.cpu_paths("reference"):
             reference = net(x)
-        measured = net(x)
-        for path in cpu_linear.PATHS:
+            first = net[0](x)
+        with cpu_linear.cpu_paths("exact"):
+            assert torch.equal(net(x), reference)
+            assert set(cpu_linear.paths_taken(net)) <= set(cpu_linear.EXACT_PATHS)
+        for path in cpu_linear.EXACT_PATHS:
             with cpu_linear.cpu_paths(path):
                 assert torch.equal(net(x), reference), path
             assert cpu_linear.paths_taken(net) == {path: 2}
-        again = net(x)
-    assert torch.equal(measured, reference) and torch.equal(again, reference)
-    assert sum(cpu_linear.paths_taken(net).values()) == 2
-    keys = [k for k in cpu_linear.chosen_paths() if k[1] == tuple(x.shape) and k[4] == act_bits and k[3] == bits]
-    assert keys and all(set(cpu_linear.chosen_paths()[k][1]) == set(cpu_linear.PATHS) for k in keys)
+        with cpu_linear.cpu_paths("integer"):
+            forced = net[0](x)
+        assert cpu_linear.paths_taken(net[:1]) == {"integer" if integer else "reference": 1}
+        assert torch.equal(forced, _by_hand(net[0], x, act_bits) if integer else first)
+        measured = net(x)
+    torch.testing.assert_close(measured, reference, rtol=1e-5, atol=1e-5)  # the integer product: up to rounding
+    taken = cpu_linear.paths_taken(net)
+    assert sum(taken.values()) == 2 and (integer or "integer" not in taken)
+    kinds = cpu_linear.kinds_taken(net)
+    assert sorted(k["weight"] for k in kinds) == [[32, 96], [96, 128]]
+    first_kind = next(k for k in kinds if k["weight"] == [96, 128])
+    assert first_kind["input"] == list(x.shape) and first_kind["layers"] == 1
+    assert set(first_kind["ms"]) == set(cpu_linear.PATHS if integer else cpu_linear.EXACT_PATHS)
 
 
 def test_the_cached_weight_lives_beside_the_packed_tensor_not_in_it(tmp_path):
@@ -310,7 +323,7 @@ def test_the_cached_weight_lives_beside_the_packed_tensor_not_in_it(tmp_path):
     torch.save(net.state_dict(), tmp_path / "before" / "net.pt")
     with torch.no_grad(), cpu_linear.cpu_paths("cached"):
         net(x)
-    dense = weakref.ref(cpu_linear._STATE[net[0].weight]["dense"])
+    dense = weakref.ref(cpu_linear.state(net[0].weight)["dense"])
     assert dense() is not None and torch.equal(dense(), net[0].weight.dequantize())
     torch.save(net.state_dict(), tmp_path / "after" / "net.pt")
     assert (tmp_path / "after" / "net.pt").read_bytes() == (tmp_path / "before" / "net.pt").read_bytes()

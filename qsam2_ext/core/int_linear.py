@@ -61,8 +61,10 @@ def int_linear(codes: torch.Tensor, center: torch.Tensor, step: torch.Tensor, we
         for i in range(4):
             out = out + rows[:, i:i + 1] * cols[i:i + 1]
         return out if bias is None else out + bias.float()
-    out = rows @ cols if bias is None else torch.addmm(bias.float(), rows, cols)
-    return out.add_(main)
+    if bias is not None:  # one more rank: a column of ones against the bias
+        rows = torch.cat([rows, torch.ones_like(s_x)], dim=1)
+        cols = torch.cat([cols, bias.float().reshape(1, -1)], dim=0)
+    return main.addmm_(rows, cols)  # the rank terms added inside the GEMM: no second (M, N) tensor
 
 
 def cuda_int8_product_fits(m: int, k: int, n: int) -> bool:
