@@ -311,6 +311,12 @@ def _linear(func, types, args, kwargs):
     if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
         # this handler runs before autocast would cast the input (a float32 LayerNorm output, say): cast it here
         x = x.to(torch.get_autocast_dtype(x.device.type))
+    if kernels.supports(x, weight) and not _traced(x):
+        # eager only: traced for torch.compile, the expressions below are left to inductor, which unpacks the
+        # weight in generated kernels feeding cuBLAS with no Python in between, while our op costs tens of
+        # microseconds of Python per call (benchmarks/results/speed.md)
+        return kernels.packed_linear(x, weight.packed, weight.center.contiguous(), weight.step.contiguous(), bias,
+                                     weight.act_center, weight.act_step, weight.bits, weight.act_bits or 0)
     if _cpu_eager(x):
         def compute(path: str) -> torch.Tensor:
             if path == "integer":
@@ -319,12 +325,6 @@ def _linear(func, types, args, kwargs):
             return F.linear(weight.quantize_input(x, -1), w, bias)
 
         return cpu_linear.run(weight, _cpu_key(x, weight, "linear"), compute, _cpu_integer(x, weight))
-    if x.is_cuda and kernels.supports(x, weight) and not _traced(x):
-        # eager only: traced for torch.compile, the expressions below are left to inductor, which unpacks the
-        # weight in generated kernels feeding cuBLAS with no Python in between, while our op costs tens of
-        # microseconds of Python per call (benchmarks/results/speed.md)
-        return kernels.packed_linear(x, weight.packed, weight.center.contiguous(), weight.step.contiguous(), bias,
-                                     weight.act_center, weight.act_step, weight.bits, weight.act_bits or 0)
     if not _integer_path(x, weight):
         return F.linear(weight.quantize_input(x, -1), weight.dequantize(x.dtype), bias)
     return _integer_linear(x, weight, bias)
