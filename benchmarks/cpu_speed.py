@@ -9,8 +9,8 @@ dynamically per token: no calibration needed for speed). Rows with "integer" mul
 oneDNN's u8 x s8 matmul for 2/3/4-bit weights, while 8-bit weights would meet torch's plain-loop int8 GEMM, tens of
 times slower: rows without a fast kernel here are skipped unless ``--force-integer``); "reference" rows dequantize
 at every call and run the float op; "default" rows run what a quantized model runs by default (eager: per kind of
-layer the faster of the weight dequantized once and kept, or per call, measured on the first call:
-``qsam2_ext.kernels.cpu_linear``; the table says which ran). Packed weights stay packed in memory (2 bits per weight
+layer the fastest of the weight dequantized once and kept, per call, or the integer product, measured on the first
+call: ``qsam2_ext.kernels.cpu_linear``; the tables say which ran, per kind of layer). Packed weights stay packed in memory (2 bits per weight
 for W2) except where the default path keeps a dequantized copy. Latency is the median of ``--repeats`` timed runs
 after one warm-up, the rows taking turns (one call each per round: the cores may be shared), in the same process as
 the float baseline (``--compile`` adds ``torch.compile`` rows: inductor fuses the quantization and the integer
@@ -38,7 +38,7 @@ import qsam2_ext
 from qsam2_ext.core import fast_int8_product, is_linear_like
 from qsam2_ext.core.cpu_int8 import u8s8_cpu
 from qsam2_ext.io import write_json, write_text
-from qsam2_ext.kernels.cpu_linear import cpu_paths, paths_taken
+from qsam2_ext.kernels.cpu_linear import cpu_paths, kinds_taken, paths_taken
 from qsam2_ext.sam2.images import PHOTOS, photo_batch
 from qsam2_ext.sam2.models import build_model
 
@@ -64,8 +64,8 @@ ROWS = (  # name, weight bits, activation bits, path, torch.compile
 
 def context(path: Optional[str], force: bool):
     """``"integer"``: inside ``integer_matmul()``; ``"reference"``: the weight dequantized at every call;
-    ``"default"``: what a quantized model runs by default (eager: per kind of layer the faster of the cached and the
-    per-call dequantized weight, measured on its first call; ``qsam2_ext.kernels.cpu_linear``)."""
+    ``"default"``: what a quantized model runs by default (eager: per kind of layer the fastest of the cached and the
+    per-call dequantized weight and the integer product, measured on its first call; ``qsam2_ext.kernels.cpu_linear``)."""
     if path == "integer":
         return qsam2_ext.integer_matmul(force=force)
     if path == "reference":
@@ -145,6 +145,7 @@ def main() -> None:
         rows.append({"row": name, "first_call_s": first_s, "compile_s": first_s if compile else 0.0,
                      "quantized_weight_bytes": size["packed_bytes"], "encoder_bytes": size["model_bytes"],
                      "sqnr_db": sqnr, "paths": paths_taken(encoder) if path == "default" else {},
+                     "path_kinds": kinds_taken(encoder) if path == "default" else [],
                      "profile": profile_top(calls[name]) if name in args.profile else []})
         print(f"{name}: ready ({first_s:.1f} s first call)", flush=True)
     # the rows take turns, one call each per round: the cores are shared with other work, whose load drifts
@@ -180,6 +181,14 @@ def main() -> None:
         lines.append(f"| {r['row']} | {r['ms']:.0f} | {r['speedup_vs_fp32']:.2f}× | {r['compile_s']:.0f} | "
                      f"{r['quantized_weight_bytes'] / 1e6:.2f} | {r['encoder_bytes'] / 1e6:.2f} | {sqnr} | "
                      + (", ".join(f"{p} {n}" for p, n in r.get("paths", {}).items()) or "—") + " |")
+    for r in rows:
+        if r["path_kinds"]:
+            lines += ["", f"{r['row']}: the path each kind of layer took, and each path's time on its first call "
+                      "(ms; the integer product only where it is clearly faster than both exact paths):", "",
+                      "| layer | weight | input | layers | path | ms per path |", "|---|---|---|---:|---|---|"]
+            lines += [f"| {k['op']} | {'×'.join(map(str, k['weight']))} | {'×'.join(map(str, k['input']))} | "
+                      f"{k['layers']} | {k['path']} | " + ", ".join(f"{p} {v:.2f}" for p, v in k["ms"].items()) + " |"
+                      for k in r["path_kinds"]]
     for r in rows:
         if r["profile"]:
             lines += ["", f"Where the time goes, {r['row']} (self CPU time of one run, top operators):", "",
