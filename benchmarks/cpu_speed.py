@@ -10,8 +10,8 @@ oneDNN's u8 x s8 matmul for 2/3/4-bit weights, while 8-bit weights would meet to
 times slower: rows without a fast kernel here are skipped unless ``--force-integer``); "reference" rows dequantize
 at every call and run the float op; "default" rows run what a quantized model runs by default (eager: per kind of
 layer the fastest of the weight dequantized once and kept, per call, or the integer product, measured on the first
-call: ``qsam2_ext.kernels.cpu_linear``; the tables say which ran, per kind of layer). Packed weights stay packed in memory (2 bits per weight
-for W2) except where the default path keeps a dequantized copy. Latency is the median of ``--repeats`` timed runs
+call: ``qsam2_ext.kernels.cpu_linear``; the tables say which ran, per kind of layer). Packed weights stay packed in
+memory (2 bits per weight for W2) except where the default path keeps a dequantized copy (or int8 codes). Latency is the median of ``--repeats`` timed runs
 after one warm-up, the rows taking turns (one call each per round: the cores may be shared), in the same process as
 the float baseline (``--compile`` adds ``torch.compile`` rows: inductor fuses the quantization and the integer
 product's epilogue). SQNR against the float encoder shows the rows compute the same thing. Writes
