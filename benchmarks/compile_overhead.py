@@ -16,8 +16,8 @@ from empty dynamo caches; ratios to float compiled. The W2 rows must give identi
 from __future__ import annotations
 
 import argparse
-import cProfile
 import copy
+import cProfile
 import os
 import platform
 import pstats
@@ -143,8 +143,9 @@ def main() -> None:
         lines += ["", f"Where a call's time goes (cProfile over {args.repeats} calls; shares of the profiled time):", "",
                   "| row | profiled µs per call | AOT subclass unwrap | compiled graph | rest (guards, wrappers) | "
                   "`__tensor_flatten__` per call |", "|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {row} | {v['profiled_us_per_call']:.0f} | {v['aot_unwrap_share']:.0%} | {v['graph_share']:.0%} | "
-                  f"{v['rest_share']:.0%} | {v['tensor_flatten_per_call']:.0f} |" for row, v in split.items()]
+        lines += [f"| {row} | {v['profiled_us_per_call']:.0f} | {v['aot_unwrap_share']:.0%} | "
+                  f"{v['graph_share']:.0%} | {v['rest_share']:.0%} | {v['tensor_flatten_per_call']:.0f} |"
+                  for row, v in split.items()]
     text = "\n".join(lines) + "\n"
     write_text(os.path.join(args.out, "compile_overhead.md"), text)
     print(text)

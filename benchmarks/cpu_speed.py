@@ -11,11 +11,11 @@ times slower: rows without a fast kernel here are skipped unless ``--force-integ
 at every call and run the float op; "default" rows run what a quantized model runs by default (eager: per kind of
 layer the fastest of the weight dequantized once and kept, per call, or the integer product, measured on the first
 call: ``qsam2_ext.kernels.cpu_linear``; the tables say which ran, per kind of layer). Packed weights stay packed in
-memory (2 bits per weight for W2) except where the default path keeps a dequantized copy (or int8 codes). Latency is the median of ``--repeats`` timed runs
-after one warm-up, the rows taking turns (one call each per round: the cores may be shared), in the same process as
-the float baseline (``--compile`` adds ``torch.compile`` rows: inductor fuses the quantization and the integer
-product's epilogue). SQNR against the float encoder shows the rows compute the same thing. Writes
-``<out>/cpu_speed.json`` and ``cpu_speed.md``.
+memory (2 bits per weight for W2) except where the default path keeps a dequantized copy (or int8 codes). Latency
+is the median of ``--repeats`` timed runs after one warm-up, the rows taking turns (one call each per round: the
+cores may be shared), in the same process as the float baseline (``--compile`` adds ``torch.compile`` rows:
+inductor fuses the quantization and the integer product's epilogue). SQNR against the float encoder shows the rows
+compute the same thing. Writes ``<out>/cpu_speed.json`` and ``cpu_speed.md``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ ROWS = (  # name, weight bits, activation bits, path, torch.compile
 def context(path: Optional[str], force: bool):
     """``"integer"``: inside ``integer_matmul()``; ``"reference"``: the weight dequantized at every call;
     ``"default"``: what a quantized model runs by default (eager: per kind of layer the fastest of the cached and the
-    per-call dequantized weight and the integer product, measured on its first call; ``qsam2_ext.kernels.cpu_linear``)."""
+    per-call dequantized weight and the integer product, measured on its first call;
+    ``qsam2_ext.kernels.cpu_linear``)."""
     if path == "integer":
         return qsam2_ext.integer_matmul(force=force)
     if path == "reference":

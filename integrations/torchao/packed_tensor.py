@@ -340,8 +340,7 @@ def _cpu_eager(x: torch.Tensor) -> bool:
 def _cpu_integer(x: torch.Tensor, weight: QSAM2PackedTensor) -> bool:
     """Whether an eager CPU Linear may take the integer product by default: the layer of ``integer_matmul()``'s
     integer path on a CPU with a fast exact kernel for its weights (never forced onto a slow one)."""
-    return (weight.grids_factor() and x.shape[-1] >= INTEGER_MIN_INPUTS and len(weight.weight_shape) == 2
-            and cpu_int8.fast_int8_product(weight.bits))
+    return weight.grids_factor() and x.shape[-1] >= INTEGER_MIN_INPUTS and cpu_int8.fast_int8_product(weight.bits)
 
 
 def _cpu_key(x: torch.Tensor, weight: QSAM2PackedTensor, op: str) -> tuple:
