@@ -320,7 +320,7 @@ def _linear(func, types, args, kwargs):
     if _cpu_eager(x):
         def compute(path: str) -> torch.Tensor:
             if path == "integer":
-                return _integer_linear(x, weight, bias, cpu_linear.codes(weight))
+                return _integer_linear(x, weight, bias, *cpu_linear.integer_weight(weight, bias))
             w = cpu_linear.dense(weight, x.dtype) if path == "cached" else weight.dequantize(x.dtype)
             return F.linear(weight.quantize_input(x, -1), w, bias)
 
@@ -349,9 +349,9 @@ def _cpu_key(x: torch.Tensor, weight: QSAM2PackedTensor, op: str) -> tuple:
             x.dtype)
 
 
-def _integer_linear(x: torch.Tensor, weight: QSAM2PackedTensor, bias,
-                    weight_codes: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The integer product of ``x`` and the weight (its int8 codes: ``weight_codes`` if given, else unpacked)."""
+def _integer_linear(x: torch.Tensor, weight: QSAM2PackedTensor, bias, weight_codes: Optional[torch.Tensor] = None,
+                    columns: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The integer product of ``x`` and the weight (its int8 codes and rank-term columns: given, else computed)."""
     rows = x.reshape(-1, x.shape[-1]).float()  # every activation grid in float32, as the reference computes it
     if weight.act_center is None:
         codes, center, step = quantize_tokens(rows, weight.act_bits)
@@ -363,7 +363,7 @@ def _integer_linear(x: torch.Tensor, weight: QSAM2PackedTensor, bias,
     if weight_codes is None:
         weight_codes = weight.codes().reshape(weight.weight_shape[0], -1)
     out = int_linear(codes, center, step, weight_codes, weight.center, weight.step, bias, weight.bits,
-                     product=fp8 and fp8_linear.scaled_product(fp8))
+                     product=fp8 and fp8_linear.scaled_product(fp8), columns=columns)
     return out.reshape(*x.shape[:-1], -1).to(x.dtype)
 
 

@@ -7,7 +7,8 @@ Outside ``integer_matmul()``, a packed Linear / Conv2d on a CPU runs one of thes
 * ``"reference"``: the weight dequantized at every call (memory stays packed);
 * ``"integer"``: for a Linear with quantized inputs whose grids factor out of the sum, on CPUs with a fast exact
   int8 kernel (``qsam2_ext.core.fast_int8_product``), one int8 GEMM on the input's codes and the weight's codes
-  (kept unpacked beside the packed ones: one byte a weight), as inside ``integer_matmul()``.
+  (kept unpacked beside the packed ones, one byte a weight, with the weight's side of the rank terms), as inside
+  ``integer_matmul()``.
 
 ``"cached"`` and ``"reference"`` give the reference's bits (two models, or a model and its fake-quantized twin,
 agree exactly); ``"integer"`` equals them up to float rounding (``qsam2_ext.core.int_linear``). The first eager call
@@ -28,6 +29,8 @@ from typing import Callable, ContextManager, Optional
 
 import torch
 
+from qsam2_ext.core.int_linear import weight_columns
+
 from .path_choice import PathChoice
 
 PATHS = ("cached", "reference", "integer")
@@ -40,7 +43,7 @@ REFERENCE_MARGIN = 0.9
 # the integer product is exact only up to float rounding: it is kept where it is clearly faster than both exact paths
 INTEGER_MARGIN = 0.9
 # per packed weight, kept off the tensor (whose attributes torch.save would write), by id: {"path": the last path it
-# ran, "dense": its cached dequantized weight, "codes": its cached int8 codes}; an entry goes with its weight (a
+# ran, "dense": its cached dequantized weight, "codes": (bias, int8 codes, weight columns)}; an entry goes with its weight (a
 # plain dict by id, cleared by a finalizer: a WeakIdKeyDictionary lookup cost microseconds on every layer call)
 _STATE: dict[int, dict] = {}
 _CHOICE = PathChoice(PATHS + ("exact",))  # chosen: (layer key, exact only) -> (fastest path, seconds of each)
@@ -113,13 +116,15 @@ def dense(weight, dtype: torch.dtype) -> torch.Tensor:
     return cached
 
 
-def codes(weight) -> torch.Tensor:
-    """The weight's signed int8 codes as an ``(out, in)`` matrix, unpacked once and kept while the weight lives."""
+def integer_weight(weight, bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight's signed int8 codes as an ``(out, in)`` matrix and its side of the integer product's rank terms
+    (``qsam2_ext.core.int_linear.weight_columns``, with ``bias``), computed once and kept while the weight lives."""
     entry = state(weight)
     cached = entry.get("codes")
-    if cached is None:
-        cached = entry["codes"] = weight.codes().reshape(weight.shape[0], -1).contiguous()
-    return cached
+    if cached is None or cached[0] is not bias:
+        codes = weight.codes().reshape(weight.shape[0], -1).contiguous()
+        cached = entry["codes"] = bias, codes, weight_columns(codes, weight.center, weight.step, bias)
+    return cached[1], cached[2]
 
 
 def chosen_paths() -> dict[tuple, tuple[str, dict[str, float]]]:
