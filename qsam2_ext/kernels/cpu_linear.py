@@ -13,10 +13,11 @@ Outside ``integer_matmul()``, a packed Linear / Conv2d on a CPU runs one of thes
 ``"cached"`` and ``"reference"`` give the reference's bits (two models, or a model and its fake-quantized twin,
 agree exactly); ``"integer"`` equals them up to float rounding (``qsam2_ext.core.int_linear``). The first eager call
 of a layer of each kind (op, input shape and dtype, weight shape, bits, grids) times every path the layer has
-(``REPEATS`` runs each on that input, after one warm-up) and keeps the fastest for every layer of that kind: the
-per-call dequantization only if clearly faster than the cached weight (``REFERENCE_MARGIN``), the integer product
-only if clearly faster than both (``INTEGER_MARGIN``). ``paths_taken`` tells which ran (``qsam2 quantize`` reports
-it); ``cpu_paths(path)`` pins one, ``cpu_paths("exact")`` measures among the two exact paths only (``None``: all).
+(the fastest of ``REPEATS`` runs each on that input, after one warm-up) and keeps the fastest for every layer of that
+kind: the per-call dequantization only if clearly faster than the cached weight (``REFERENCE_MARGIN``), the integer
+product only if clearly faster than both (``INTEGER_MARGIN``). ``paths_taken`` tells which ran (``qsam2 quantize``
+reports it); ``cpu_paths(path)`` pins one, ``cpu_paths("exact")`` measures among the two exact paths only
+(``None``: all).
 Traced for ``torch.compile`` nothing here applies: inductor fuses the reference expression (or, inside
 ``integer_matmul()``, the integer product).
 """
@@ -43,8 +44,9 @@ REFERENCE_MARGIN = 0.9
 # the integer product is exact only up to float rounding: it is kept where it is clearly faster than both exact paths
 INTEGER_MARGIN = 0.9
 # per packed weight, kept off the tensor (whose attributes torch.save would write), by id: {"path": the last path it
-# ran, "dense": its cached dequantized weight, "codes": (bias, int8 codes, weight columns)}; an entry goes with its weight (a
-# plain dict by id, cleared by a finalizer: a WeakIdKeyDictionary lookup cost microseconds on every layer call)
+# ran, "key": its last layer key, "dense": its cached dequantized weight, "codes": (bias, int8 codes, weight columns)};
+# an entry goes with its weight (a plain dict by id, cleared by a finalizer: a WeakIdKeyDictionary lookup cost
+# microseconds on every layer call)
 _STATE: dict[int, dict] = {}
 _CHOICE = PathChoice(PATHS + ("exact",))  # chosen: (layer key, exact only) -> (fastest path, seconds of each)
 
@@ -65,13 +67,15 @@ def state(weight) -> dict:
 
 
 def _seconds(fn: Callable[[], torch.Tensor]) -> float:
+    """The fastest of ``REPEATS`` runs after a warm-up: other work on the cores (a process preempting this one for a
+    few milliseconds) only adds time, and under load it hit two runs of three often enough to move the median."""
     fn()  # warm-up (and, for "cached" and "integer", the one unpacking)
     times = []
     for _ in range(REPEATS):
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
+    return min(times)
 
 
 def _fastest(times: dict[str, float]) -> str:
