@@ -140,8 +140,8 @@ def main() -> None:
     lines += [f"| {r['row']} | {r['us_per_call']:.0f} | {r['ratio_vs_float_compiled']:.2f} | "
               f"{', '.join(f'{t:.0f}' for t in r['us_per_round'])} |" for r in results]
     if split:
-        lines += ["", f"Where a call's time goes (cProfile over {args.repeats} calls; shares of the profiled time):", "",
-                  "| row | profiled µs per call | AOT subclass unwrap | compiled graph | rest (guards, wrappers) | "
+        lines += ["", f"Where a call's time goes (cProfile over {args.repeats} calls; shares of the profiled time):",
+                  "", "| row | profiled µs per call | AOT subclass unwrap | compiled graph | rest (guards, wrappers) | "
                   "`__tensor_flatten__` per call |", "|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {row} | {v['profiled_us_per_call']:.0f} | {v['aot_unwrap_share']:.0%} | "
                   f"{v['graph_share']:.0%} | {v['rest_share']:.0%} | {v['tensor_flatten_per_call']:.0f} |"
