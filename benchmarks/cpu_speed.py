@@ -9,9 +9,10 @@ dynamically per token: no calibration needed for speed). Rows with "integer" mul
 oneDNN's u8 x s8 matmul for 2/3/4-bit weights, while 8-bit weights would meet torch's plain-loop int8 GEMM, tens of
 times slower: rows without a fast kernel here are skipped unless ``--force-integer``); "reference" rows dequantize
 at every call and run the float op; "default" rows run what a quantized model runs by default (eager: per kind of
-layer the fastest of the weight dequantized once and kept, per call, or the integer product, measured on the first
-call: ``qsam2_ext.kernels.cpu_linear``; the tables say which ran, per kind of layer). Packed weights stay packed in
-memory (2 bits per weight for W2) except where the default path keeps a dequantized copy (or int8 codes). Latency
+layer the faster of the weight dequantized once and kept, or per call, measured on the first call:
+``qsam2_ext.kernels.cpu_linear``), "measured" rows what it runs inside ``integer_matmul()`` (the same choice with the
+integer product among the paths); the tables say which ran, per kind of layer. Packed weights stay packed in
+memory (2 bits per weight for W2) except where the CPU path keeps a dequantized copy (or int8 codes). Latency
 is the median of ``--repeats`` timed runs after one warm-up, the rows taking turns (one call each per round: the
 cores may be shared), in the same process as the float baseline (``--compile`` adds ``torch.compile`` rows:
 inductor fuses the quantization and the integer product's epilogue). SQNR against the float encoder shows the rows
@@ -52,6 +53,7 @@ ROWS = (  # name, weight bits, activation bits, path, torch.compile
     ("W8A8 reference", 8, 8, "reference", False),
     ("W8A8 integer", 8, 8, "integer", False),
     ("W4A8 integer", 4, 8, "integer", False),
+    ("W4A8 measured", 4, 8, "measured", False),
     ("W2A8 integer", 2, 8, "integer", False),
     ("W2A8 default", 2, 8, "default", False),
     ("W2A8 reference", 2, 8, "reference", False),
@@ -63,12 +65,17 @@ ROWS = (  # name, weight bits, activation bits, path, torch.compile
 
 
 def context(path: Optional[str], force: bool):
-    """``"integer"``: inside ``integer_matmul()``; ``"reference"``: the weight dequantized at every call;
-    ``"default"``: what a quantized model runs by default (eager: per kind of layer the fastest of the cached and the
-    per-call dequantized weight and the integer product, measured on its first call;
-    ``qsam2_ext.kernels.cpu_linear``)."""
-    if path == "integer":
-        return qsam2_ext.integer_matmul(force=force)
+    """``"integer"``: inside ``integer_matmul()``, the integer product on every layer that has it; ``"measured"``:
+    inside ``integer_matmul()``, per kind of layer the fastest of the integer product and the exact paths (eager);
+    ``"reference"``: the weight dequantized at every call;
+    ``"default"``: what a quantized model runs by default (eager: per kind of layer the faster of the cached and the
+    per-call dequantized weight, measured on its first call; ``qsam2_ext.kernels.cpu_linear``)."""
+    if path in ("integer", "measured"):
+        stack = contextlib.ExitStack()
+        stack.enter_context(qsam2_ext.integer_matmul(force=force))
+        if path == "integer":
+            stack.enter_context(cpu_paths("integer"))
+        return stack
     if path == "reference":
         return cpu_paths("reference")
     return contextlib.nullcontext()
@@ -131,7 +138,7 @@ def main() -> None:
     selected = [r for r in ROWS if r[0] in args.rows] if args.rows else [r for r in ROWS if not r[4] or args.compile]
     calls, rows = {}, []
     for name, bits, act_bits, path, compile in selected:
-        if path == "integer" and not fast_int8_product(bits) and not args.force_integer:
+        if path in ("integer", "measured") and not fast_int8_product(bits) and not args.force_integer:
             continue
         encoder = float_encoder
         if bits is not None:
@@ -145,8 +152,8 @@ def main() -> None:
         size = qsam2_ext.storage_report(encoder)
         rows.append({"row": name, "first_call_s": first_s, "compile_s": first_s if compile else 0.0,
                      "quantized_weight_bytes": size["packed_bytes"], "encoder_bytes": size["model_bytes"],
-                     "sqnr_db": sqnr, "paths": paths_taken(encoder) if path == "default" else {},
-                     "path_kinds": kinds_taken(encoder) if path == "default" else [],
+                     "sqnr_db": sqnr, "paths": paths_taken(encoder) if path in ("default", "measured") else {},
+                     "path_kinds": kinds_taken(encoder) if path in ("default", "measured") else [],
                      "profile": profile_top(calls[name]) if name in args.profile else []})
         print(f"{name}: ready ({first_s:.1f} s first call)", flush=True)
     # the rows take turns, one call each per round: the cores are shared with other work, whose load drifts

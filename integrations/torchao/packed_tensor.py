@@ -331,16 +331,19 @@ def _linear(func, types, args, kwargs):
 
 
 def _cpu_eager(x: torch.Tensor) -> bool:
-    """An eager inference call on a CPU outside ``integer_matmul()``: the path measured fastest per kind of layer
-    (``qsam2_ext.kernels.cpu_linear``: the weight dequantized once and kept, at every call, or the integer product)."""
-    return (x.device.type == "cpu" and not _INTEGER_MATMUL and not (torch.is_grad_enabled() and x.requires_grad)
+    """An eager inference call on a CPU (outside ``integer_matmul(force=True)``): the path measured fastest per kind
+    of layer (``qsam2_ext.kernels.cpu_linear``: the weight dequantized once and kept, or at every call, and inside
+    ``integer_matmul()`` the integer product)."""
+    return (x.device.type == "cpu" and not _FORCE_INTEGER and not (torch.is_grad_enabled() and x.requires_grad)
             and not _traced(x))
 
 
 def _cpu_integer(x: torch.Tensor, weight: QSAM2PackedTensor) -> bool:
-    """Whether an eager CPU Linear may take the integer product by default: the layer of ``integer_matmul()``'s
-    integer path on a CPU with a fast exact kernel for its weights (never forced onto a slow one)."""
-    return weight.grids_factor() and x.shape[-1] >= INTEGER_MIN_INPUTS and cpu_int8.fast_int8_product(weight.bits)
+    """Whether an eager CPU Linear may take the integer product: inside ``integer_matmul()`` (it equals the reference
+    up to float rounding only, so never by default), a layer of its integer path on a CPU with a fast exact kernel for
+    its weights."""
+    return (_INTEGER_MATMUL and weight.grids_factor() and x.shape[-1] >= INTEGER_MIN_INPUTS
+            and cpu_int8.fast_int8_product(weight.bits))
 
 
 def _cpu_key(x: torch.Tensor, weight: QSAM2PackedTensor, op: str) -> tuple:

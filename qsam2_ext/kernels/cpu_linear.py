@@ -1,25 +1,25 @@
 """The CPU path of a packed layer in eager PyTorch, chosen per kind of layer by measurement.
 
-Outside ``integer_matmul()``, a packed Linear / Conv2d on a CPU runs one of these paths:
+A packed Linear / Conv2d on a CPU runs one of these paths:
 
 * ``"cached"``: the weight dequantized once and kept beside the packed codes (the float weight's memory again:
   speed bought with RAM, released when the weight goes), then the float op, as the float model runs it;
 * ``"reference"``: the weight dequantized at every call (memory stays packed);
-* ``"integer"``: for a Linear with quantized inputs whose grids factor out of the sum, on CPUs with a fast exact
-  int8 kernel (``qsam2_ext.core.fast_int8_product``), one int8 GEMM on the input's codes and the weight's codes
-  (kept unpacked beside the packed ones, one byte a weight, with the weight's side of the rank terms), as inside
-  ``integer_matmul()``.
+* ``"integer"``, inside ``integer_matmul()`` only: for a Linear with quantized inputs whose grids factor out of the
+  sum, on CPUs with a fast exact int8 kernel (``qsam2_ext.core.fast_int8_product``), one int8 GEMM on the input's
+  codes and the weight's codes (kept unpacked beside the packed ones, one byte a weight, with the weight's side of the
+  rank terms).
 
 ``"cached"`` and ``"reference"`` give the reference's bits (two models, or a model and its fake-quantized twin,
-agree exactly); ``"integer"`` equals them up to float rounding (``qsam2_ext.core.int_linear``). The first eager call
-of a layer of each kind (op, input shape and dtype, weight shape, bits, grids) times every path the layer has
-(the fastest of ``REPEATS`` runs each on that input, after one warm-up) and keeps the fastest for every layer of that
+agree exactly), so they are the default; ``"integer"`` equals them up to float rounding (``qsam2_ext.core.int_linear``;
+in a whole model a rounding difference can move a later layer's input across a grid step). The first eager call of a
+layer of each kind (op, input shape and dtype, weight shape, bits, grids) times every path the layer may take (the
+fastest of ``REPEATS`` runs each on that input, after one warm-up) and keeps the fastest for every layer of that
 kind: the per-call dequantization only if clearly faster than the cached weight (``REFERENCE_MARGIN``), the integer
-product only if clearly faster than both (``INTEGER_MARGIN``). ``paths_taken`` tells which ran (``qsam2 quantize``
-reports it); ``cpu_paths(path)`` pins one, ``cpu_paths("exact")`` measures among the two exact paths only
-(``None``: all).
-Traced for ``torch.compile`` nothing here applies: inductor fuses the reference expression (or, inside
-``integer_matmul()``, the integer product).
+product only if clearly faster than both (``INTEGER_MARGIN``). ``paths_taken`` / ``kinds_taken`` tell which ran
+(``qsam2 quantize`` reports it); ``cpu_paths(path)`` pins one (``None``: measure). ``integer_matmul(force=True)``
+runs the integer product on every layer that has it, measured or not; traced for ``torch.compile`` nothing here
+applies: inductor fuses the reference expression (or, inside ``integer_matmul()``, the integer product).
 """
 
 from __future__ import annotations
@@ -48,12 +48,11 @@ INTEGER_MARGIN = 0.9
 # an entry goes with its weight (a plain dict by id, cleared by a finalizer: a WeakIdKeyDictionary lookup cost
 # microseconds on every layer call)
 _STATE: dict[int, dict] = {}
-_CHOICE = PathChoice(PATHS + ("exact",))  # chosen: (layer key, exact only) -> (fastest path, seconds of each)
+_CHOICE = PathChoice(PATHS)  # chosen: (layer key, exact paths only) -> (fastest path, seconds of each)
 
 
 def cpu_paths(path: Optional[str]) -> ContextManager[None]:
-    """Run every packed CPU Linear through ``path`` (where it has it; else the reference), measure among the exact
-    paths only (``"exact"``: the reference's bits), or among all (``None``)."""
+    """Run every packed CPU Linear through ``path`` (where it has it; else the reference), or measure (``None``)."""
     return _CHOICE.force(path)
 
 
@@ -88,12 +87,12 @@ def _fastest(times: dict[str, float]) -> str:
 def run(weight, key: tuple, compute: Callable[[str], torch.Tensor], integer: bool) -> torch.Tensor:
     """The layer's output ``compute(path)`` through its path: forced, else the one measured fastest for layers like
     it (``key``: the layer's shape and grids, with the input's row count and dtype), measured on this input the
-    first time; ``integer``: whether the layer has the integer path."""
+    first time; ``integer``: whether the layer may take the integer path."""
     forced = _CHOICE.forced
-    if forced is not None and forced != "exact":
+    if forced is not None:
         path = forced if forced != "integer" or integer else "reference"
     else:
-        choice = (key, forced == "exact" or not integer)
+        choice = (key, not integer)
         chosen = _CHOICE.chosen.get(choice)
         if chosen is None:
             paths = EXACT_PATHS if choice[1] else PATHS
