@@ -182,8 +182,7 @@ def _dims(shape: list) -> str:
 
 def _path_table(kinds: list) -> list:
     """Per kind of packed layer (op, weight, input shape): the CPU path it ran and what each path measured."""
-    lines = ["", "CPU path per kind of packed layer (chosen on its first call by timing each path; the integer product "
-             "equals the others up to float rounding):", "",
+    lines = ["", "CPU path per kind of packed layer (chosen on its first call by timing each path):", "",
              "| layer | weight | input | layers | path | ms per path as measured |", "|---|---|---|---:|---|---|"]
     for k in kinds:
         measured = ", ".join(f"{p} {v:.2f}" for p, v in k["ms"].items()) or "pinned"

@@ -317,15 +317,16 @@ def test_inside_integer_matmul_the_cpu_path_is_measured_with_the_integer_product
             reference, first = net(x), net[0](x)
         with qsam2_ext.integer_matmul():
             measured = net(x)
-            taken = cpu_linear.paths_taken(net)
+            taken, kinds = cpu_linear.paths_taken(net), cpu_linear.kinds_taken(net)
             with cpu_linear.cpu_paths("integer"):
                 forced = net[0](x)
     torch.testing.assert_close(measured, reference, rtol=1e-5, atol=1e-5)
     assert sum(taken.values()) == 2 and (integer or "integer" not in taken)
     assert cpu_linear.paths_taken(net[:1]) == {"integer" if integer else "reference": 1}
     assert torch.equal(forced, _by_hand(net[0], x, act_bits) if integer else first)
-    first_kind = next(k for k in cpu_linear.kinds_taken(net) if k["weight"] == [96, 128])
+    first_kind = next(k for k in kinds if k["weight"] == [96, 128])
     assert set(first_kind["ms"]) == set(cpu_linear.PATHS if integer else cpu_linear.EXACT_PATHS)
+    assert next(k for k in cpu_linear.kinds_taken(net) if k["weight"] == [96, 128])["ms"] == {}  # pinned: no timing
 
 
 def test_the_cached_weight_lives_beside_the_packed_tensor_not_in_it(tmp_path):

@@ -17,7 +17,8 @@ expression: inductor generates the unpacking (merged with neighbouring kernels) 
 ``integer_matmul()`` those on CUDA trace the integer product instead (one ``torch._int_mm``, with the activation
 quantization and the epilogue left to inductor to fuse into neighbouring kernels; A4 layers: the exact code product
 on FP8 tensor cores, ``qsam2_ext.kernels.fp8_linear``). Eager on CPUs, outside ``integer_matmul()``, the weight is
-dequantized once and kept, or per call, whichever measures faster per kind of layer (``kernels.cpu_linear``).
+dequantized once and kept, or per call, whichever measures faster per kind of layer (``kernels.cpu_linear``; inside
+``integer_matmul()`` the integer product is one of the timed paths).
 """
 
 from __future__ import annotations
@@ -234,10 +235,11 @@ def integer_matmul(enabled: bool = True, force: bool = False) -> Iterator[None]:
     can move a later layer's input across a grid boundary, so whole models differ from their fake-quantized
     twins by occasional single grid steps instead of agreeing exactly. On CUDA it is also slower where measured:
     on an H200 (torch 2.11) ``torch._int_mm`` runs Ampere CUTLASS kernels, slower than cuBLAS's bf16 GEMMs
-    (``benchmarks/results/speed.md``). On CPUs, layers take the integer product where this CPU has a fast exact
+    (``benchmarks/results/speed.md``). On CPUs, layers may take the integer product where this CPU has a fast exact
     kernel for their weight width (``qsam2_ext.core.fast_int8_product``: AVX512-VNNI / AMX for any width, oneDNN's
-    u8 x s8 matmul on AVX2 for 2/3/4-bit weights); the others keep the float product, with a warning on entry,
-    unless ``force`` (to test the integer path on any CPU)."""
+    u8 x s8 matmul on AVX2 for 2/3/4-bit weights): compiled, they do; eager, each kind of layer times it against the
+    exact paths and keeps the fastest (``qsam2_ext.kernels.cpu_linear``). The others keep the float product, with a
+    warning on entry, unless ``force`` (the integer product on every layer that has it, on any CPU)."""
     global _INTEGER_MATMUL, _FORCE_INTEGER
     if enabled and not force and not cpu_int8.fast_int8_cpu():
         some = ("layers with 2-4-bit weights multiply codes through oneDNN's u8 x s8 matmul, and layers with 8-bit "

@@ -44,8 +44,8 @@ REFERENCE_MARGIN = 0.9
 # the integer product is exact only up to float rounding: it is kept where it is clearly faster than both exact paths
 INTEGER_MARGIN = 0.9
 # per packed weight, kept off the tensor (whose attributes torch.save would write), by id: {"path": the last path it
-# ran, "key": its last layer key, "dense": its cached dequantized weight, "codes": (bias, int8 codes, weight columns)};
-# an entry goes with its weight (a plain dict by id, cleared by a finalizer: a WeakIdKeyDictionary lookup cost
+# ran, "key" / "choice": its last layer key and measurement, "dense": its cached dequantized weight, "codes": (bias,
+# int8 codes, weight columns)}; an entry goes with its weight (a plain dict by id, cleared by a finalizer: a WeakIdKeyDictionary lookup cost
 # microseconds on every layer call)
 _STATE: dict[int, dict] = {}
 _CHOICE = PathChoice(PATHS)  # chosen: (layer key, exact paths only) -> (fastest path, seconds of each)
@@ -88,7 +88,7 @@ def run(weight, key: tuple, compute: Callable[[str], torch.Tensor], integer: boo
     """The layer's output ``compute(path)`` through its path: forced, else the one measured fastest for layers like
     it (``key``: the layer's shape and grids, with the input's row count and dtype), measured on this input the
     first time; ``integer``: whether the layer may take the integer path."""
-    forced = _CHOICE.forced
+    forced, choice = _CHOICE.forced, None
     if forced is not None:
         path = forced if forced != "integer" or integer else "reference"
     else:
@@ -100,7 +100,7 @@ def run(weight, key: tuple, compute: Callable[[str], torch.Tensor], integer: boo
             chosen = _CHOICE.chosen[choice] = _fastest(times), times
         path = chosen[0]
     entry = state(weight)
-    entry["key"] = key
+    entry["key"], entry["choice"] = key, choice  # what ran last, and the measurement that chose it (None: pinned)
     if entry.get("path") != path:
         entry["path"] = path
         # measured, not kept: the weight stays packed in memory (one cached copy at most)
@@ -148,7 +148,7 @@ def paths_taken(model: torch.nn.Module) -> dict[str, int]:
 
 def kinds_taken(model: torch.nn.Module) -> list[dict]:
     """Per kind of packed layer of ``model`` (op, weight shape, input shape): how many layers, the path they ran at
-    their last eager call, and the milliseconds each path took when it was chosen (if measured)."""
+    their last eager call, and the milliseconds each path took when that path was chosen (empty where pinned)."""
     kinds: dict[tuple, dict] = {}
     for module in model.modules():
         weight = getattr(module, "weight", None)
@@ -159,8 +159,7 @@ def kinds_taken(model: torch.nn.Module) -> list[dict]:
         kind = kinds.setdefault((key, entry["path"]), {"op": key[0], "input": list(key[1]), "weight": list(key[2]),
                                                        "path": entry["path"], "layers": 0, "ms": {}})
         kind["layers"] += 1
-        for exact_only in (True, False):  # the full choice where both were measured
-            measured = _CHOICE.chosen.get((key, exact_only))
-            if measured is not None:
-                kind["ms"] = {p: 1e3 * s for p, s in measured[1].items()}
+        measured = _CHOICE.chosen.get(entry["choice"])
+        if measured is not None:
+            kind["ms"] = {p: 1e3 * s for p, s in measured[1].items()}
     return list(kinds.values())
