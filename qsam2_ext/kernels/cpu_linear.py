@@ -45,8 +45,8 @@ REFERENCE_MARGIN = 0.9
 INTEGER_MARGIN = 0.9
 # per packed weight, kept off the tensor (whose attributes torch.save would write), by id: {"path": the last path it
 # ran, "key" / "choice": its last layer key and measurement, "dense": its cached dequantized weight, "codes": (bias,
-# int8 codes, weight columns)}; an entry goes with its weight (a plain dict by id, cleared by a finalizer: a WeakIdKeyDictionary lookup cost
-# microseconds on every layer call)
+# int8 codes, weight columns)}; an entry goes with its weight (a plain dict by id, cleared by a finalizer: a
+# WeakIdKeyDictionary lookup cost microseconds on every layer call)
 _STATE: dict[int, dict] = {}
 _CHOICE = PathChoice(PATHS)  # chosen: (layer key, exact paths only) -> (fastest path, seconds of each)
 
