@@ -88,7 +88,7 @@ def run(weight, key: tuple, compute: Callable[[str], torch.Tensor], integer: boo
     """The layer's output ``compute(path)`` through its path: forced, else the one measured fastest for layers like
     it (``key``: the layer's shape and grids, with the input's row count and dtype), measured on this input the
     first time; ``integer``: whether the layer may take the integer path."""
-    forced, choice = _CHOICE.forced, None
+    forced, choice, measured = _CHOICE.forced, None, False
     if forced is not None:
         path = forced if forced != "integer" or integer else "reference"
     else:
@@ -98,10 +98,11 @@ def run(weight, key: tuple, compute: Callable[[str], torch.Tensor], integer: boo
             paths = EXACT_PATHS if choice[1] else PATHS
             times = {name: _seconds(lambda name=name: compute(name)) for name in paths}
             chosen = _CHOICE.chosen[choice] = _fastest(times), times
+            measured = True
         path = chosen[0]
     entry = state(weight)
     entry["key"], entry["choice"] = key, choice  # what ran last, and the measurement that chose it (None: pinned)
-    if entry.get("path") != path:
+    if entry.get("path") != path or measured:
         entry["path"] = path
         # measured, not kept: the weight stays packed in memory (one cached copy at most)
         for cache, user in (("dense", "cached"), ("codes", "integer")):
