@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import cProfile
 import os
 import platform
+import pstats
 import statistics
 import time
 
@@ -57,6 +59,32 @@ def per_call_us(model, x, repeats: int, device: str) -> tuple[float, torch.Tenso
     return statistics.quantiles(times, n=10)[0], out  # the fastest tenth: other tenants of the machine only add time
 
 
+def profile_split(model, x, calls: int) -> dict:
+    """Shares of a compiled model's profiled per-call time: AOT autograd's subclass unwrapping, the compiled graph,
+    the rest; and how often ``__tensor_flatten__`` ran per call."""
+    with torch.inference_mode():
+        for _ in range(5):
+            model(x)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(calls):
+            model(x)
+        profiler.disable()
+    stats = pstats.Stats(profiler).stats  # (file, line, function) -> (calls, primitive calls, tottime, cumtime, ...)
+    total = sum(tottime for _, _, tottime, _, _ in stats.values())
+
+    def cumulative(file_end: str, function: str) -> tuple[float, int]:
+        hits = [(v[3], v[1]) for (f, _, name), v in stats.items() if f.endswith(file_end) and name == function]
+        return max(hits, default=(0.0, 0))
+
+    unwrap, _ = cumulative("subclass_utils.py", "runtime_unwrap_tensor_subclasses")
+    graph, _ = cumulative("output_code.py", "__call__")
+    _, flattens = cumulative("packed_tensor.py", "__tensor_flatten__")
+    return {"profiled_us_per_call": total / calls * 1e6, "aot_unwrap_share": unwrap / total,
+            "graph_share": graph / total, "rest_share": 1 - (unwrap + graph) / total,
+            "tensor_flatten_per_call": flattens / calls}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -65,6 +93,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=4)
     p.add_argument("--repeats", type=int, default=300)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--profile", action="store_true", help="add where a call's time goes (float and W2, compiled)")
     p.add_argument("--out", default="out/compile_overhead")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -90,18 +119,33 @@ def main() -> None:
                     raise AssertionError(f"{row} computes something else than the first W2 row")
     for row, times in timings.items():
         results.append({"row": row, "us_per_call": statistics.median(times), "us_per_round": times})
+    split = {}
+    if args.profile:
+        for row in ("float compiled", "W2 compiled"):
+            model = copy.deepcopy(float_model)
+            if ROWS[row][0]:
+                quantize_(model, qsam2_ext.qsam2_config(bits=2))
+            torch._dynamo.reset()
+            split[row] = profile_split(torch.compile(model, dynamic=False), x, args.repeats)
     for r in results:
         r["ratio_vs_float_compiled"] = r["us_per_call"] / results[0]["us_per_call"]
     device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     meta = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(), **vars(args)}
     os.makedirs(args.out, exist_ok=True)
-    write_json(os.path.join(args.out, "compile_overhead.json"), {"meta": meta, "rows": results})
+    write_json(os.path.join(args.out, "compile_overhead.json"), {"meta": meta, "rows": results, "profile": split})
     lines = [f"{args.layers} Linear layers of {args.width}x{args.width}, {args.tokens} tokens, on {device} "
              f"({meta['threads']} threads), torch {torch.__version__}; per row the median over {args.rounds} rounds "
              f"of the 10th percentile of {args.repeats} calls. Every W2 row's outputs equal the first W2 row's.", "",
              "| row | µs per call | × float compiled | rounds (µs) |", "|---|---:|---:|---|"]
     lines += [f"| {r['row']} | {r['us_per_call']:.0f} | {r['ratio_vs_float_compiled']:.2f} | "
               f"{', '.join(f'{t:.0f}' for t in r['us_per_round'])} |" for r in results]
+    if split:
+        lines += ["", f"Where a call's time goes (cProfile over {args.repeats} calls; shares of the profiled time):",
+                  "", "| row | profiled µs per call | AOT subclass unwrap | compiled graph | rest (guards, wrappers) | "
+                  "`__tensor_flatten__` per call |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {row} | {v['profiled_us_per_call']:.0f} | {v['aot_unwrap_share']:.0%} | "
+                  f"{v['graph_share']:.0%} | {v['rest_share']:.0%} | {v['tensor_flatten_per_call']:.0f} |"
+                  for row, v in split.items()]
     text = "\n".join(lines) + "\n"
     write_text(os.path.join(args.out, "compile_overhead.md"), text)
     print(text)

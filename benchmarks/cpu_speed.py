@@ -10,12 +10,13 @@ oneDNN's u8 x s8 matmul for 2/3/4-bit weights, while 8-bit weights would meet to
 times slower: rows without a fast kernel here are skipped unless ``--force-integer``); "reference" rows dequantize
 at every call and run the float op; "default" rows run what a quantized model runs by default (eager: per kind of
 layer the faster of the weight dequantized once and kept, or per call, measured on the first call:
-``qsam2_ext.kernels.cpu_linear``; the table says which ran). Packed weights stay packed in memory (2 bits per weight
-for W2) except where the default path keeps a dequantized copy. Latency is the median of ``--repeats`` timed runs
-after one warm-up, the rows taking turns (one call each per round: the cores may be shared), in the same process as
-the float baseline (``--compile`` adds ``torch.compile`` rows: inductor fuses the quantization and the integer
-product's epilogue). SQNR against the float encoder shows the rows compute the same thing. Writes
-``<out>/cpu_speed.json`` and ``cpu_speed.md``.
+``qsam2_ext.kernels.cpu_linear``), "measured" rows what it runs inside ``integer_matmul()`` (the same choice with the
+integer product among the paths); the tables say which ran, per kind of layer. Packed weights stay packed in
+memory (2 bits per weight for W2) except where the CPU path keeps a dequantized copy (or int8 codes). Latency
+is the median of ``--repeats`` timed runs after one warm-up, the rows taking turns (one call each per round: the
+cores may be shared), in the same process as the float baseline (``--compile`` adds ``torch.compile`` rows:
+inductor fuses the quantization and the integer product's epilogue). SQNR against the float encoder shows the rows
+compute the same thing. Writes ``<out>/cpu_speed.json`` and ``cpu_speed.md``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import qsam2_ext
 from qsam2_ext.core import fast_int8_product, is_linear_like
 from qsam2_ext.core.cpu_int8 import u8s8_cpu
 from qsam2_ext.io import write_json, write_text
-from qsam2_ext.kernels.cpu_linear import cpu_paths, paths_taken
+from qsam2_ext.kernels.cpu_linear import cpu_paths, kinds_taken, paths_taken
 from qsam2_ext.sam2.images import PHOTOS, photo_batch
 from qsam2_ext.sam2.models import build_model
 
@@ -52,6 +53,7 @@ ROWS = (  # name, weight bits, activation bits, path, torch.compile
     ("W8A8 reference", 8, 8, "reference", False),
     ("W8A8 integer", 8, 8, "integer", False),
     ("W4A8 integer", 4, 8, "integer", False),
+    ("W4A8 measured", 4, 8, "measured", False),
     ("W2A8 integer", 2, 8, "integer", False),
     ("W2A8 default", 2, 8, "default", False),
     ("W2A8 reference", 2, 8, "reference", False),
@@ -63,11 +65,17 @@ ROWS = (  # name, weight bits, activation bits, path, torch.compile
 
 
 def context(path: Optional[str], force: bool):
-    """``"integer"``: inside ``integer_matmul()``; ``"reference"``: the weight dequantized at every call;
+    """``"integer"``: inside ``integer_matmul()``, the integer product on every layer that has it; ``"measured"``:
+    inside ``integer_matmul()``, per kind of layer the fastest of the integer product and the exact paths (eager);
+    ``"reference"``: the weight dequantized at every call;
     ``"default"``: what a quantized model runs by default (eager: per kind of layer the faster of the cached and the
     per-call dequantized weight, measured on its first call; ``qsam2_ext.kernels.cpu_linear``)."""
-    if path == "integer":
-        return qsam2_ext.integer_matmul(force=force)
+    if path in ("integer", "measured"):
+        stack = contextlib.ExitStack()
+        stack.enter_context(qsam2_ext.integer_matmul(force=force))
+        if path == "integer":
+            stack.enter_context(cpu_paths("integer"))
+        return stack
     if path == "reference":
         return cpu_paths("reference")
     return contextlib.nullcontext()
@@ -130,7 +138,7 @@ def main() -> None:
     selected = [r for r in ROWS if r[0] in args.rows] if args.rows else [r for r in ROWS if not r[4] or args.compile]
     calls, rows = {}, []
     for name, bits, act_bits, path, compile in selected:
-        if path == "integer" and not fast_int8_product(bits) and not args.force_integer:
+        if path in ("integer", "measured") and not fast_int8_product(bits) and not args.force_integer:
             continue
         encoder = float_encoder
         if bits is not None:
@@ -144,7 +152,8 @@ def main() -> None:
         size = qsam2_ext.storage_report(encoder)
         rows.append({"row": name, "first_call_s": first_s, "compile_s": first_s if compile else 0.0,
                      "quantized_weight_bytes": size["packed_bytes"], "encoder_bytes": size["model_bytes"],
-                     "sqnr_db": sqnr, "paths": paths_taken(encoder) if path == "default" else {},
+                     "sqnr_db": sqnr, "paths": paths_taken(encoder) if path in ("default", "measured") else {},
+                     "path_kinds": kinds_taken(encoder) if path in ("default", "measured") else [],
                      "profile": profile_top(calls[name]) if name in args.profile else []})
         print(f"{name}: ready ({first_s:.1f} s first call)", flush=True)
     # the rows take turns, one call each per round: the cores are shared with other work, whose load drifts
@@ -180,6 +189,14 @@ def main() -> None:
         lines.append(f"| {r['row']} | {r['ms']:.0f} | {r['speedup_vs_fp32']:.2f}× | {r['compile_s']:.0f} | "
                      f"{r['quantized_weight_bytes'] / 1e6:.2f} | {r['encoder_bytes'] / 1e6:.2f} | {sqnr} | "
                      + (", ".join(f"{p} {n}" for p, n in r.get("paths", {}).items()) or "—") + " |")
+    for r in rows:
+        if r["path_kinds"]:
+            lines += ["", f"{r['row']}: the path each kind of layer took, and each path's time on its first call "
+                      "(ms; the integer product only where it is clearly faster than both exact paths):", "",
+                      "| layer | weight | input | layers | path | ms per path |", "|---|---|---|---:|---|---|"]
+            lines += [f"| {k['op']} | {'×'.join(map(str, k['weight']))} | {'×'.join(map(str, k['input']))} | "
+                      f"{k['layers']} | {k['path']} | " + ", ".join(f"{p} {v:.2f}" for p, v in k["ms"].items()) + " |"
+                      for k in r["path_kinds"]]
     for r in rows:
         if r["profile"]:
             lines += ["", f"Where the time goes, {r['row']} (self CPU time of one run, top operators):", "",

@@ -17,7 +17,8 @@ from .sam2.prompts import grid_points, tight_box
 COLORS = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240]])
 MASK_IMAGES = 3  # rows of the mask figure
 REPORT_FILES = ("report.json", "report.md", "masks.png")  # what write_report may write (besides the model file)
-_CPU_PATHS = {"cached": "with the weight dequantized once and kept", "reference": "dequantizing per call"}
+_CPU_PATHS = {"cached": "with the weight dequantized once and kept", "reference": "dequantizing per call",
+              "integer": "through the int8 product"}
 
 
 def _encoder_ms(model, image: torch.Tensor, repeats: int = 3) -> float:
@@ -51,9 +52,10 @@ def evaluate_pair(float_model, quantized, dataset, progress: bool) -> dict:
     image = SAM2Transforms(quantized.image_size, 0.0)(dataset.load(0).frames[0])[None].to(device)
     out["encoder_ms"] = {"float": _encoder_ms(float_model, image), "quantized": _encoder_ms(quantized, image)}
     if device.type == "cpu":  # which path each packed layer ran (measured per kind of layer on its first call)
-        from .kernels.cpu_linear import paths_taken
+        from .kernels.cpu_linear import kinds_taken, paths_taken
 
         out["cpu_paths"] = paths_taken(quantized)
+        out["cpu_path_kinds"] = kinds_taken(quantized)
     for key in ("float", "quantized"):  # keep the summaries; per-instance scores would bloat the report
         if key in out:
             out[key] = {"results": out[key]["results"], "skipped": out[key]["skipped"]}
@@ -168,7 +170,25 @@ def _markdown(data: dict) -> str:
                if paths else "")
         lines += ["", f"Image encoder, one image: float {ms['float']:.1f} ms, quantized {ms['quantized']:.1f} ms"
                       f"{how}."]
+        kinds = ev.get("cpu_path_kinds")
+        if kinds:
+            lines += _path_table(kinds)
     return "\n".join(lines) + "\n"
+
+
+def _dims(shape: list) -> str:
+    return "×".join(str(d) for d in shape)
+
+
+def _path_table(kinds: list) -> list:
+    """Per kind of packed layer (op, weight, input shape): the CPU path it ran and what each path measured."""
+    lines = ["", "CPU path per kind of packed layer (chosen on its first call by timing each path):", "",
+             "| layer | weight | input | layers | path | ms per path as measured |", "|---|---|---|---:|---|---|"]
+    for k in kinds:
+        measured = ", ".join(f"{p} {v:.2f}" for p, v in k["ms"].items()) or "pinned"
+        lines.append(f"| {k['op']} | {_dims(k['weight'])} | {_dims(k['input'])} | {k['layers']} | {k['path']} | "
+                     f"{measured} |")
+    return lines
 
 
 def write_report(out: str, data: dict, float_model, quantized, evaluation) -> dict:

@@ -150,12 +150,15 @@ def test_cpus_without_a_fast_int8_gemm_keep_the_float_product(monkeypatch):
 
 @pytest.mark.skipif(not u8s8_cpu(), reason="oneDNN's u8 x s8 matmul needs an x86 CPU with AVX2")
 def test_without_vnni_low_bit_weights_take_the_u8s8_product_and_8_bit_weights_the_float_one(monkeypatch):
+    from qsam2_ext.kernels import cpu_linear
+
     monkeypatch.setattr(cpu_int8, "fast_int8_cpu", lambda: False)  # what an AVX2-only CPU reports
     w2, x = _converted(2, 8, False)
     w8, _ = _converted(8, 8, False)
     with torch.no_grad():
         reference8 = w8[0](x)
-        with pytest.warns(UserWarning, match="2-4-bit weights multiply codes"), qsam2_ext.integer_matmul():
+        with pytest.warns(UserWarning, match="2-4-bit weights multiply codes"), qsam2_ext.integer_matmul(), \
+                cpu_linear.cpu_paths("integer"):  # pinned: unpinned, the eager path measures the exact ones too
             integer2, float8 = w2[0](x), w8[0](x)
     assert torch.equal(integer2, _by_hand(w2[0], x))
     assert torch.equal(float8, reference8)
@@ -278,7 +281,7 @@ def test_compiled_cuda_a4_layers_take_the_fp8_product_on_their_chosen_path(bits)
 def test_default_cpu_path_is_measured_per_kind_of_layer_and_gives_the_reference_bits(bits, act_bits):
     """Eager on a CPU, each kind of packed layer times its two exact paths (weight dequantized once and kept, or per
     call) on its first input and keeps the faster; the output has the reference path's bits either way, and the
-    model says which path each layer ran."""
+    model says which path each layer ran, per kind of layer."""
     from qsam2_ext.kernels import cpu_linear
 
     net, x = _converted(bits, act_bits, False)
@@ -286,15 +289,44 @@ def test_default_cpu_path_is_measured_per_kind_of_layer_and_gives_the_reference_
         with cpu_linear.cpu_paths("reference"):
             reference = net(x)
         measured = net(x)
-        for path in cpu_linear.PATHS:
+        for path in cpu_linear.EXACT_PATHS:
             with cpu_linear.cpu_paths(path):
                 assert torch.equal(net(x), reference), path
             assert cpu_linear.paths_taken(net) == {path: 2}
         again = net(x)
     assert torch.equal(measured, reference) and torch.equal(again, reference)
-    assert sum(cpu_linear.paths_taken(net).values()) == 2
-    keys = [k for k in cpu_linear.chosen_paths() if k[1] == tuple(x.shape) and k[4] == act_bits and k[3] == bits]
-    assert keys and all(set(cpu_linear.chosen_paths()[k][1]) == set(cpu_linear.PATHS) for k in keys)
+    assert set(cpu_linear.paths_taken(net)) <= set(cpu_linear.EXACT_PATHS)
+    kinds = cpu_linear.kinds_taken(net)
+    assert sorted(k["weight"] for k in kinds) == [[32, 96], [96, 128]]
+    first = next(k for k in kinds if k["weight"] == [96, 128])
+    assert first["input"] == list(x.shape) and first["layers"] == 1
+    assert set(first["ms"]) == set(cpu_linear.EXACT_PATHS)
+
+
+@pytest.mark.parametrize("bits,act_bits", [(2, None), (2, 8), (4, 4)])
+def test_inside_integer_matmul_the_cpu_path_is_measured_with_the_integer_product(bits, act_bits):
+    """Inside ``integer_matmul()``, a Linear with factoring grids on a CPU with a fast int8 kernel also times the
+    integer product and keeps it where it is clearly faster; the output equals the reference up to float rounding, and
+    pinned to "integer" it is the by-hand integer product."""
+    from qsam2_ext.kernels import cpu_linear
+
+    net, x = _converted(bits, act_bits, False)
+    integer = act_bits is not None and cpu_int8.fast_int8_product(bits)  # net[0] has 128 inputs, net[2] 96
+    with torch.no_grad():
+        with cpu_linear.cpu_paths("reference"):
+            reference, first = net(x), net[0](x)
+        with qsam2_ext.integer_matmul():
+            measured = net(x)
+            taken, kinds = cpu_linear.paths_taken(net), cpu_linear.kinds_taken(net)
+            with cpu_linear.cpu_paths("integer"):
+                forced = net[0](x)
+    torch.testing.assert_close(measured, reference, rtol=1e-5, atol=1e-5)
+    assert sum(taken.values()) == 2 and (integer or "integer" not in taken)
+    assert cpu_linear.paths_taken(net[:1]) == {"integer" if integer else "reference": 1}
+    assert torch.equal(forced, _by_hand(net[0], x, act_bits) if integer else first)
+    first_kind = next(k for k in kinds if k["weight"] == [96, 128])
+    assert set(first_kind["ms"]) == set(cpu_linear.PATHS if integer else cpu_linear.EXACT_PATHS)
+    assert next(k for k in cpu_linear.kinds_taken(net) if k["weight"] == [96, 128])["ms"] == {}  # pinned: no timing
 
 
 def test_the_cached_weight_lives_beside_the_packed_tensor_not_in_it(tmp_path):
@@ -310,7 +342,7 @@ def test_the_cached_weight_lives_beside_the_packed_tensor_not_in_it(tmp_path):
     torch.save(net.state_dict(), tmp_path / "before" / "net.pt")
     with torch.no_grad(), cpu_linear.cpu_paths("cached"):
         net(x)
-    dense = weakref.ref(cpu_linear._STATE[net[0].weight]["dense"])
+    dense = weakref.ref(cpu_linear.state(net[0].weight)["dense"])
     assert dense() is not None and torch.equal(dense(), net[0].weight.dequantize())
     torch.save(net.state_dict(), tmp_path / "after" / "net.pt")
     assert (tmp_path / "after" / "net.pt").read_bytes() == (tmp_path / "before" / "net.pt").read_bytes()

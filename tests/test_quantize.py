@@ -38,6 +38,10 @@ def test_quantize_end_to_end(tmp_path, checkpoint, eval_data):
     assert {"point", "box"} == set(report["evaluation"]["quantized"]["results"])
     assert 0 <= report["evaluation"]["float"]["results"]["box"]["mIoU"] <= 1
     assert (out / "masks.png").stat().st_size > 0 and "| box |" in (out / "report.md").read_text()
+    # which CPU path each kind of packed layer ran, as the report's table says
+    kinds, paths = report["evaluation"]["cpu_path_kinds"], report["evaluation"]["cpu_paths"]
+    assert sum(k["layers"] for k in kinds) == sum(paths.values()) > 0
+    assert {k["path"] for k in kinds} == set(paths) and "CPU path per kind" in (out / "report.md").read_text()
     from PIL import Image
 
     width, height = Image.open(out / "masks.png").size  # 3 scenes, then the real photograph: 4 rows of 256² tiles

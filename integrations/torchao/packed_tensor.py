@@ -17,7 +17,8 @@ expression: inductor generates the unpacking (merged with neighbouring kernels) 
 ``integer_matmul()`` those on CUDA trace the integer product instead (one ``torch._int_mm``, with the activation
 quantization and the epilogue left to inductor to fuse into neighbouring kernels; A4 layers: the exact code product
 on FP8 tensor cores, ``qsam2_ext.kernels.fp8_linear``). Eager on CPUs, outside ``integer_matmul()``, the weight is
-dequantized once and kept, or per call, whichever measures faster per kind of layer (``kernels.cpu_linear``).
+dequantized once and kept, or per call, whichever measures faster per kind of layer (``kernels.cpu_linear``; inside
+``integer_matmul()`` the integer product is one of the timed paths).
 """
 
 from __future__ import annotations
@@ -234,10 +235,11 @@ def integer_matmul(enabled: bool = True, force: bool = False) -> Iterator[None]:
     can move a later layer's input across a grid boundary, so whole models differ from their fake-quantized
     twins by occasional single grid steps instead of agreeing exactly. On CUDA it is also slower where measured:
     on an H200 (torch 2.11) ``torch._int_mm`` runs Ampere CUTLASS kernels, slower than cuBLAS's bf16 GEMMs
-    (``benchmarks/results/speed.md``). On CPUs, layers take the integer product where this CPU has a fast exact
+    (``benchmarks/results/speed.md``). On CPUs, layers may take the integer product where this CPU has a fast exact
     kernel for their weight width (``qsam2_ext.core.fast_int8_product``: AVX512-VNNI / AMX for any width, oneDNN's
-    u8 x s8 matmul on AVX2 for 2/3/4-bit weights); the others keep the float product, with a warning on entry,
-    unless ``force`` (to test the integer path on any CPU)."""
+    u8 x s8 matmul on AVX2 for 2/3/4-bit weights): compiled, they do; eager, each kind of layer times it against the
+    exact paths and keeps the fastest (``qsam2_ext.kernels.cpu_linear``). The others keep the float product, with a
+    warning on entry, unless ``force`` (the integer product on every layer that has it, on any CPU)."""
     global _INTEGER_MATMUL, _FORCE_INTEGER
     if enabled and not force and not cpu_int8.fast_int8_cpu():
         some = ("layers with 2-4-bit weights multiply codes through oneDNN's u8 x s8 matmul, and layers with 8-bit "
@@ -311,26 +313,39 @@ def _linear(func, types, args, kwargs):
     if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
         # this handler runs before autocast would cast the input (a float32 LayerNorm output, say): cast it here
         x = x.to(torch.get_autocast_dtype(x.device.type))
-    if not _traced(x) and kernels.supports(x, weight):
+    if kernels.supports(x, weight) and not _traced(x):
         # eager only: traced for torch.compile, the expressions below are left to inductor, which unpacks the
         # weight in generated kernels feeding cuBLAS with no Python in between, while our op costs tens of
         # microseconds of Python per call (benchmarks/results/speed.md)
         return kernels.packed_linear(x, weight.packed, weight.center.contiguous(), weight.step.contiguous(), bias,
                                      weight.act_center, weight.act_step, weight.bits, weight.act_bits or 0)
     if _cpu_eager(x):
-        return cpu_linear.run(weight, _cpu_key(x, weight, "linear"), {
-            "cached": lambda: F.linear(weight.quantize_input(x, -1), cpu_linear.dense(weight, x.dtype), bias),
-            "reference": lambda: F.linear(weight.quantize_input(x, -1), weight.dequantize(x.dtype), bias)})
+        def compute(path: str) -> torch.Tensor:
+            if path == "integer":
+                return _integer_linear(x, weight, bias, *cpu_linear.integer_weight(weight, bias))
+            w = cpu_linear.dense(weight, x.dtype) if path == "cached" else weight.dequantize(x.dtype)
+            return F.linear(weight.quantize_input(x, -1), w, bias)
+
+        return cpu_linear.run(weight, _cpu_key(x, weight, "linear"), compute, _cpu_integer(x, weight))
     if not _integer_path(x, weight):
         return F.linear(weight.quantize_input(x, -1), weight.dequantize(x.dtype), bias)
     return _integer_linear(x, weight, bias)
 
 
 def _cpu_eager(x: torch.Tensor) -> bool:
-    """An eager inference call on a CPU outside ``integer_matmul()``: one of the exact paths, the faster measured per
-    kind of layer (``qsam2_ext.kernels.cpu_linear``: the weight dequantized once and kept, or at every call)."""
-    return (x.device.type == "cpu" and not _INTEGER_MATMUL and not (torch.is_grad_enabled() and x.requires_grad)
+    """An eager inference call on a CPU (outside ``integer_matmul(force=True)``): the path measured fastest per kind
+    of layer (``qsam2_ext.kernels.cpu_linear``: the weight dequantized once and kept, or at every call, and inside
+    ``integer_matmul()`` the integer product)."""
+    return (x.device.type == "cpu" and not _FORCE_INTEGER and not (torch.is_grad_enabled() and x.requires_grad)
             and not _traced(x))
+
+
+def _cpu_integer(x: torch.Tensor, weight: QSAM2PackedTensor) -> bool:
+    """Whether an eager CPU Linear may take the integer product: inside ``integer_matmul()`` (it equals the reference
+    up to float rounding only, so never by default), a layer of its integer path on a CPU with a fast exact kernel for
+    its weights."""
+    return (_INTEGER_MATMUL and weight.grids_factor() and x.shape[-1] >= INTEGER_MIN_INPUTS
+            and cpu_int8.fast_int8_product(weight.bits))
 
 
 def _cpu_key(x: torch.Tensor, weight: QSAM2PackedTensor, op: str) -> tuple:
@@ -339,7 +354,9 @@ def _cpu_key(x: torch.Tensor, weight: QSAM2PackedTensor, op: str) -> tuple:
             x.dtype)
 
 
-def _integer_linear(x: torch.Tensor, weight: QSAM2PackedTensor, bias) -> torch.Tensor:
+def _integer_linear(x: torch.Tensor, weight: QSAM2PackedTensor, bias, weight_codes: Optional[torch.Tensor] = None,
+                    columns: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The integer product of ``x`` and the weight (its int8 codes and rank-term columns: given, else computed)."""
     rows = x.reshape(-1, x.shape[-1]).float()  # every activation grid in float32, as the reference computes it
     if weight.act_center is None:
         codes, center, step = quantize_tokens(rows, weight.act_bits)
@@ -348,8 +365,10 @@ def _integer_linear(x: torch.Tensor, weight: QSAM2PackedTensor, bias) -> torch.T
         codes = quantize(rows, center, step, weight.act_bits)
         center = center + (rows * 0).sum(dim=-1, keepdim=True)  # a NaN or infinite input makes its row NaN
     fp8 = _fp8_path(x, weight) if x.is_cuda else None
-    out = int_linear(codes, center, step, weight.codes().reshape(weight.weight_shape[0], -1), weight.center,
-                     weight.step, bias, weight.bits, product=fp8 and fp8_linear.scaled_product(fp8))
+    if weight_codes is None:
+        weight_codes = weight.codes().reshape(weight.weight_shape[0], -1)
+    out = int_linear(codes, center, step, weight_codes, weight.center, weight.step, bias, weight.bits,
+                     product=fp8 and fp8_linear.scaled_product(fp8), columns=columns)
     return out.reshape(*x.shape[:-1], -1).to(x.dtype)
 
 
@@ -358,11 +377,11 @@ def _integer_linear(x: torch.Tensor, weight: QSAM2PackedTensor, bias) -> torch.T
 def _conv2d(func, types, args, kwargs):
     x, weight, bias, stride, padding, dilation, groups = fill_defaults(args, 7, [None, [1, 1], [0, 0], [1, 1], 1])
     if _cpu_eager(x):
-        return cpu_linear.run(weight, _cpu_key(x, weight, "conv2d"), {
-            "cached": lambda: F.conv2d(weight.quantize_input(x, 1), cpu_linear.dense(weight, x.dtype), bias, stride,
-                                       padding, dilation, groups),
-            "reference": lambda: F.conv2d(weight.quantize_input(x, 1), weight.dequantize(x.dtype), bias, stride,
-                                          padding, dilation, groups)})
+        def compute(path: str) -> torch.Tensor:
+            w = cpu_linear.dense(weight, x.dtype) if path == "cached" else weight.dequantize(x.dtype)
+            return F.conv2d(weight.quantize_input(x, 1), w, bias, stride, padding, dilation, groups)
+
+        return cpu_linear.run(weight, _cpu_key(x, weight, "conv2d"), compute, False)
     return F.conv2d(weight.quantize_input(x, 1), weight.dequantize(x.dtype), bias, stride, padding, dilation, groups)
 
 
