@@ -209,7 +209,8 @@ def plot(table: list[dict], path: str) -> Optional[str]:
 
 
 def main() -> None:
-    from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, default_checkpoint
+    from qsam2_ext.errors import BadFileError
+    from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, check_checkpoint, default_checkpoint
 
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -232,7 +233,8 @@ def main() -> None:
     p.add_argument("--calibration-images", type=int, default=16)
     p.add_argument("--jobs", type=int, help="parallel rows (default: 4 per GPU; CPU 1)")
     p.add_argument("--model", default=DEFAULT_MODEL_CONFIG)
-    p.add_argument("--checkpoint", default=None, help="default: the embedded default model's")
+    p.add_argument("--checkpoint", default=None,
+                   help="float checkpoint of --model every row starts from (default: the embedded default model's)")
     p.add_argument("--data", default="out/accuracy_data")
     p.add_argument("--out", default="out/accuracy")
     args = p.parse_args()
@@ -245,9 +247,10 @@ def main() -> None:
     train_images = 64 if small else args.train_images
     gpus = torch.cuda.device_count() if cuda else 0
     jobs_parallel = args.jobs or (4 * gpus if gpus else 1)
-    checkpoint = args.checkpoint or default_checkpoint()
-    if not os.path.isfile(checkpoint):
-        p.error(f"checkpoint {checkpoint} does not exist")
+    try:  # a missing, foreign or mismatched file fails here, in one line, before data or workers
+        checkpoint = check_checkpoint(args.checkpoint or default_checkpoint(), args.model)
+    except BadFileError as e:
+        p.error(str(e))
 
     splits = _write_splits(args.data, train_images, eval_images, eval_clips)
     setup = Setup(args.model, checkpoint, splits, steps, batch_size, args.lr, args.quantizer_lr,
