@@ -13,6 +13,10 @@ FINE_TUNE_RECIPES: dict[str, dict] = {
     "control": dict(lr=1e-4, weight_decay=0.05, grad_clip=1.0, warmup_steps=20, schedule="cosine",
                     min_lr_ratio=0.05),
     "hot": dict(lr=2e-3, weight_decay=0.05, grad_clip=1.0, warmup_steps=20, schedule="constant"),
-    "outliers": dict(lr=2e-3, weight_decay=0.0, grad_clip=0.0, warmup_steps=20, schedule="constant"),
-    "hotter": dict(lr=5e-3, weight_decay=0.0, grad_clip=0.0, warmup_steps=20, schedule="constant"),
+    "outliers_mild": dict(lr=5e-4, weight_decay=0.0, grad_clip=0.0, warmup_steps=20, schedule="cosine",
+                          min_lr_ratio=0.05),
+    "outliers": dict(lr=1e-3, weight_decay=0.0, grad_clip=0.0, warmup_steps=20, schedule="cosine",
+                     min_lr_ratio=0.05),
+    "outliers_hot": dict(lr=2e-3, weight_decay=0.0, grad_clip=0.0, warmup_steps=20, schedule="cosine",
+                         min_lr_ratio=0.05),
 }
