@@ -15,8 +15,8 @@
    mIoU on the real-photo evaluation set (``qsam2_ext.sam2.real_photos``; never trained on).
 ``--recipe outliers`` fine-tunes a trained checkpoint (``--init``, default: the embedded model) instead of training
 from random initialisation: both stages with the settings of ``qsam2_ext.train.fine_tune.FINE_TUNE_RECIPES``
-(a large constant learning rate, no weight decay, no gradient clipping; the video stage at a third of the learning
-rate), which gives the model heavy-tailed weights and activations like SAM2's (docs/accuracy.md).
+(no weight decay, no gradient clipping, a larger learning rate; the video stage at a third of it), meant to give the
+model heavier-tailed activations and weights, closer to SAM2's (what it achieved so far: docs/accuracy.md).
 4. ``<out>/qsam2_mini.pt`` ({"model": state_dict}, float32) and ``<out>/qsam2_mini.json`` (metrics, settings,
    command). ``--install`` copies both next to the config, where ``default_checkpoint()`` finds them.
 """
