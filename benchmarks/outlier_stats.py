@@ -32,10 +32,10 @@ import torch
 
 from qsam2_ext.core.calibration import input_rows, is_linear_like, weight_matrix
 from qsam2_ext.core.stats import OUTLIER_SIGMAS, tail_stats
+from qsam2_ext.errors import BadFileError
 from qsam2_ext.io import write_json, write_text
 from qsam2_ext.sam2 import hiera
 from qsam2_ext.sam2.images import photo_batch
-from qsam2_ext.errors import BadFileError
 from qsam2_ext.sam2.models import DEFAULT_MODEL, SAM2_CONFIGS, build_model, check_checkpoint, default_checkpoint
 
 MODELS = (DEFAULT_MODEL, DEFAULT_MODEL + "@init", "sam2.1_hiera_t", "sam2.1_hiera_b+", "sam2.1_hiera_l")

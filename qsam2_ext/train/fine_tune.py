@@ -19,6 +19,4 @@ FINE_TUNE_RECIPES: dict[str, dict] = {
                           min_lr_ratio=0.05),
     "outliers": dict(lr=1e-3, weight_decay=0.0, grad_clip=0.0, warmup_steps=20, schedule="cosine",
                      min_lr_ratio=0.05),
-    "outliers_hot": dict(lr=2e-3, weight_decay=0.0, grad_clip=0.0, warmup_steps=20, schedule="cosine",
-                         min_lr_ratio=0.05),
 }
