@@ -172,8 +172,9 @@ def markdown(table: list[dict], meta: dict) -> str:
         std = e[metric + "_std"]
         return f"{100 * e[metric]:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
 
+    clips = f"{meta['eval_clips']} clips" if meta.get("video", True) else "no clips: J&F not run"
     lines = [f"Accuracy of quantization methods on {meta['model']} (held-out synthetic split: "
-             f"{meta['eval_images']} images, {meta['eval_clips']} clips); {meta['device']}; QAT: {meta['steps']} "
+             f"{meta['eval_images']} images, {clips}); {meta['device']}; QAT: {meta['steps']} "
              f"steps of batch {meta['batch_size']}. Quantized: every Linear and 1x1 Conv2d of the image encoder.", "",
              "| bits | method | seeds | box mIoU | point mIoU | J&F | box % of FP | real photos: box | point | model MB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -300,7 +301,7 @@ def main() -> None:
             "device": torch.cuda.get_device_name(0) + f" x{gpus}" if gpus else f"CPU ({os.cpu_count()} cores)",
             "torch": torch.__version__, "steps": steps, "batch_size": batch_size, "lr": args.lr,
             "quantizer_lr": args.quantizer_lr, "train_images": train_images, "eval_images": eval_images,
-            "eval_clips": eval_clips, "calibration_images": args.calibration_images, "seeds": seeds,
+            "eval_clips": eval_clips, "video": not args.no_video, "calibration_images": args.calibration_images, "seeds": seeds,
             "seconds": time.time() - started, "command": " ".join(["python", "benchmarks/accuracy.py"] + sys.argv[1:])}
     write_json(os.path.join(args.out, "accuracy.json"), {"meta": meta, "table": table, "rows": rows})
     text = markdown(table, meta)
