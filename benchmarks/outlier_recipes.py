@@ -1,6 +1,6 @@
 """Which fine-tuning recipe gives the embedded model SAM2-like heavy tails without costing its float accuracy?
 
-    python benchmarks/outlier_recipes.py --steps 300 --batch-size 4 --jobs 2      # CPU, ~15 min on 2 cores
+    python benchmarks/outlier_recipes.py --steps 300 --batch-size 4 --jobs 2      # CPU: ~13 min a recipe (2 loaded cores)
     python benchmarks/outlier_recipes.py --recipes control outliers --steps 2200 --batch-size 64   # GPU
 
 Every recipe fine-tunes the same float checkpoint (default: the embedded ``qsam2_mini``) with the project's
