@@ -8,8 +8,8 @@ training loop (``qsam2_ext.train``) on the synthetic training split (seed 0), im
 batch; only the optimizer settings differ (``RECIPES``). After training: the tail statistics of the targeted
 image-encoder layers (weights and layer inputs on 8 held-out scenes; ``benchmarks/outlier_stats.py``) and the
 float box and point mIoU on the held-out split (seed 1000). The untouched checkpoint is the first row.
-Writes ``<out>/outlier_recipes.{json,md}``; ``--keep`` also keeps each trained checkpoint as
-``<out>/outlier_recipes_<recipe>.pt``.
+Writes ``<out>/outlier_recipes.{json,md}``; ``--keep DIR`` also keeps each trained checkpoint as
+``DIR/outlier_recipes_<recipe>.pt``.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="recipes trained at once (processes of --threads each)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default="out/outlier_recipes_data")
-    p.add_argument("--keep", action="store_true", help="keep each trained checkpoint in --out")
+    p.add_argument("--keep", metavar="DIR", default="",
+                   help="keep each trained checkpoint as DIR/outlier_recipes_<recipe>.pt (not kept by default)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
     try:  # a bad file fails here, in one line, before any work
@@ -112,7 +113,9 @@ def main() -> None:
               "eval": write_split("images", os.path.join(args.data, f"eval_{args.eval_images}"), args.eval_images,
                                   HELD_OUT_SEED, 2)}
     os.makedirs(args.out, exist_ok=True)
-    keep = args.out if args.keep else ""
+    keep = args.keep
+    if keep:
+        os.makedirs(keep, exist_ok=True)
     names = ["none"] + [r for r in args.recipes]
     ctx = torch.multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
