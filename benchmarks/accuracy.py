@@ -62,6 +62,7 @@ class Setup:
     quantizer_lr: float
     calibration_images: int
     workers_per_job: int
+    video: bool = True  # J&F on the held-out clips (False: NaN, for short CPU runs)
 
 
 def _write_splits(data: str, train_images: int, eval_images: int, eval_clips: int, style: str) -> dict:
@@ -114,18 +115,20 @@ def run_job(job: Job, setup: Setup) -> dict:
         quantize(model, job.method, None, None, batches, train_fn)
     quantize_seconds = time.time() - started
     images = evaluate(model, open_dataset("sa1b", splits["images"]), progress=False)
-    video = build_model(setup.config, device=str(device), video=True)
-    if job.method in NNCF:
-        from qsam2_ext.integrations.nncf import transplant
+    jf = float("nan")
+    if setup.video:
+        video = build_model(setup.config, device=str(device), video=True)
+        if job.method in NNCF:
+            from qsam2_ext.integrations.nncf import transplant
 
-        transplant(model, video)  # through NNCF's get_config / load_from_config
-    else:
-        load_quantized(video, model.state_dict())  # packed or float weights alike
-    clips = evaluate(video, open_dataset("video", splits["clips"]), progress=False)
+            transplant(model, video)  # through NNCF's get_config / load_from_config
+        else:
+            load_quantized(video, model.state_dict())  # packed or float weights alike
+        jf = evaluate(video, open_dataset("video", splits["clips"]), progress=False)["results"]["J&F"]
     real = summarise(score(image_predictor(model), real_photos()))  # never trained on (docs/real-photos.md)
     size = storage_report(model)
     return {**asdict(job), "label": job.label, "box_mIoU": images["results"]["box"]["mIoU"],
-            "point_mIoU": images["results"]["point"]["mIoU"], "J&F": clips["results"]["J&F"],
+            "point_mIoU": images["results"]["point"]["mIoU"], "J&F": jf,
             "real_box_mIoU": real["box"]["mIoU"], "real_point_mIoU": real["point"]["mIoU"],
             "model_bytes": size["model_bytes"], "packed_bytes": size["packed_bytes"],
             "packed_as_bf16_bytes": size["packed_as_bf16_bytes"], "quantize_seconds": quantize_seconds,
@@ -170,8 +173,9 @@ def markdown(table: list[dict], meta: dict) -> str:
         std = e[metric + "_std"]
         return f"{100 * e[metric]:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
 
+    clips = f"{meta['eval_clips']} clips" if meta.get("video", True) else "no clips: J&F not run"
     lines = [f"Accuracy of quantization methods on {meta['model']} (held-out synthetic split: "
-             f"{meta['eval_images']} images, {meta['eval_clips']} clips); {meta['device']}; QAT: {meta['steps']} "
+             f"{meta['eval_images']} images, {clips}); {meta['device']}; QAT: {meta['steps']} "
              f"steps of batch {meta['batch_size']}. Quantized: every Linear and 1x1 Conv2d of the image encoder.", "",
              "| bits | method | seeds | box mIoU | point mIoU | J&F | box % of FP | real photos: box | point | model MB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -210,7 +214,8 @@ def plot(table: list[dict], path: str) -> Optional[str]:
 
 
 def main() -> None:
-    from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, default_checkpoint
+    from qsam2_ext.errors import BadFileError
+    from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, check_checkpoint, default_checkpoint
 
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -233,9 +238,11 @@ def main() -> None:
     p.add_argument("--eval-images", type=int, help="held-out images (default 200; reduced 16)")
     p.add_argument("--eval-clips", type=int, help="held-out clips (default 20; reduced 4)")
     p.add_argument("--calibration-images", type=int, default=16)
+    p.add_argument("--no-video", action="store_true", help="skip the J&F evaluation on clips (reported as nan)")
     p.add_argument("--jobs", type=int, help="parallel rows (default: 4 per GPU; CPU 1)")
     p.add_argument("--model", default=DEFAULT_MODEL_CONFIG)
-    p.add_argument("--checkpoint", default=None, help="default: the embedded default model's")
+    p.add_argument("--checkpoint", default=None,
+                   help="float checkpoint of --model every row starts from (default: the embedded default model's)")
     p.add_argument("--data", default="out/accuracy_data")
     p.add_argument("--out", default="out/accuracy")
     args = p.parse_args()
@@ -248,13 +255,14 @@ def main() -> None:
     train_images = 64 if small else args.train_images
     gpus = torch.cuda.device_count() if cuda else 0
     jobs_parallel = args.jobs or (4 * gpus if gpus else 1)
-    checkpoint = args.checkpoint or default_checkpoint()
-    if not os.path.isfile(checkpoint):
-        p.error(f"checkpoint {checkpoint} does not exist")
+    try:  # a missing, foreign or mismatched file fails here, in one line, before data or workers
+        checkpoint = check_checkpoint(args.checkpoint or default_checkpoint(), args.model)
+    except BadFileError as e:
+        p.error(str(e))
 
     splits = _write_splits(args.data, train_images, eval_images, eval_clips, args.train_style)
     setup = Setup(args.model, checkpoint, splits, steps, batch_size, args.lr, args.quantizer_lr,
-                  args.calibration_images, 2 if gpus else 0)
+                  args.calibration_images, 2 if gpus else 0, video=not args.no_video)
     jobs = [Job("fp", "FP", 0)]
     if args.ablations:
         jobs += [Job("fp_trained", "FP", seed) for seed in range(seeds)]
@@ -295,8 +303,9 @@ def main() -> None:
             "checkpoint": args.checkpoint or "embedded default (qsam2_mini.pt)",
             "device": torch.cuda.get_device_name(0) + f" x{gpus}" if gpus else f"CPU ({os.cpu_count()} cores)",
             "torch": torch.__version__, "steps": steps, "batch_size": batch_size, "lr": args.lr,
-            "quantizer_lr": args.quantizer_lr, "train_images": train_images, "train_style": args.train_style, "eval_images": eval_images,
-            "eval_clips": eval_clips, "calibration_images": args.calibration_images, "seeds": seeds,
+            "quantizer_lr": args.quantizer_lr, "train_images": train_images, "train_style": args.train_style,
+            "eval_images": eval_images, "eval_clips": eval_clips, "video": not args.no_video,
+            "calibration_images": args.calibration_images, "seeds": seeds,
             "seconds": time.time() - started, "command": " ".join(["python", "benchmarks/accuracy.py"] + sys.argv[1:])}
     write_json(os.path.join(args.out, "accuracy.json"), {"meta": meta, "table": table, "rows": rows})
     text = markdown(table, meta)

@@ -3,6 +3,7 @@ and LSC target): per layer, excess kurtosis, the share of values beyond 6σ, and
 
     python benchmarks/outlier_stats.py                       # CPU, a minute or two; writes benchmarks/results/
     python benchmarks/outlier_stats.py --models qsam2_mini --inputs photos
+    python benchmarks/outlier_stats.py --models qsam2_mini --checkpoint runs/x/qsam2_mini.pt --tag x
 
 Models: the embedded ``qsam2_mini`` as trained (the default checkpoint), the same architecture at random
 initialisation (the control: what training added), and the SAM2.1 architectures (``sam2.1_hiera_t/b+/l``) at
@@ -24,16 +25,18 @@ import argparse
 import os
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 import torch
 
 from qsam2_ext.core.calibration import input_rows, is_linear_like, weight_matrix
 from qsam2_ext.core.stats import OUTLIER_SIGMAS, tail_stats
+from qsam2_ext.errors import BadFileError
 from qsam2_ext.io import write_json, write_text
 from qsam2_ext.sam2 import hiera
 from qsam2_ext.sam2.images import photo_batch
-from qsam2_ext.sam2.models import DEFAULT_MODEL, SAM2_CONFIGS, build_model, default_checkpoint
+from qsam2_ext.sam2.models import DEFAULT_MODEL, SAM2_CONFIGS, build_model, check_checkpoint, default_checkpoint
 
 MODELS = (DEFAULT_MODEL, DEFAULT_MODEL + "@init", "sam2.1_hiera_t", "sam2.1_hiera_b+", "sam2.1_hiera_l")
 INPUTS = ("photos", "scenes")
@@ -41,10 +44,10 @@ STAT_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "clock", "m
 HELD_OUT_SEED = 1000  # the synthetic held-out split (scripts/train_default_model.py)
 
 
-def load(name: str, size: int) -> torch.nn.Module:
+def load(name: str, size: int, checkpoint: Optional[str] = None) -> torch.nn.Module:
     torch.manual_seed(0)
     if name == DEFAULT_MODEL:
-        return build_model(DEFAULT_MODEL, default_checkpoint()).eval()
+        return build_model(DEFAULT_MODEL, checkpoint or default_checkpoint()).eval()
     config = DEFAULT_MODEL if name == DEFAULT_MODEL + "@init" else name
     return build_model(config, image_size=size).eval()
 
@@ -134,18 +137,23 @@ STATS = (  # column, value of a layer row
 )
 
 
+def summary_cells(layers: list[dict]) -> list[str]:
+    """The STATS columns of a group of layer rows: median [max] over the layers."""
+    return [f"{m:.2f} [{x:.1f}]" if "ppm" not in c else f"{m:.0f} [{x:.0f}]"
+            for c, f in STATS for m, x in [_summary(layers, f)]]
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"Image-encoder layer statistics (median [max] over the targeted layers of each model; "
              f"W = weight, A = layer input; excess kurtosis: 0 for a Gaussian, -1.2 for a uniform; >{OUTLIER_SIGMAS:g}σ in parts per million; "
              f"{meta['size']}², {meta['images']} images; {meta['device']}).", "",
              "| model | inputs | layers | " + " | ".join(c for c, _ in STATS) + " |",
              "|---|---|---:|" + "---:|" * len(STATS)]
-    groups = sorted({(r["model"], r["inputs"]) for r in rows}, key=lambda g: (MODELS.index(g[0]), g[1]))
+    groups = sorted({(r["model"], r["inputs"]) for r in rows},
+                    key=lambda g: (MODELS.index(g[0].split(" ")[0]), g[0], g[1]))
     for model, kind in groups:
         layers = [r for r in rows if r["model"] == model and r["inputs"] == kind]
-        cells = [f"{m:.2f} [{x:.1f}]" if "ppm" not in c else f"{m:.0f} [{x:.0f}]"
-                 for c, f in STATS for m, x in [_summary(layers, f)]]
-        lines.append(f"| {model} | {kind} | {len(layers)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {model} | {kind} | {len(layers)} | " + " | ".join(summary_cells(layers)) + " |")
     lines += ["", "By stage (median [max]; stage 1 is the first, highest-resolution Hiera stage):", "",
               "| model | inputs | stage | layers | W kurtosis | W max/std | A kurtosis | A max/std |",
               "|---|---|---|---:|---:|---:|---:|---:|"]
@@ -166,25 +174,39 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=list(INPUTS))
     p.add_argument("--size", type=int, default=256, help="input side of the SAM2.1 architectures (qsam2_mini: 256)")
+    p.add_argument("--checkpoint", help=f"a float {DEFAULT_MODEL} checkpoint measured in the {DEFAULT_MODEL} row "
+                                        "instead of the embedded one (the row is named after the file)")
+    p.add_argument("--tag", default="", help="write outlier_stats_<tag>.{md,json} (default: outlier_stats.*)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
+    if args.tag and not args.tag.replace("_", "").replace("-", "").isalnum():
+        p.error(f"--tag must be letters, digits, '-' or '_', got {args.tag!r}")
+    if args.checkpoint:  # a bad file fails here, in one line, before any work
+        try:
+            check_checkpoint(args.checkpoint, DEFAULT_MODEL)
+        except BadFileError as e:
+            p.error(str(e))
     started, rows = time.time(), []
-    for name in args.models:
-        model = load(name, args.size)
+    for model_name in args.models:
+        model = load(model_name, args.size, args.checkpoint)
+        name = model_name
+        if args.checkpoint and model_name == DEFAULT_MODEL:
+            name = f"{DEFAULT_MODEL} ({os.path.basename(args.checkpoint)})"
         weights = weight_rows(model)
         for kind in args.inputs:
             t0 = time.time()
             acts = activation_stats(model, inputs(kind, model.image_size))
             rows += [{"model": name, "inputs": kind, **w, "activation": acts[fqn]} for fqn, w in weights.items()]
             print(f"{name} on {kind}: {len(weights)} layers ({time.time() - t0:.0f} s)", flush=True)
-    meta = {"size": args.size, "images": len(STAT_PHOTOS), "photos": list(STAT_PHOTOS),
+    meta = {"size": args.size, "checkpoint": args.checkpoint, "images": len(STAT_PHOTOS), "photos": list(STAT_PHOTOS),
             "scenes": f"render_scene({HELD_OUT_SEED}, 0..{len(STAT_PHOTOS) - 1})", "outlier_sigmas": OUTLIER_SIGMAS,
             "device": f"CPU ({os.cpu_count()} cores)", "torch": torch.__version__,
             "seconds": time.time() - started,
             "command": " ".join(["python", "benchmarks/outlier_stats.py"] + sys.argv[1:])}
-    write_json(os.path.join(args.out, "outlier_stats.json"), {"meta": meta, "rows": rows})
+    stem = os.path.join(args.out, "outlier_stats" + (f"_{args.tag}" if args.tag else ""))
+    write_json(stem + ".json", {"meta": meta, "rows": rows})
     text = markdown(rows, meta)
-    write_text(os.path.join(args.out, "outlier_stats.md"), text)
+    write_text(stem + ".md", text)
     print(text)
 
 

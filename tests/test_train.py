@@ -39,6 +39,32 @@ def test_quantizer_parameters_get_their_own_group():
     assert (groups["quantizer"]["lr"], groups["quantizer"]["weight_decay"]) == (1e-2, 0.0)
 
 
+def test_decay_exempt_weights_get_their_own_group_without_decay():
+    model = quantize_some(tiny_model())
+    config = TrainConfig(lr=1e-4, weight_decay=0.05, decay_exempt=r"norm|\.bias$")
+    groups = {g["name"]: g for g in make_optimizer(model, config).param_groups}
+    names = {id(p): n for n, p in model.named_parameters()}
+    exempt = {names[id(p)] for p in groups["weights_no_decay"]["params"]}
+    decayed = {names[id(p)] for p in groups["weights"]["params"]}
+    weights, _ = parameter_groups(model)
+    expected = {names[id(p)] for p in weights if "norm" in names[id(p)] or names[id(p)].endswith(".bias")}
+    assert exempt == expected and expected and not exempt & decayed
+    assert exempt | decayed == {names[id(p)] for p in weights}
+    assert (groups["weights_no_decay"]["lr"], groups["weights_no_decay"]["weight_decay"]) == (1e-4, 0.0)
+    assert groups["weights"]["weight_decay"] == 0.05
+    # AdamW leaves an exempt weight with zero gradient where it is, and shrinks a decayed one
+    optimizer = make_optimizer(model, config)
+    exempt_p, decayed_p = groups["weights_no_decay"]["params"][0], groups["weights"]["params"][0]
+    before = exempt_p.detach().clone(), decayed_p.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    assert torch.equal(exempt_p, before[0])
+    assert torch.allclose(decayed_p, before[1] * (1 - 1e-4 * 0.05))
+    # no pattern: every weight is decayed, and the exempt group is left out
+    assert "weights_no_decay" not in {g["name"] for g in make_optimizer(model, TrainConfig()).param_groups}
+
+
 def test_schedule_warms_up_then_follows_a_cosine():
     config = TrainConfig(steps=10, warmup_steps=2, min_lr_ratio=0.1)
     factors = [lr_factor(config, s) for s in range(10)]
@@ -58,6 +84,10 @@ def test_config_validation():
         TrainConfig(box_prob=1.5)
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match="decay_exempt is not a regular expression"):
+        TrainConfig(decay_exempt="norm(")
+    with pytest.raises(ValueError, match="decay_exempt must be at most"):
+        TrainConfig(decay_exempt="a" * 201)
     with pytest.raises(ValueError, match="dice"):
         TrainConfig(dice=-1.0)
     with pytest.raises(ValueError, match="unknown training settings"):

@@ -145,6 +145,14 @@ def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
     return model
 
 
+def check_checkpoint(path: str, config: str = DEFAULT_MODEL_CONFIG) -> str:
+    """``path`` if it is an official-format float checkpoint of ``config``'s model; else ``BadFileError``, one line
+    naming the file and what is wrong. For scripts that should refuse a bad file before any other work."""
+    model = build_model(config)
+    check_state_dict(model, read_checkpoint(path), path)
+    return path
+
+
 def image_predictor(model: nn.Module, **kwargs):
     """``SAM2ImagePredictor(model)`` that works at the model's own input size.
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 from ..sam2.data import POLICIES
 from ..sam2.losses import LossWeights
+
+
+MAX_PATTERN = 200  # characters of the decay_exempt expression
 
 
 def _opt(help: str, default, choices=None):
@@ -20,6 +24,8 @@ class TrainConfig:
     lr: float = _opt("peak learning rate of the weights", default=1e-5)
     quantizer_lr: float = _opt("peak learning rate of quantizer parameters (LSC/PACT alpha, LSQ step)", default=1e-3)
     weight_decay: float = _opt("AdamW weight decay of the weights (quantizer parameters get none)", default=0.01)
+    decay_exempt: str = _opt("weights whose parameter name matches this regular expression (re.search) get no "
+                             "weight decay; empty: none", default="")
     warmup_steps: int = _opt("linear warm-up steps", default=0)
     schedule: str = _opt("learning-rate decay after warm-up", default="cosine", choices=("cosine", "constant"))
     min_lr_ratio: float = _opt("final learning rate as a fraction of the peak (cosine)", default=0.1)
@@ -69,6 +75,12 @@ class TrainConfig:
         for name in ("box_prob", "mask_prob", "min_lr_ratio"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if len(self.decay_exempt) > MAX_PATTERN:
+            raise ValueError(f"decay_exempt must be at most {MAX_PATTERN} characters, got {len(self.decay_exempt)}")
+        try:
+            re.compile(self.decay_exempt)
+        except re.error as e:
+            raise ValueError(f"decay_exempt is not a regular expression: {e}") from None
         _ = self.loss_weights  # LossWeights validates the weights
 
     @property

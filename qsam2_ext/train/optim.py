@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 
 import torch
@@ -47,11 +48,20 @@ def parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over three groups: decayed weights, weights exempt from decay (``config.decay_exempt``, matched on
+    parameter names), and quantizer parameters (no decay, their own learning rate). Empty groups are left out."""
     weights, quantizer = parameter_groups(model)
     if not weights and not quantizer:
         raise ValueError("the model has no trainable parameter")
+    exempt_ids = set()
+    if config.decay_exempt:
+        pattern = re.compile(config.decay_exempt)
+        exempt_ids = {id(p) for name, p in model.named_parameters() if pattern.search(name)}
     groups = [
-        {"name": "weights", "params": weights, "lr": config.lr, "weight_decay": config.weight_decay},
+        {"name": "weights", "params": [p for p in weights if id(p) not in exempt_ids], "lr": config.lr,
+         "weight_decay": config.weight_decay},
+        {"name": "weights_no_decay", "params": [p for p in weights if id(p) in exempt_ids], "lr": config.lr,
+         "weight_decay": 0.0},
         {"name": "quantizer", "params": quantizer, "lr": config.quantizer_lr, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]])
