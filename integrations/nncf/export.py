@@ -171,6 +171,13 @@ def runtime_precisions(compiled) -> dict:
     return {k: dict(v) for k, v in found.items()}
 
 
+def _run(request, compiled, inputs: list, device) -> list[torch.Tensor]:
+    """Run a compiled IR's infer request on torch tensors; its outputs as torch tensors on ``device``."""
+    request.infer([t.detach().cpu().numpy() for t in inputs])
+    return [torch.from_numpy(request.get_output_tensor(i).data.copy()).to(device)
+            for i in range(len(compiled.outputs))]
+
+
 def _save(ov_model, path: str, compress_to_fp16: bool) -> None:
     """Write ``path`` (.xml) and its .bin through a temporary folder beside them, the .bin first: a reader never
     sees a new .xml without its .bin, nor a half-written file."""
