@@ -177,7 +177,7 @@ def test_fold_bias_correction_keeps_the_mean_output_of_the_grid(tmp_path, bits):
     """With calibration batches the folded layer's bias absorbs the fold's weight change times the mean quantized
     input: over those batches the IR's mean output is the torch layer's (the exact grid) as closely as the exact
     offset term gets it, which the fold alone misses; the layer still runs u8 with no extra op."""
-    model, data = _one(bits, 8, shift=1.0)  # inputs with a non-zero mean: the fold's bias shift shows
+    model, data = _one(bits, 8, shift=torch.linspace(-1, 2, 32))  # a different non-zero mean per input channel
     with torch.no_grad():
         expected = torch.cat([model(x) for x in data]).double().reshape(-1, 16).mean(0).numpy()
     config = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
@@ -195,7 +195,7 @@ def test_fold_bias_correction_keeps_the_mean_output_of_the_grid(tmp_path, bits):
             assert qn.runtime_precisions(ov.Core().compile_model(path, "CPU"))["FullyConnected"] == {"u8": 1}
     assert adds["corrected"] == adds["fold"]  # the correction joins the layer's own bias
     # the exact IR's own gap (float rounding against torch) is the floor
-    assert gaps["corrected"] < 5 * gaps["exact"] + 1e-6 and gaps["fold"] > 10 * gaps["corrected"], gaps
+    assert gaps["corrected"] < 3 * gaps["exact"] + 1e-6 and gaps["fold"] > 5 * gaps["corrected"], gaps
 
 
 def test_a8_layers_run_u8_by_i8_on_cpu(nncf_model, tmp_path):

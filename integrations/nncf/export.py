@@ -93,18 +93,17 @@ def _activation_range(hook: QSAM2FakeQuantize):
 
 
 @torch.no_grad()
-def _input_means(model: nn.Module, hooks: list, batches: Sequence[torch.Tensor]) -> dict:
-    """``{id(hook): per-channel mean of its output}`` over ``batches`` (channels: dim 1 of 4-d convolution
-    inputs, else the last dim)."""
+def _input_means(model: nn.Module, hooks: dict, batches: Sequence[torch.Tensor]) -> dict:
+    """``{id(hook): per-channel mean of its output}`` over ``batches``; ``hooks``: ``{id(hook): (hook, channel
+    dim)}`` (1 for a convolution's input, -1 for a Linear's)."""
     sums, handles = {}, []
 
     def note(module, args, out):
-        x = out.detach().double()
-        x = x.movedim(1, -1) if x.dim() == 4 else x
+        x = out.detach().double().movedim(hooks[id(module)][1], -1)
         total, count = sums.get(id(module), (0, 0))
         sums[id(module)] = (total + x.reshape(-1, x.shape[-1]).sum(0), count + x.numel() // x.shape[-1])
 
-    for hook in {id(h): h for h in hooks}.values():
+    for hook, _ in hooks.values():
         handles.append(hook.register_forward_hook(note))
     try:
         for batch in batches:
@@ -142,13 +141,17 @@ def layer_specs(model: nn.Module, example_input: torch.Tensor,
     if inputs:  # layer calls by op name, traced on the float copy (NNCF's graph sees through baked weights there)
         plain = _float_copy(model, specs)
         weight_of = {t.node: t.weight for t in find_targets(plain, build_graph(plain, example_input))}
-        means = _input_means(model, [h for _, h in inputs], calibration) if calibration else {}
+        layer_of = {}
         for name, hook in inputs:
             _, op, port = N.decode_hook_name(name)
             weight = weight_of.get(op)
             if port != 0 or weight not in specs:
                 raise ValueError(f"{name}: an input quantizer that is not on a quantized layer's input")
-            spec = specs[weight][0]
+            layer_of[name] = weight
+        channel = {id(h): (h, 1 if specs[layer_of[n]][1].dim() == 4 else -1) for n, h in inputs}
+        means = _input_means(model, channel, calibration) if calibration else {}
+        for name, hook in inputs:
+            spec = specs[layer_of[name]][0]
             spec.act_bits = hook.quantizer.bits
             spec.act_lo, spec.act_hi = _activation_range(hook)
             spec.act_mean = means.get(id(hook))
