@@ -7,8 +7,10 @@ Rows: fp32 IR, fp16 IR (``compress_to_fp16``), NNCF ``compress_weights`` INT8 (I
 group 32, NNCF's default backup INT8 for the first and last layers), NNCF int8 PTQ (``nncf.quantize`` on the fp32
 IR, ``model_type=TRANSFORMER``), and Q-SAM2 W8A8 / W4A8 / W2A8 / W4A4 through NNCF (``prepare_nncf_qat``: VRC
 then LSC on every Linear and 1x1 Conv2d of the encoder, activation statistics from the calibration images; no QAT
-steps here) lowered by ``export_openvino`` (``offset="fold"``; the ``exact offset`` rows: ``offset="exact"``, from
-the same prepared model). NNCF rows and Q-SAM2 rows calibrate on the same images.
+steps here) lowered by ``export_openvino`` (``offset="fold"``; the ``exact offset`` rows: ``offset="exact"``; the
+``bias correction`` rows: the fold with each folded layer's bias corrected by the fold's weight change times the
+mean quantized input on the calibration images; all from the same prepared model). NNCF rows and Q-SAM2 rows
+calibrate on the same images.
 
 Every IR is timed in two settings: the CPU plugin's defaults (on a CPU with AMX/AVX512-BF16 the float parts then
 run in bf16) and ``INFERENCE_PRECISION_HINT=f32`` (what the float parts run in on a CPU without bf16). Latency: per
@@ -40,7 +42,8 @@ from qsam2_ext.io import write_json, write_text  # noqa: E402
 
 QSAM2_ROWS = {"Q-SAM2 W8A8": (8, 8, "fold"), "Q-SAM2 W4A8": (4, 8, "fold"), "Q-SAM2 W2A8": (2, 8, "fold"),
               "Q-SAM2 W4A4": (4, 4, "fold"), "Q-SAM2 W4A8 exact offset": (4, 8, "exact"),
-              "Q-SAM2 W8A8 exact offset": (8, 8, "exact")}
+              "Q-SAM2 W8A8 exact offset": (8, 8, "exact"), "Q-SAM2 W4A8 fold + bias correction": (4, 8, "corrected"),
+              "Q-SAM2 W8A8 fold + bias correction": (8, 8, "corrected")}
 ROWS = ("fp32 IR", "fp16 IR", "NNCF INT8 (compress_weights)", "NNCF INT4 (compress_weights)",
         "NNCF int8 PTQ (nncf.quantize)") + tuple(QSAM2_ROWS)
 HINTS = {"default": {}, "f32": {"INFERENCE_PRECISION_HINT": "f32"}}
@@ -130,10 +133,13 @@ def build_irs(args, rows, model_config, checkpoint, calibration, example, irs) -
                 prepared[(bits, act_bits)] = prepare_qsam2(args, model_config, checkpoint, calibration, example,
                                                            bits, act_bits)
             model = prepared[(bits, act_bits)]
-            _, report = export_openvino(model.image_encoder, example, path(row), compress_to_fp16=True, offset=offset)
+            corrected = offset == "corrected"  # the fold with its bias correction from the calibration images
+            _, report = export_openvino(model.image_encoder, example, path(row), compress_to_fp16=True,
+                                        offset="fold" if corrected else offset,
+                                        calibration=calibration if corrected else None)
             reports[row] = {k: report[k] for k in ("layers", "weights", "quantized_inputs", "constants", "offset",
-                                                   "offset_terms", "min_sqnr_db_vs_torch", "runtime_precisions",
-                                                   "hooks_ran")}
+                                                   "offset_terms", "bias_corrected", "min_sqnr_db_vs_torch",
+                                                   "runtime_precisions", "hooks_ran")}
             write_json(path(row) + ".json", reports[row])
             del model
             if not any(QSAM2_ROWS[r][:2] == (bits, act_bits) for r in rows[rows.index(row) + 1:] if r in QSAM2_ROWS):

@@ -1,5 +1,7 @@
 """SAM2 in OpenVINO: the image encoder, prompt encoder and mask decoder IRs in SAM2ImagePredictor give the torch
-predictor's masks and scores on the embedded model (qsam2_mini), for every kind of prompt the predictor takes."""
+predictor's masks and scores on the embedded model (qsam2_mini), for every kind of prompt the predictor takes; the
+memory encoder and memory attention IRs give SAM2's torch modules' outputs, and SAM2VideoPredictor with all five
+IRs tracks like the torch predictor."""
 
 import copy
 
@@ -80,10 +82,39 @@ def test_mask_input_prompt_matches(predictors):
     np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
 
 
+@pytest.mark.parametrize("frames,pointers,objects", [(1, 4, 1), (3, 12, 2), (7, 64, 3), (2, 0, 1)])
+def test_memory_irs_match_torch_for_any_memory_length(predictors, frames, pointers, objects):
+    """Memory attention with dynamic memory length (spatial memory frames + object-pointer tokens, which SAM2 does
+    not rotate) and memory encoder with any number of objects, against SAM2's torch modules."""
+    (torch_predictor, ov_predictor), folder = predictors
+    reference, model = torch_predictor.model, ov_predictor.model
+    assert isinstance(model.memory_attention, qn.OpenVINOMemoryAttention)
+    shape = ov.Core().read_model(f"{folder}/memory_attention.xml").inputs[2].get_partial_shape()
+    assert shape[0].is_dynamic and shape[1].is_dynamic  # memory tokens and objects
+    g = torch.Generator().manual_seed(frames)
+    n, c, mem = (model.image_size // 16) ** 2, reference.hidden_dim, reference.mem_dim
+    curr, curr_pos = torch.randn(n, objects, c, generator=g), torch.randn(n, objects, c, generator=g)
+    memory, memory_pos = (torch.randn(frames * n + pointers, objects, mem, generator=g) for _ in range(2))
+    with torch.no_grad():
+        expected = reference.memory_attention([curr], memory, [curr_pos], memory_pos, num_obj_ptr_tokens=pointers)
+    got = model.memory_attention([curr], memory, [curr_pos], memory_pos, num_obj_ptr_tokens=pointers)
+    assert got.shape == expected.shape and float((got - expected).abs().max()) < 1e-4 * float(expected.abs().max())
+    pix_feat = torch.randn(objects, c, model.image_size // 16, model.image_size // 16, generator=g)
+    masks = 10 * torch.randn(objects, 1, model.image_size, model.image_size, generator=g)
+    for skip in (True, False):
+        with torch.no_grad():
+            want = reference.memory_encoder(pix_feat, masks, skip_mask_sigmoid=skip)
+        have = model.memory_encoder(pix_feat, masks, skip_mask_sigmoid=skip)
+        for o, e in ((have["vision_features"], want["vision_features"]),
+                     (have["vision_pos_enc"][0], want["vision_pos_enc"][0])):
+            assert o.shape == e.shape and float((o - e).abs().max()) < 1e-4 * float(e.abs().max()), skip
+
+
 @pytest.mark.slow
 def test_video_predictor_with_the_irs_tracks_like_torch(tmp_path):
-    """SAM2's video predictor with the three IRs (memory modules in torch), two objects (one image embedding per
-    object in the mask decoder): the same masks on every frame as the torch predictor."""
+    """SAM2's video predictor with the five IRs (image encoder, prompt encoder, mask decoder, memory encoder,
+    memory attention), two objects (one image embedding per object in the mask decoder): the same masks on every
+    frame as the torch predictor."""
     from PIL import Image
     from skimage import data
 
@@ -92,11 +123,13 @@ def test_video_predictor_with_the_irs_tracks_like_torch(tmp_path):
     frames = tmp_path / "frames"
     frames.mkdir()
     image = data.astronaut()[::2, ::2]
-    for i in range(3):
+    for i in range(5):  # frame 4 attends to 4 memory frames and their object pointers
         Image.fromarray(np.roll(image, 6 * i, axis=1)).save(frames / f"{i:05d}.jpg")
     reference = build_video_predictor(DEFAULT_MODEL_CONFIG, default_checkpoint()).eval()
     ov_predictor = qn.openvino_sam2(copy.deepcopy(reference), str(tmp_path / "ir"), compress_to_fp16=False,
                                     config={"INFERENCE_PRECISION_HINT": "f32"})
+    assert isinstance(ov_predictor.memory_encoder, qn.OpenVINOMemoryEncoder)
+    assert isinstance(ov_predictor.memory_attention, qn.OpenVINOMemoryAttention)
     masks = []
     for predictor in (reference, ov_predictor):
         with torch.inference_mode():
@@ -106,7 +139,7 @@ def test_video_predictor_with_the_irs_tracks_like_torch(tmp_path):
             predictor.add_new_points_or_box(state, frame_idx=0, obj_id=2, box=np.array([25, 100, 150, 250],
                                                                                        np.float32))
             masks.append({f: (m > 0).numpy() for f, _, m in predictor.propagate_in_video(state)})
-    assert sorted(masks[0]) == sorted(masks[1]) == [0, 1, 2]
+    assert sorted(masks[0]) == sorted(masks[1]) == list(range(5))
     for frame, expected in masks[0].items():
         for obj in range(2):
             assert _iou(masks[1][frame][obj], expected[obj]) > 0.999, (frame, obj)

@@ -128,8 +128,8 @@ class One(nn.Module):
         return self.fc(x)
 
 
-def _one(bits, act_bits):
-    data = _data(3)
+def _one(bits, act_bits, shift=0.0):
+    data = [x + shift for x in _data(3)]
     model = nncf.quantize(One(), nncf.Dataset(data), subset_size=3)
     qn.attach_qsam2(model, data[0], {"fc": qsam2_config(bits=bits, act_bits=act_bits, step="prepare")},
                     keep_nncf=False)
@@ -170,6 +170,32 @@ def test_folded_weights_are_the_grid_on_a_symmetric_int8_grid(tmp_path, bits):
     np.testing.assert_allclose(scale[:, 0], np.abs(expected).max(1) / 126.5, rtol=1e-5)
     assert (np.abs(weights - expected) <= scale / 2 * (1 + 1e-4)).all()
     assert qn.runtime_precisions(ov.Core().compile_model(path, "CPU"))["FullyConnected"] == {"u8": 1}
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_fold_bias_correction_keeps_the_mean_output_of_the_grid(tmp_path, bits):
+    """With calibration batches the folded layer's bias absorbs the fold's weight change times the mean quantized
+    input: over those batches the IR's mean output is the torch layer's (the exact grid) as closely as the exact
+    offset term gets it, which the fold alone misses; the layer still runs u8 with no extra op."""
+    model, data = _one(bits, 8, shift=torch.linspace(-1, 2, 32))  # a different non-zero mean per input channel
+    with torch.no_grad():
+        expected = torch.cat([model(x) for x in data]).double().reshape(-1, 16).mean(0).numpy()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
+    gaps, adds = {}, {}
+    for case, options in {"fold": {}, "corrected": {"calibration": data}, "exact": {"offset": "exact"}}.items():
+        path = str(tmp_path / f"{case}.xml")
+        ir, report = qn.export_openvino(model, data[0], path, compress_to_fp16=False, **options)
+        assert report["bias_corrected"] == (case == "corrected")
+        compiled = ov.Core().compile_model(path, "CPU", config)
+        got = np.concatenate([compiled(x.numpy())[0] for x in data]).astype(np.float64).reshape(-1, 16).mean(0)
+        gaps[case] = np.abs(got - expected).max()
+        adds[case] = [op.get_type_name() for op in ir.get_ops()].count("Add")
+        if case != "exact":
+            assert report["offset_terms"] == 0
+            assert qn.runtime_precisions(ov.Core().compile_model(path, "CPU"))["FullyConnected"] == {"u8": 1}
+    assert adds["corrected"] == adds["fold"]  # the correction joins the layer's own bias
+    # the exact IR's own gap (float rounding against torch) is the floor
+    assert gaps["corrected"] < 3 * gaps["exact"] + 1e-6 and gaps["fold"] > 5 * gaps["corrected"], gaps
 
 
 def test_a8_layers_run_u8_by_i8_on_cpu(nncf_model, tmp_path):

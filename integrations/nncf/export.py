@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -93,9 +93,33 @@ def _activation_range(hook: QSAM2FakeQuantize):
 
 
 @torch.no_grad()
-def layer_specs(model: nn.Module, example_input: torch.Tensor) -> dict:
+def _input_means(model: nn.Module, hooks: dict, batches: Sequence[torch.Tensor]) -> dict:
+    """``{id(hook): per-channel mean of its output}`` over ``batches``; ``hooks``: ``{id(hook): (hook, channel
+    dim)}`` (1 for a convolution's input, -1 for a Linear's)."""
+    sums, handles = {}, []
+
+    def note(module, args, out):
+        x = out.detach().double().movedim(hooks[id(module)][1], -1)
+        total, count = sums.get(id(module), (0, 0))
+        sums[id(module)] = (total + x.reshape(-1, x.shape[-1]).sum(0), count + x.numel() // x.shape[-1])
+
+    for hook, _ in hooks.values():
+        handles.append(hook.register_forward_hook(note))
+    try:
+        for batch in batches:
+            model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: (total / count).numpy() for k, (total, count) in sums.items()}
+
+
+@torch.no_grad()
+def layer_specs(model: nn.Module, example_input: torch.Tensor,
+                calibration: Optional[Sequence[torch.Tensor]] = None) -> dict:
     """``{weight parameter name: (LayerSpec, float weight)}`` of every Q-SAM2 layer of an NNCF-wrapped model: its
-    grid, its input quantizer's range, and the weight values the torch model computes with."""
+    grid, its input quantizer's range, and the weight values the torch model computes with; with ``calibration``
+    (input batches) also the mean of each quantized input per channel (``LayerSpec.act_mean``)."""
     from .openvino_lowering import LayerSpec
 
     params = dict(model.named_parameters())
@@ -117,14 +141,20 @@ def layer_specs(model: nn.Module, example_input: torch.Tensor) -> dict:
     if inputs:  # layer calls by op name, traced on the float copy (NNCF's graph sees through baked weights there)
         plain = _float_copy(model, specs)
         weight_of = {t.node: t.weight for t in find_targets(plain, build_graph(plain, example_input))}
+        layer_of = {}
         for name, hook in inputs:
             _, op, port = N.decode_hook_name(name)
             weight = weight_of.get(op)
             if port != 0 or weight not in specs:
                 raise ValueError(f"{name}: an input quantizer that is not on a quantized layer's input")
-            spec = specs[weight][0]
+            layer_of[name] = weight
+        channel = {id(h): (h, 1 if specs[layer_of[n]][1].dim() == 4 else -1) for n, h in inputs}
+        means = _input_means(model, channel, calibration) if calibration else {}
+        for name, hook in inputs:
+            spec = specs[layer_of[name]][0]
             spec.act_bits = hook.quantizer.bits
             spec.act_lo, spec.act_hi = _activation_range(hook)
+            spec.act_mean = means.get(id(hook))
     return specs
 
 
@@ -171,6 +201,13 @@ def runtime_precisions(compiled) -> dict:
     return {k: dict(v) for k, v in found.items()}
 
 
+def _run(request, compiled, inputs: list, device) -> list[torch.Tensor]:
+    """Run a compiled IR's infer request on torch tensors; its outputs as torch tensors on ``device``."""
+    request.infer([t.detach().cpu().numpy() for t in inputs])
+    return [torch.from_numpy(request.get_output_tensor(i).data.copy()).to(device)
+            for i in range(len(compiled.outputs))]
+
+
 def _save(ov_model, path: str, compress_to_fp16: bool) -> None:
     """Write ``path`` (.xml) and its .bin through a temporary folder beside them, the .bin first: a reader never
     sees a new .xml without its .bin, nor a half-written file."""
@@ -188,13 +225,15 @@ def _save(ov_model, path: str, compress_to_fp16: bool) -> None:
 
 
 def export_openvino(model: nn.Module, example_input: torch.Tensor, path: Optional[str] = None, *,
-                    compress_to_fp16: bool = False, offset: str = "fold", dynamic_shapes: bool = False
-                    ) -> tuple[Any, dict]:
+                    compress_to_fp16: bool = False, offset: str = "fold", dynamic_shapes: bool = False,
+                    calibration: Optional[Sequence[torch.Tensor]] = None) -> tuple[Any, dict]:
     """Lower ``model`` (NNCF-wrapped, with Q-SAM2 hooks, baked or not) to an OpenVINO IR at ``path`` (``.xml``;
     a temporary file when None), read it back, compare OpenVINO's f32 outputs with the torch model's, and return
     ``(ov_model read back, report)``. Static shapes (those of ``example_input``) unless ``dynamic_shapes`` (then the
     batch and, for ``N×C×H×W`` images, the sides are free: ``input_shape``). ``offset``: ``"fold"`` or
-    ``"exact"`` (``openvino_lowering``). Needs the ``openvino`` extra."""
+    ``"exact"`` (``openvino_lowering``). ``calibration``: input batches on which to measure each quantized
+    input's mean; with ``offset="fold"`` each folded layer's bias then gets the fold's bias correction
+    (``openvino_lowering.fold_bias_correction``). Needs the ``openvino`` extra."""
     try:
         import openvino as ov
     except ImportError as e:
@@ -206,7 +245,7 @@ def export_openvino(model: nn.Module, example_input: torch.Tensor, path: Optiona
     if offset not in OFFSETS:
         raise ValueError(f"offset must be one of {OFFSETS}, got {offset!r}")
     model.eval()
-    specs = layer_specs(model, example_input)
+    specs = layer_specs(model, example_input, calibration if offset == "fold" else None)
     if not specs:
         raise ValueError("the model has no Q-SAM2 layer to export")
     with torch.no_grad():
@@ -254,6 +293,7 @@ def export_openvino(model: nn.Module, example_input: torch.Tensor, path: Optiona
         "weights": dict(Counter(f"{s.bits}-bit" for s, _ in specs.values())),
         "quantized_inputs": sum(s.act_bits is not None for s, _ in specs.values()),
         "fake_quantize_ops": kinds["FakeQuantize"], "offset": offset,
+        "bias_corrected": sum(s.act_mean is not None for s, _ in specs.values()) if offset == "fold" else 0,
         "offset_terms": sum(op.get_friendly_name().endswith("/offset") for op in read_back.get_ops()),
         "constants": dict(constants), "compress_to_fp16": compress_to_fp16,
         "ir_bytes": size, "path": path, "max_rel_diff_vs_torch": max(diffs), "min_sqnr_db_vs_torch": min(sqnr),

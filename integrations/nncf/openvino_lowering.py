@@ -53,6 +53,7 @@ class LayerSpec:
     act_bits: Optional[int] = None
     act_lo: Optional[np.ndarray] = None
     act_hi: Optional[np.ndarray] = None
+    act_mean: Optional[np.ndarray] = None  # mean of the quantized input per input channel (fold bias correction)
 
     @property
     def groups(self) -> int:
@@ -146,6 +147,46 @@ def _folded_weights(spec: LayerSpec, shape: list[int], r: np.ndarray) -> ov.Node
                         ops.constant(scale, name=f"{spec.name}/scale"), name=f"{spec.name}/fq_weights_1")
 
 
+def _fold_values(spec: LayerSpec, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(exact, folded)`` weights ``(out, in)`` in float64: the grid ``(c + h)·step`` and what the folded IR
+    executes, computed as ``_folded_weights``' ops do in f32 (``r`` puts each row's largest value on a rounding
+    tie, which f32 and f64 can break differently)."""
+    zero_point = storage_type(spec.bits)[1]
+    h = spec.center[:, 0].astype(np.float64) / spec.step[:, 0] + 0.5
+    exact = (spec.codes[:, 0, :] + h[:, None]) * spec.step[:, :1].astype(np.float64)
+    stored = (spec.codes[:, 0, :].astype(np.int16) + zero_point).astype(np.float32)
+    n = np.round((stored + (h - zero_point).astype(np.float32)[:, None]) * r.astype(np.float32)[:, None])
+    return exact, np.clip(n, -127, 127).astype(np.float64) * (spec.step[:, 0] / r).astype(np.float32)[:, None]
+
+
+def fold_bias_correction(spec: LayerSpec, r: np.ndarray) -> np.ndarray:
+    """Per output channel ``Σᵢ E[xᵢ]·(w_exact − w_folded)``: the fold's weight change times the mean of the
+    layer's quantized input (``spec.act_mean``, per input channel), NNCF's bias correction for the fold. Added to
+    the layer's bias, it keeps the layer's mean output that of the exact grid."""
+    exact, folded = _fold_values(spec, r)
+    delta = (exact - folded).reshape(len(r), len(spec.act_mean), -1).sum(-1)  # 1x1 convs: (out, in)
+    return delta @ spec.act_mean.astype(np.float64)
+
+
+def _add_to_bias(node: ov.Node, correction: np.ndarray, name: str) -> None:
+    """Add ``correction`` (per output channel) to the bias ``Add`` after ``node``, or add one."""
+    out = len(correction)
+    targets = list(node.output(0).get_target_inputs())
+    if len(targets) == 1 and targets[0].get_node().get_type_name() == "Add":
+        add = targets[0].get_node()
+        other = add.input(1 - targets[0].get_index()).get_source_output().get_node()
+        if other.get_type_name() == "Constant" and other.get_element_type() == ov.Type.f32 and \
+                other.get_output_shape(0) and int(np.prod(other.get_output_shape(0))) == out:
+            bias = other.get_data().astype(np.float64)
+            value = ops.constant((bias + correction.reshape(bias.shape)).astype(np.float32), name=f"{name}/bias")
+            add.input(1 - targets[0].get_index()).replace_source_output(value.output(0))
+            return
+    shape = [out] if node.get_type_name() == "MatMul" else [1, out, 1, 1]
+    total = ops.add(node.output(0), ops.constant(correction.astype(np.float32).reshape(shape)), name=f"{name}/bias")
+    for t in targets:
+        t.replace_source_output(total.output(0))
+
+
 def _offset_term(node: ov.Node, x: ov.Output, spec: LayerSpec, shape: list[int]) -> ov.Output:
     """``sum_i offset[o, g(i)] · x_i`` for every output channel ``o``: the rank-1 (rank-groups) correction."""
     offset = (spec.center + spec.step / 2).astype(np.float32)  # (out, groups)
@@ -209,6 +250,8 @@ def lower_layer(const: ov.Node, spec: LayerSpec, offset: str = "fold") -> int:
             n.input(0).replace_source_output(x)
         n.input(1).replace_source_output(weights.output(0))
         if folded is not None:
+            if spec.act_mean is not None:
+                _add_to_bias(n, fold_bias_correction(spec, folded), spec.name)
             continue
         targets = list(n.output(0).get_target_inputs())
         total = ops.add(n.output(0), _offset_term(n, x, spec, shape), name=f"{spec.name}/offset")

@@ -22,8 +22,11 @@
   encoder's high-resolution features) and the ``no_mem_embed`` addition stay in torch, as does the upsampling of
   masks to the image size.
 
-The video modules (memory attention, memory encoder) are not exported: ``SAM2VideoPredictor`` runs these IRs for
-the encoder and heads (several objects: one image embedding per object) and torch for its memory.
+* **Memory encoder and memory attention** (``openvino_memory``): what ``SAM2VideoPredictor`` adds for video; the
+  memory attention's memory length (frames and object pointers in memory) is dynamic.
+
+``SAM2VideoPredictor`` then runs every learned module of SAM2 in OpenVINO except ``conv_s0`` / ``conv_s1`` and the
+small object-pointer projections (several objects: one image embedding per object).
 """
 
 from __future__ import annotations
@@ -36,17 +39,14 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from .export import _run
+from .openvino_memory import OpenVINOMemoryAttention, OpenVINOMemoryEncoder
+
 
 def _compile(ir: Any, config: Optional[dict], core: Any = None):
     import openvino as ov
 
     return (core or ov.Core()).compile_model(ir, "CPU", config or {})
-
-
-def _run(request, compiled, inputs: list, device) -> list[torch.Tensor]:
-    request.infer([t.detach().cpu().numpy() for t in inputs])
-    return [torch.from_numpy(request.get_output_tensor(i).data.copy()).to(device)
-            for i in range(len(compiled.outputs))]
 
 
 class OpenVINOImageEncoder(nn.Module):
@@ -209,8 +209,9 @@ class OpenVINOMaskDecoder(nn.Module):
 
 def openvino_sam2(model: nn.Module, folder: str, *, compress_to_fp16: bool, example: Optional[torch.Tensor] = None,
                   config: Optional[dict] = None, dynamic_shapes: bool = False) -> nn.Module:
-    """Export ``model``'s image encoder (float, or Q-SAM2 through NNCF), prompt encoder and mask decoder to
-    ``folder`` (``image_encoder.xml``, ``prompt_encoder.xml``, ``mask_decoder.xml``) and put their compiled IRs in
+    """Export ``model``'s image encoder (float, or Q-SAM2 through NNCF), prompt encoder, mask decoder, memory
+    encoder and memory attention to ``folder`` (``image_encoder.xml``, ``prompt_encoder.xml``, ``mask_decoder.xml``,
+    ``memory_encoder.xml``, ``memory_attention.xml``) and put their compiled IRs in
     ``model`` in place of the torch modules (in place; returns ``model``). ``example``: a ``1×3×S×S`` image batch
     for tracing and the export check (default: seeded noise); ``config``: the CPU plugin's compile options;
     ``dynamic_shapes``: an image encoder IR with free batch and sides (SAM2 itself still expects its image size)."""
@@ -226,10 +227,17 @@ def openvino_sam2(model: nn.Module, folder: str, *, compress_to_fp16: bool, exam
                                                 os.path.join(folder, "image_encoder.xml"),
                                                 compress_to_fp16=compress_to_fp16, config=config,
                                                 dynamic_shapes=dynamic_shapes)
-    paths = {name: os.path.join(folder, f"{name}.xml") for name in ("prompt_encoder", "mask_decoder")}
+    paths = {name: os.path.join(folder, f"{name}.xml")
+             for name in ("prompt_encoder", "mask_decoder", "memory_encoder", "memory_attention")}
     OpenVINOPromptEncoder.export(model.sam_prompt_encoder, paths["prompt_encoder"], compress_to_fp16=compress_to_fp16)
     OpenVINOMaskDecoder.export(model.sam_mask_decoder, size, paths["mask_decoder"], compress_to_fp16=compress_to_fp16)
-    prompt_encoder = OpenVINOPromptEncoder(_compile(paths["prompt_encoder"], config, core), model.sam_prompt_encoder)
-    mask_decoder = OpenVINOMaskDecoder(_compile(paths["mask_decoder"], config, core), model.sam_mask_decoder)
-    model.image_encoder, model.sam_prompt_encoder, model.sam_mask_decoder = image_encoder, prompt_encoder, mask_decoder
+    OpenVINOMemoryEncoder.export(model.memory_encoder, size, paths["memory_encoder"], compress_to_fp16=compress_to_fp16)
+    OpenVINOMemoryAttention.export(model.memory_attention, size, model.mem_dim, paths["memory_attention"],
+                                   compress_to_fp16=compress_to_fp16)
+    compiled = {name: _compile(path, config, core) for name, path in paths.items()}
+    model.sam_prompt_encoder = OpenVINOPromptEncoder(compiled["prompt_encoder"], model.sam_prompt_encoder)
+    model.sam_mask_decoder = OpenVINOMaskDecoder(compiled["mask_decoder"], model.sam_mask_decoder)
+    model.memory_encoder = OpenVINOMemoryEncoder(compiled["memory_encoder"])
+    model.memory_attention = OpenVINOMemoryAttention(compiled["memory_attention"])
+    model.image_encoder = image_encoder
     return model
