@@ -5,7 +5,7 @@ After OpenVINO had compiled enough models in the pytest process, a later process
 DataLoader worker, ``subprocess.run``, a process pool) crashed it with SIGSEGV and no Python traceback: first after the
 SAM2 cases compiled the dynamic-shape prompt encoder and mask decoder (5 of 5 full-suite runs), then, once those ran
 in a child, after two more export cases were added to the lowering tests (``test_train``'s DataLoader and ``subprocess``
-tests, 3 of 3 runs). OpenVINO 2026.4.1, torch 2.14.1; a minimal script (40 small compiled models, then 20 forks)
+tests, 4 of 4 runs). OpenVINO 2026.4.1, torch 2.14.1; a minimal script (40 small compiled models, then 20 forks)
 does not crash, and the cause was not found. In their own processes the cases cannot take the rest of the suite
 down; ``docs/openvino.md`` says what a user should do.
 """
