@@ -224,6 +224,16 @@ def _save(ov_model, path: str, compress_to_fp16: bool) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _convert(module: nn.Module, example: Any, inputs: list, path: str, compress_to_fp16: bool) -> None:
+    """``ov.convert_model`` of ``module`` traced on ``example`` with input shapes (and types) ``inputs``, written to
+    ``path`` (``_save``)."""
+    import openvino as ov
+
+    with torch.no_grad():
+        ov_model = ov.convert_model(module, example_input=example, input=inputs)
+    _save(ov_model, path, compress_to_fp16)
+
+
 def export_openvino(model: nn.Module, example_input: torch.Tensor, path: Optional[str] = None, *,
                     compress_to_fp16: bool = False, offset: str = "fold", dynamic_shapes: bool = False,
                     calibration: Optional[Sequence[torch.Tensor]] = None) -> tuple[Any, dict]:
@@ -315,8 +325,6 @@ def float_ir(model: nn.Module, example_input: torch.Tensor, path: str, *, compre
     """The IR of a model without Q-SAM2 hooks (float, or NNCF's own quantizers) at ``path``, read back."""
     import openvino as ov
 
-    with torch.no_grad():
-        ov_model = ov.convert_model(TupleOutputs(model.eval()), example_input=example_input,
-                                     input=[input_shape(example_input, dynamic_shapes)])
-    _save(ov_model, path, compress_to_fp16)
+    _convert(TupleOutputs(model.eval()), example_input, [input_shape(example_input, dynamic_shapes)], path,
+             compress_to_fp16)
     return ov.Core().read_model(path)

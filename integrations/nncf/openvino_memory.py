@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .export import _run, _save
+from .export import _convert, _run
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -86,13 +86,6 @@ class _MemoryEncoderIO(nn.Module):
     def forward(self, pix_feat, masks):
         out = self.encoder(pix_feat, masks, skip_mask_sigmoid=True)
         return out["vision_features"], out["vision_pos_enc"][0]
-
-
-def _convert(module: nn.Module, example: tuple, shapes: list, path: str, compress_to_fp16: bool) -> None:
-    import openvino as ov
-
-    with torch.no_grad():
-        _save(ov.convert_model(module, example_input=example, input=shapes), path, compress_to_fp16)
 
 
 class OpenVINOMemoryEncoder(nn.Module):

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from .export import _run
+from .export import _convert, _run
 from .openvino_memory import OpenVINOMemoryAttention, OpenVINOMemoryEncoder
 
 
@@ -112,17 +112,12 @@ class OpenVINOPromptEncoder(nn.Module):
     def export(encoder: nn.Module, path: str, *, compress_to_fp16: bool) -> None:
         import openvino as ov
 
-        from .export import _save
-
         h, w = encoder.mask_input_size
         example = (torch.zeros(1, 2, 2), torch.ones(1, 2, dtype=torch.int32), torch.zeros(1, 1, h, w),
                    torch.zeros(1))
         shapes = [[-1, -1, 2], [-1, -1], [-1, 1, h, w], [1]]
-        with torch.no_grad():
-            model = ov.convert_model(_PromptEncoderIO(encoder.eval()), example_input=example,
-                                     input=[(s, t) for s, t in zip(shapes, (ov.Type.f32, ov.Type.i32, ov.Type.f32,
-                                                                            ov.Type.f32))])
-        _save(model, path, compress_to_fp16)
+        types = (ov.Type.f32, ov.Type.i32, ov.Type.f32, ov.Type.f32)
+        _convert(_PromptEncoderIO(encoder.eval()), example, list(zip(shapes, types)), path, compress_to_fp16)
 
     def get_dense_pe(self) -> torch.Tensor:
         return self.dense_pe
@@ -169,10 +164,6 @@ class OpenVINOMaskDecoder(nn.Module):
 
     @staticmethod
     def export(decoder: nn.Module, image_size: int, path: str, *, compress_to_fp16: bool) -> None:
-        import openvino as ov
-
-        from .export import _save
-
         if not decoder.use_high_res_features:
             raise NotImplementedError("the OpenVINO mask decoder expects SAM2's high-resolution features")
         c, e = decoder.transformer_dim, image_size // 16
@@ -180,9 +171,7 @@ class OpenVINOMaskDecoder(nn.Module):
                    torch.randn(1, c // 8, 4 * e, 4 * e), torch.randn(1, c // 4, 2 * e, 2 * e))
         shapes = [[-1, c, e, e], [1, c, e, e], [-1, -1, c], [-1, c, e, e], [-1, c // 8, 4 * e, 4 * e],
                   [-1, c // 4, 2 * e, 2 * e]]  # image batch: one, or one per prompt
-        with torch.no_grad():
-            model = ov.convert_model(_MaskDecoderIO(decoder.eval()), example_input=example, input=shapes)
-        _save(model, path, compress_to_fp16)
+        _convert(_MaskDecoderIO(decoder.eval()), example, shapes, path, compress_to_fp16)
 
     def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
                 multimask_output: bool, repeat_image: bool, high_res_features=None):
