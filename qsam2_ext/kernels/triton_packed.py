@@ -77,6 +77,33 @@ def _weight_tile(w_ptr, c_ptr, s_ptr, rn, rk, n_ok, k_ok, stride_wn, group_k, gr
 
 
 @triton.jit
+def _nan_min(a, b):
+    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _nan_max(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _extrema(x, ok):
+    """Min and max of each row of ``x`` (2-D, float32) over the entries ``ok``; NaN where a row holds a NaN, as
+    ``torch.amin``/``amax`` give it (``tl.min`` / ``tl.max`` on a GPU skip it)."""
+    nan = tl.max(tl.where(ok & (x != x), 1, 0), axis=1) > 0
+    lo = tl.min(tl.where(ok, x, float("inf")), axis=1)
+    hi = tl.max(tl.where(ok, x, float("-inf")), axis=1)
+    return tl.where(nan, float("nan"), lo), tl.where(nan, float("nan"), hi)
+
+
+@triton.jit
+def _grid(lo, hi, ACT_BITS: tl.constexpr):
+    """Center and step of the grid spanning ``lo..hi`` (``qsam2_ext.core.token_grid``), float32."""
+    hi = _nan_max(hi, lo + _TINY)
+    return tl.math.div_rn(lo + hi, 2.0), tl.math.div_rn(hi - lo, (1 << ACT_BITS) - 1.0)
+
+
+@triton.jit
 def _row_grid(x_ptr, rm, m_ok, K, stride_xm, ACT_BITS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr):
     """Center and step of each row's own grid spanning its min..max (``qsam2_ext.core.token_grid``), float32."""
     lo = tl.full((BLOCK_M,), float("inf"), tl.float32)
@@ -85,18 +112,18 @@ def _row_grid(x_ptr, rm, m_ok, K, stride_xm, ACT_BITS: tl.constexpr, BLOCK_K: tl
         rk = k0 + tl.arange(0, BLOCK_K)
         ok = m_ok[:, None] & (rk < K)[None, :]
         x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=ok, other=0.0).to(tl.float32)
-        lo = tl.minimum(lo, tl.min(tl.where(ok, x, float("inf")), axis=1))
-        hi = tl.maximum(hi, tl.max(tl.where(ok, x, float("-inf")), axis=1))
-    hi = tl.maximum(hi, lo + _TINY)
-    center = tl.math.div_rn(lo + hi, 2.0)
-    step = tl.math.div_rn(hi - lo, (1 << ACT_BITS) - 1.0)
+        part_lo, part_hi = _extrema(x, ok)
+        lo, hi = _nan_min(lo, part_lo), _nan_max(hi, part_hi)
+    center, step = _grid(lo, hi, ACT_BITS)
     return tl.where(m_ok, center, 0.0), tl.where(m_ok, step, 1.0)
 
 
 @triton.jit
 def _quantize(x, center, step, ACT_BITS: tl.constexpr):
-    """Signed codes (float32 values) of the nearest level below, clipped: ``qsam2_ext.core.quantize``."""
+    """Signed codes (float32 values) of the nearest level below, clipped: ``qsam2_ext.core.quantize``; a NaN
+    quotient gives code 0, as the reference's int8 cast gives it on x86 and CUDA."""
     q = tl.floor(tl.math.div_rn(x - center, step))
+    q = tl.where(q != q, 0.0, q)
     return tl.minimum(tl.maximum(q, -(1 << (ACT_BITS - 1)) * 1.0), (1 << (ACT_BITS - 1)) - 1.0)
 
 

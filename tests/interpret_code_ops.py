@@ -1,0 +1,80 @@
+"""Runs ``qsam2_ext.kernels.code_ops``' ops under Triton's CPU interpreter (``TRITON_INTERPRET=1``, set before Triton
+loads) against the core's references, bit for bit; ``test_kernels_interpreted`` starts it in a subprocess.
+
+On a CPU PyTorch divides exactly, as the kernels do (``tl.math.div_rn``), so codes, centers, steps and sums must
+equal ``quantize_tokens(x.float(), bits)``'s everywhere: rows of any length (one tile, several rows to a program,
+and the two-pass loop beyond ``ONE_PASS_MAX``), constant rows, rows holding NaN or infinities.
+"""
+
+import os
+import sys
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+
+from qsam2_ext.core import pack_codes, unpack_codes  # noqa: E402
+from qsam2_ext.core.int_linear import quantize_tokens  # noqa: E402
+from qsam2_ext.kernels import code_ops  # noqa: E402
+
+
+def rows(m: int, k: int, dtype: torch.dtype) -> torch.Tensor:
+    x = torch.randn(m, k) * 3 + 0.5
+    x[0] = 0.0  # a zero row: the smallest grid (CONSTANT_ROW_SPAN)
+    if m > 2:
+        x[1] = -1.75  # a nonzero constant row
+        x[2, k // 2] = float("nan")
+    if m > 4:
+        x[3, 0] = float("inf")
+        x[4, -1] = float("-inf")
+    return x.to(dtype)
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, NaN where the other is NaN (the bits of a NaN are no result)."""
+    return a.shape == b.shape and a.dtype == b.dtype and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+def check_tokens(m: int, k: int, dtype: torch.dtype, bits: int, fp8: bool) -> None:
+    x = rows(m, k, dtype)
+    codes, center, step, sums = torch.ops.qsam2.quantize_tokens(x, bits, fp8)
+    ref, ref_center, ref_step = quantize_tokens(x.float(), bits)
+    what = (m, k, dtype, bits, fp8)
+    assert codes.dtype == (torch.float8_e4m3fn if fp8 else torch.int8), what
+    assert torch.equal(codes.float(), ref.float()), what
+    assert same(center, ref_center) and same(step, ref_step), what
+    assert torch.equal(sums, ref.sum(dim=-1, keepdim=True, dtype=torch.int32)), what
+
+
+def check_weight(n: int, k: int, bits: int, fp8: bool) -> None:
+    ref = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1), (n, k), dtype=torch.int8)
+    packed = pack_codes(ref, bits)
+    codes, sums = torch.ops.qsam2.unpack_codes(packed, bits, k, fp8)
+    assert torch.equal(unpack_codes(packed, bits, k), ref)
+    assert torch.equal(codes.float(), ref.float()), (n, k, bits, fp8)
+    assert torch.equal(sums, ref.sum(dim=-1, dtype=torch.int32)), (n, k, bits, fp8)
+    # the inputs after the first byte's codes: rows whose stride is longer than the row, as sharded loading makes
+    per = 8 // bits
+    codes, sums = torch.ops.qsam2.unpack_codes(packed[:, 1:], bits, k - per, fp8)
+    assert torch.equal(codes.float(), ref[:, per:].float()) and torch.equal(sums, ref[:, per:].sum(-1, dtype=torch.int32))
+
+def main() -> None:
+    torch.manual_seed(0)
+    for m, k in ((1, 1), (7, 5), (37, 96), (19, 144), (9, 600), (5, 2304), (3, code_ops.ONE_PASS_MAX + 100)):
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for bits, fp8 in ((8, False), (4, False), (4, True), (2, True), (3, False)):
+                check_tokens(m, k, dtype, bits, fp8)
+    for n, k in ((1, 9), (21, 97), (40, 300)):
+        for bits, fp8 in ((2, True), (4, True), (2, False), (4, False), (8, False)):
+            check_weight(n, k, bits, fp8)
+    try:
+        torch.ops.qsam2.quantize_tokens(torch.zeros(2, 8), 8, True)
+    except ValueError as e:
+        assert "e4m3" in str(e)
+    else:
+        raise AssertionError("8-bit codes in e4m3 were accepted")
+    print("interpreted code ops match the references")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
