@@ -14,7 +14,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 import torch  # noqa: E402
 
 from qsam2_ext.core import pack_codes, unpack_codes  # noqa: E402
-from qsam2_ext.core.int_linear import quantize_tokens  # noqa: E402
+from qsam2_ext.core.int_linear import int_linear, quantize_tokens, weight_columns  # noqa: E402
 from qsam2_ext.kernels import code_ops  # noqa: E402
 
 
@@ -58,7 +58,19 @@ def check_weight(n: int, k: int, bits: int, fp8: bool) -> None:
     codes, sums = torch.ops.qsam2.unpack_codes(packed[:, 1:], bits, k - per, fp8)
     assert torch.equal(codes.float(), ref[:, per:].float()) and torch.equal(sums, ref[:, per:].sum(-1, dtype=torch.int32))
 
+def check_layer() -> None:
+    """``int_linear`` fed the ops' codes and sums (as a compiled CUDA layer is) gives the reference's bits."""
+    x, w = torch.randn(45, 100).bfloat16(), torch.randint(-2, 2, (24, 100), dtype=torch.int8)
+    center, step, bias = torch.randn(24, 1) * 0.01, torch.rand(24, 1) * 0.02 + 0.005, torch.randn(24)
+    codes, xc, xs, sums = torch.ops.qsam2.quantize_tokens(x, 8, False)
+    wcodes, wsums = torch.ops.qsam2.unpack_codes(pack_codes(w, 2), 2, 100, False)
+    columns = weight_columns(wcodes, center, step, bias, code_sums=wsums)
+    y = int_linear(codes, xc, xs, wcodes, center, step, bias, 2, columns=columns, code_sums=sums)
+    assert torch.equal(y, int_linear(*quantize_tokens(x.float(), 8), w, center, step, bias, 2))
+
+
 def main() -> None:
+    check_layer()
     torch.manual_seed(0)
     for m, k in ((1, 1), (7, 5), (37, 96), (19, 144), (9, 600), (5, 2304), (3, code_ops.ONE_PASS_MAX + 100)):
         for dtype in (torch.bfloat16, torch.float16, torch.float32):

@@ -39,6 +39,7 @@ from qsam2_ext.core import (
     cpu_int8, cuda_int8_product_fits, dequantize, int_linear, pack_codes, quantize, quantize_tokens, unpack_codes,
 )
 from qsam2_ext.core.grid import carry_nonfinite, fake_quantize_per_token, quantize_dequantize
+from qsam2_ext.core.int_linear import weight_columns
 
 aten = torch.ops.aten
 
@@ -356,19 +357,30 @@ def _cpu_key(x: torch.Tensor, weight: QSAM2PackedTensor, op: str) -> tuple:
 
 def _integer_linear(x: torch.Tensor, weight: QSAM2PackedTensor, bias, weight_codes: Optional[torch.Tensor] = None,
                     columns: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The integer product of ``x`` and the weight (its int8 codes and rank-term columns: given, else computed)."""
-    rows = x.reshape(-1, x.shape[-1]).float()  # every activation grid in float32, as the reference computes it
-    if weight.act_center is None:
-        codes, center, step = quantize_tokens(rows, weight.act_bits)
-    else:  # the static grid learned in QAT, computed in float32 as quantize_input does
-        center, step = weight.act_center.float(), weight.act_step.float()
-        codes = quantize(rows, center, step, weight.act_bits)
-        center = center + (rows * 0).sum(dim=-1, keepdim=True)  # a NaN or infinite input makes its row NaN
+    """The integer product of ``x`` and the weight (its int8 codes and rank-term columns: given, else computed). On
+    CUDA the per-token input codes and the weight's codes come from one-pass Triton ops (``kernels.code_ops``: opaque
+    to inductor, which fused them into its producers' reductions), in float8 e4m3 for the FP8 product."""
+    k = x.shape[-1]
     fp8 = _fp8_path(x, weight) if x.is_cuda else None
-    if weight_codes is None:
+    one_pass = kernels.code_ops_fit(x)
+    sums = None
+    if weight.act_center is None and one_pass:
+        codes, center, step, sums = kernels.quantize_tokens(x.reshape(-1, k), weight.act_bits, fp8 is not None)
+    else:
+        rows = x.reshape(-1, k).float()  # every activation grid in float32, as the reference computes it
+        if weight.act_center is None:
+            codes, center, step = quantize_tokens(rows, weight.act_bits)
+        else:  # the static grid learned in QAT, computed in float32 as quantize_input does
+            center, step = weight.act_center.float(), weight.act_step.float()
+            codes = quantize(rows, center, step, weight.act_bits)
+            center = center + (rows * 0).sum(dim=-1, keepdim=True)  # a NaN or infinite input makes its row NaN
+    if weight_codes is None and one_pass and weight.bits in kernels.KERNEL_BITS:
+        weight_codes, weight_sums = kernels.unpack_codes(weight.packed, weight.bits, k, fp8 is not None)
+        columns = weight_columns(weight_codes, weight.center, weight.step, bias, code_sums=weight_sums)
+    elif weight_codes is None:
         weight_codes = weight.codes().reshape(weight.weight_shape[0], -1)
     out = int_linear(codes, center, step, weight_codes, weight.center, weight.step, bias, weight.bits,
-                     product=fp8 and fp8_linear.scaled_product(fp8), columns=columns)
+                     product=fp8 and fp8_linear.scaled_product(fp8), columns=columns, code_sums=sums)
     return out.reshape(*x.shape[:-1], -1).to(x.dtype)
 
 

@@ -29,12 +29,14 @@ def quantize_tokens(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def weight_columns(weight_codes: torch.Tensor, weight_center: torch.Tensor, weight_step: torch.Tensor,
-                   bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   bias: Optional[torch.Tensor] = None, code_sums: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The weight side of ``int_linear``'s rank terms, float32 ``(4, N)``: ``s_w``, ``c_w``, ``s_w (B/2 + K/4)`` and
     ``s_w (B + K/2) + K c_w``, then the bias as a fifth row if given. It depends on the weight alone (and the bias):
-    a caller may compute it once and pass it to every ``int_linear`` call (``columns``)."""
+    a caller may compute it once and pass it to every ``int_linear`` call (``columns``). ``code_sums``, if given, is
+    ``B`` (the codes' row sums) computed beforehand."""
     k = weight_codes.shape[-1]
-    b = weight_codes.sum(dim=-1, dtype=torch.int32).float().unsqueeze(0)  # (1, N)
+    b = weight_codes.sum(dim=-1, dtype=torch.int32) if code_sums is None else code_sums
+    b = b.float().reshape(1, -1)  # (1, N)
     s_w, c_w = weight_step.float().reshape(1, -1), weight_center.float().reshape(1, -1)
     cols = [s_w, c_w, s_w * (b / 2 + k / 4), s_w * (b + k / 2) + k * c_w]
     return torch.cat(cols if bias is None else cols + [bias.float().reshape(1, -1)], dim=0)
@@ -44,7 +46,7 @@ def int_linear(codes: torch.Tensor, center: torch.Tensor, step: torch.Tensor, we
                weight_center: torch.Tensor, weight_step: torch.Tensor,
                bias: Optional[torch.Tensor] = None, weight_bits: int = 8,
                product: Optional[Callable[..., torch.Tensor]] = None,
-               columns: Optional[torch.Tensor] = None) -> torch.Tensor:
+               columns: Optional[torch.Tensor] = None, code_sums: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear`` of dequantized inputs and weights, computed from their codes.
 
     ``codes`` ``(M, K)`` int8 with ``center``/``step`` of shape ``(M, 1)`` or scalars; ``weight_codes`` ``(N, K)``
@@ -52,10 +54,12 @@ def int_linear(codes: torch.Tensor, center: torch.Tensor, step: torch.Tensor, we
     of shape ``(N, 1)``. Returns float32 ``(M, N)``. ``product(codes, weight_codes, s_x, s_w)``, if given,
     computes the scaled code product ``s_x (a b^T) s_w`` (``(M, 1)``, ``(1, N)`` float32 steps) in place of
     ``int8_product``'s (``qsam2_ext.kernels.fp8_linear``: on FP8 tensor cores). ``columns``, if given, is
-    ``weight_columns(weight_codes, weight_center, weight_step, bias)`` computed beforehand (same result).
+    ``weight_columns(weight_codes, weight_center, weight_step, bias)`` computed beforehand (same result), and
+    ``code_sums`` the input codes' row sums ``A`` (``(M, 1)``); with both, the codes may be float8 e4m3 holding the
+    same integers (the FP8 ``product``'s operands, ``qsam2_ext.kernels.code_ops``).
     """
     k = codes.shape[-1]
-    a = codes.sum(dim=-1, keepdim=True, dtype=torch.int32).float()       # (M, 1)
+    a = (codes.sum(dim=-1, keepdim=True, dtype=torch.int32) if code_sums is None else code_sums).float()  # (M, 1)
     s_x, c_x = (t.float().expand(codes.shape[0], 1) for t in (step.reshape(-1, 1), center.reshape(-1, 1)))
     cols = weight_columns(weight_codes, weight_center, weight_step, bias) if columns is None else columns
     s_w = cols[:1]

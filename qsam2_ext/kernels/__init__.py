@@ -53,3 +53,24 @@ def packed_linear(*args, **kwargs) -> torch.Tensor:
     from .linear_op import packed_linear as op
 
     return op(*args, **kwargs)
+
+
+def code_ops_fit(x: torch.Tensor) -> bool:
+    """Whether ``quantize_tokens`` / ``unpack_codes`` (``code_ops``: Triton) take this CUDA layer input."""
+    return x.is_cuda and x.dtype in (torch.bfloat16, torch.float16, torch.float32) and triton_available()
+
+
+def quantize_tokens(rows: torch.Tensor, bits: int, fp8: bool = False) -> tuple[torch.Tensor, ...]:
+    """``(codes, center, step, code_sums)`` of ``(M, K)`` rows, each on its own grid, in one pass
+    (``torch.ops.qsam2.quantize_tokens``); codes in float8 e4m3 with ``fp8``, else int8."""
+    from . import code_ops  # noqa: F401  (registers the op)
+
+    return torch.ops.qsam2.quantize_tokens(rows, bits, fp8)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, k: int, fp8: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(codes, code_sums)`` of a packed 2/4/8-bit ``(N, bytes)`` weight of ``k`` inputs
+    (``torch.ops.qsam2.unpack_codes``); codes in float8 e4m3 with ``fp8``, else int8."""
+    from . import code_ops  # noqa: F401  (registers the op)
+
+    return torch.ops.qsam2.unpack_codes(packed, bits, k, fp8)

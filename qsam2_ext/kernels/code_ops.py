@@ -84,8 +84,8 @@ def unpack_code_rows(w_ptr, codes_ptr, sum_ptr, N, K, stride_wn, BITS: tl.conste
 
 
 def _launcher(kernel):
-    # torch 2.11's wrap_triton rejects the kernels of Triton's CPU interpreter (the tests' TRITON_INTERPRET=1):
-    # there, where nothing is compiled, the kernel is called as it is
+    # wrap_triton rejects the kernels of Triton's CPU interpreter (the tests' TRITON_INTERPRET=1), where nothing is
+    # traced: they are called as they are (so fake tensors cannot trace these ops there)
     return kernel if os.environ.get("TRITON_INTERPRET") == "1" else wrap_triton(kernel)
 
 

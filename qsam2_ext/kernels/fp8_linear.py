@@ -53,7 +53,9 @@ def chosen_paths() -> dict[tuple, str]:
 
 
 def to_fp8(codes: torch.Tensor) -> torch.Tensor:
-    """Integer codes of at most 4 bits as float8 e4m3, exactly."""
+    """Integer codes of at most 4 bits as float8 e4m3, exactly (codes already in e4m3 as they are)."""
+    if codes.dtype == torch.float8_e4m3fn:
+        return codes
     return codes.to(torch.float16).to(torch.float8_e4m3fn)
 
 
