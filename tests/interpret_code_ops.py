@@ -56,7 +56,9 @@ def check_weight(n: int, k: int, bits: int, fp8: bool) -> None:
     # the inputs after the first byte's codes: rows whose stride is longer than the row, as sharded loading makes
     per = 8 // bits
     codes, sums = torch.ops.qsam2.unpack_codes(packed[:, 1:], bits, k - per, fp8)
-    assert torch.equal(codes.float(), ref[:, per:].float()) and torch.equal(sums, ref[:, per:].sum(-1, dtype=torch.int32))
+    assert torch.equal(codes.float(), ref[:, per:].float())
+    assert torch.equal(sums, ref[:, per:].sum(-1, dtype=torch.int32))
+
 
 def check_layer() -> None:
     """``int_linear`` fed the ops' codes and sums (as a compiled CUDA layer is) gives the reference's bits."""

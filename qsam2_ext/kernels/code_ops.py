@@ -126,6 +126,8 @@ def unpack_codes(packed: torch.Tensor, bits: int, k: int, fp8: bool) -> tuple[to
     if packed.ndim != 2 or packed.dtype != torch.uint8 or bits not in (2, 4, 8):
         raise ValueError(f"unpack_codes takes (N, bytes) uint8 rows of 2/4/8-bit codes, got {tuple(packed.shape)} "
                          f"{packed.dtype}, {bits} bits")
+    if packed.shape[1] != -(-k // (8 // bits)):
+        raise ValueError(f"{packed.shape[1]} packed bytes a row do not hold {k} {bits}-bit codes")
     if packed.stride(1) != 1:
         packed = packed.contiguous()
     n = packed.shape[0]
