@@ -9,11 +9,13 @@ each row's min and max taken in one reduction, those kernels took 0.51 ms each o
 0.11 ms for the bf16 model's plain GELU (``speed.md``, profile of hiera_l bs8 W8A8): most of the W8A8 overhead.
 This benchmark times that kernel against the plain GELU, with inductor settings that change how it builds the
 reduction, against what ``qsam2_ext.core.grid.row_extrema`` now traces (min and max over chunks of at most 1024
-channels first), and against our Triton row quantizer (``qsam2_ext.kernels``) after a compiled GELU. Each row is
-compiled anew (``dynamic=False``) and timed with ``triton.testing.do_bench``; ``mismatch`` is the fraction of
-outputs that differ from the one-pass row's (inductor keeps the GELU in float32 inside a fused kernel, while a
-separate GELU kernel rounds it to bf16 first, hence the Triton row's). Writes ``<out>/act_quant.json`` and
-``act_quant.md``.
+channels first), and against our Triton row quantizer (``qsam2_ext.kernels``) after a compiled GELU; then the integer
+path's input (int8 codes, grids, code sums): as ATen ops that inductor fuses with the GELU (what a compiled layer
+inside ``integer_matmul()`` traced before), and the compiled GELU followed by ``qsam2::quantize_tokens`` (one Triton
+pass, ``qsam2_ext.kernels.code_ops``: what it traces now). Each row is compiled anew (``dynamic=False``) and timed
+with ``triton.testing.do_bench``; ``mismatch`` is the fraction of outputs (codes) that differ from the first
+quantize-dequantize (codes) row's (inductor keeps the GELU in float32 inside a fused kernel, while a separate GELU
+kernel rounds it to bf16 first, hence the Triton rows'). Writes ``<out>/act_quant.json`` and ``act_quant.md``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from torch._inductor.choices import InductorChoices
 from torch._inductor.virtualized import V
 from torch.nn import functional as F
 
+from qsam2_ext import kernels
 from qsam2_ext.core.grid import CONSTANT_ROW_SPAN, center_step, dequantize, fake_quantize_per_token, quantize
+from qsam2_ext.core.int_linear import quantize_tokens
 from qsam2_ext.io import write_json, write_text
 
 BITS = 8
@@ -56,6 +60,18 @@ def gelu_quantized_one_pass(h: torch.Tensor) -> torch.Tensor:
     return dequantize(quantize(y, center, step, BITS), center, step).to(h.dtype)
 
 
+def gelu_codes(h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """What a compiled W·A8 layer inside ``integer_matmul()`` traced before ``qsam2_ext.kernels.code_ops``: the
+    per-token codes, grids and code sums of the GELU output as ATen ops, which inductor fuses with the GELU."""
+    codes, center, step = quantize_tokens(F.gelu(h).float(), BITS)
+    return codes, center, step, codes.sum(-1, keepdim=True, dtype=torch.int32)
+
+
+def gelu_codes_one_pass(h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """What it traces now: the GELU, then ``qsam2::quantize_tokens`` (one Triton pass, nothing fused into it)."""
+    return kernels.quantize_tokens(F.gelu(h), BITS)
+
+
 class PersistentReductions(InductorChoices):
     """Inductor's heuristics, but every reduction keeps its whole row in registers (read once)."""
 
@@ -72,6 +88,9 @@ VARIANTS = {  # name: (function, inductor config, inductor choices)
     # the choices are not in the FX graph cache's key: without fx_graph_cache=False the row gets the one above
     "same, persistent": (gelu_quantized_one_pass, {"fx_graph_cache": False}, PersistentReductions),
     "gelu + quant (qsam2_ext: chunked min/max)": (gelu_quantized, {}, None),
+    # the integer path's input: int8 codes, grids and code sums instead of the quantize-dequantized bf16 tensor
+    "gelu + codes (ATen ops, fused by inductor)": (gelu_codes, {}, None),
+    "gelu, then codes (qsam2::quantize_tokens, one pass)": (gelu_codes_one_pass, {}, None),
 }
 
 
@@ -102,31 +121,36 @@ def bench_shape(m: int, k: int, dump: str | None) -> list[dict]:
     import triton.testing
 
     h = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 2
-    moved = 2 * h.numel() * h.element_size()  # read the GEMM output once, write the quantized input once
     rows = []
-    first = None  # the one-pass row's outputs: the others are compared to it
+    first = {}  # by kind of output (bf16 tensor, or codes): the first such row's, which the others are compared to
     for name, (fn, options, choices) in VARIANTS.items():
         compiled, seconds = compile_variant(fn, options, choices, h, dump, name)
         ms = triton.testing.do_bench(lambda: compiled(h), warmup=25, rep=200)
         out = compiled(h)
-        if fn is gelu_quantized_one_pass and first is None:
-            first = out
-        rows.append({"variant": name, "ms": ms, "compile_s": seconds,
-                     "mismatch": None if first is None else (out != first).float().mean().item()})
+        out = out[0] if isinstance(out, tuple) else out  # codes: compared as codes
+        kind = "codes" if out.dtype == torch.int8 else "bf16"
+        if fn is not gelu and kind not in first:
+            first[kind] = out
+        # bytes a kernel must move: read the bf16 GEMM output once, write the quantized input (or codes) once
+        moved = h.numel() * (h.element_size() + out.element_size())
+        rows.append({"variant": name, "ms": ms, "compile_s": seconds, "tb_per_s": moved / ms / 1e9,
+                     "mismatch": None if fn is gelu else (out != first[kind]).float().mean().item()})
     compiled_gelu, _ = compile_variant(gelu, {}, None, h, None, "gelu")
     ms = triton.testing.do_bench(lambda: triton_rows(h, compiled_gelu), warmup=25, rep=200)
     rows.append({"variant": "gelu, then Triton fake_quantize_rows", "ms": ms, "compile_s": None,
-                 "mismatch": (triton_rows(h, compiled_gelu) != first).float().mean().item()})
+                 "tb_per_s": 2 * h.numel() * h.element_size() / ms / 1e9,
+                 "mismatch": (triton_rows(h, compiled_gelu) != first["bf16"]).float().mean().item()})
     base = rows[0]["ms"]
     for row in rows:
-        row.update(shape=f"{m}x{k}", ratio=row["ms"] / base, tb_per_s=moved / row["ms"] / 1e9)
+        row.update(shape=f"{m}x{k}", ratio=row["ms"] / base)
     return rows
 
 
 LEGEND = ("ms: median of `triton.testing.do_bench`; × gelu: to the shape's first row; TB/s: bytes a fused kernel "
-          "must move (read the bf16 GEMM output, write the bf16 quantized input) per second; mismatch: fraction of "
-          "outputs that differ from the one-pass row's (the Triton row's GELU is rounded to bf16 by its own kernel "
-          "first); compile s: first call of the compiled function.")
+          "must move (read the bf16 GEMM output, write the bf16 quantized input, or the int8 codes) per second; "
+          "mismatch: fraction of outputs (codes) that differ from the first quantize-dequantize (codes) row's (a GELU "
+          "in its own kernel is rounded to bf16 first, inductor's fused one is not); compile s: first call of the "
+          "compiled function.")
 
 
 def table(rows: list[dict]) -> str:

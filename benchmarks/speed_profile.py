@@ -40,6 +40,9 @@ def profile_call(call, calls: int = 3, top: int = 10) -> dict:
 
 
 KERNEL_FAMILIES = (  # (family, name fragments), first match wins; names as cuBLAS, cuDNN and inductor give them
+    # qsam2_ext.kernels.code_ops' Triton kernels, which inductor calls as they are (nothing fused into them)
+    ("activation quantization (qsam2 one-pass kernel)", ("quantize_token_rows",)),
+    ("weight unpacking (qsam2 kernel)", ("unpack_code_rows",)),
     ("attention (cuDNN/flash SDPA)", ("sdpa", "flash", "fmha", "attention")),
     ("convolution (cuDNN)", ("conv", "cudnn")),
     ("GEMM (cuBLAS/CUTLASS)", ("nvjet", "gemm", "cutlass", "xmma")),

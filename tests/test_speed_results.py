@@ -44,6 +44,8 @@ def test_kernel_kinds_partition_each_profiles_gpu_time():
     ("triton_red_fused__to_copy_amax_amin_clamp_floor_gelu_12", "inductor: activation quantization"),
     ("sm90_xmma_gemm_e4m3e4m3_e4m3f32_f32_tn_n_tilesize128x128x64", "GEMM (cuBLAS/CUTLASS)"),
     ("Memset (Device)", "other (copies, memsets, aten kernels)"),
+    ("quantize_token_rows_0", "activation quantization (qsam2 one-pass kernel)"),
+    ("unpack_code_rows_1", "weight unpacking (qsam2 kernel)"),
 ])
 def test_kernel_kinds_by_name(name, kind):
     assert speed.kernel_family(name) == kind
