@@ -26,8 +26,9 @@ each row starts from empty dynamo caches; compile time is the wall time of the f
   feeding cuBLAS; eager rows run ``qsam2_ext.kernels`` (Triton; per layer shape the faster of the fused
   GEMM and dequantize-then-cuBLAS, measured on first use). Rows named "(FP8)" (W2A4, W4A4) and "(int8 GEMM)"
   (W8A8, W2A8) are traced inside ``integer_matmul()``: A4 layers multiply their codes exactly on FP8 tensor cores
-  (``qsam2_ext.kernels.fp8_linear``, path measured per shape), A8 layers through ``torch._int_mm``; the activation
-  quantization is left to inductor to fuse into the producing kernel.
+  (``qsam2_ext.kernels.fp8_linear``, path measured per shape), A8 layers through ``torch._int_mm``; the per-token
+  input codes and the weight codes come from one-pass Triton ops (``qsam2_ext.kernels.code_ops``) that inductor
+  calls as they are.
 
 The code is split by part around one timing module: ``speed_timing.py`` (events, CUDA graphs, turns),
 ``speed_rows.py`` (rows, quantization, models), ``speed_encoder.py``, ``speed_predictor.py``, ``speed_video.py``,
@@ -44,7 +45,7 @@ Latency is the median of CUDA-event timings of single calls after warm-up (the G
 call's CPU-side launch cost counts, as it does for one request). Results are appended to ``<out>/speed.jsonl`` as
 they come (a cut-off run keeps what it measured); ``<out>/speed.json`` and ``speed.md`` gather them.
 ``--profile ROW...`` adds, for those rows' encoder calls, CPU time against GPU kernel time, GPU time by kind of
-kernel (GEMM, activation quantization, attention, inductor's weight unpacking, other) and the top operators.
+kernel (GEMM, activation quantization, attention, weight unpacking, other) and the top operators.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ reference up to float rounding). On CUDA in eager mode, half-precision Linear in
 (Triton: 2/4/8-bit weights unpacked in registers, W8A8 and W2A8 as int8 GEMMs, or dequantize-then-cuBLAS, whichever
 measures faster per shape); ``kernels.cuda_kernels(False)`` keeps the reference. Compiled models keep the reference
 expression: inductor generates the unpacking (merged with neighbouring kernels) feeding cuBLAS; inside
-``integer_matmul()`` those on CUDA trace the integer product instead (one ``torch._int_mm``, with the activation
-quantization and the epilogue left to inductor to fuse into neighbouring kernels; A4 layers: the exact code product
-on FP8 tensor cores, ``qsam2_ext.kernels.fp8_linear``). Eager on CPUs, outside ``integer_matmul()``, the weight is
+``integer_matmul()`` those on CUDA trace the integer product instead (one ``torch._int_mm``; A4 layers: the exact
+code product on FP8 tensor cores, ``qsam2_ext.kernels.fp8_linear``), its operands from one-pass Triton ops (per-token
+input codes, unpacked weight codes: ``qsam2_ext.kernels.code_ops``) and its epilogue left to inductor to fuse. Eager on CPUs, outside ``integer_matmul()``, the weight is
 dequantized once and kept, or per call, whichever measures faster per kind of layer (``kernels.cpu_linear``; inside
 ``integer_matmul()`` the integer product is one of the timed paths).
 """

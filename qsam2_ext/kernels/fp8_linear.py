@@ -13,7 +13,7 @@ Per layer shape, the first trace measures the candidates and keeps the fastest (
   output bytes; the product is rounded to bf16 before the rank-one terms are added);
 * ``"bf16"``: the reference expression (dequantized operands, one bf16 cuBLAS GEMM).
 
-Only the GEMMs are timed (the activation quantization is fused into whatever produces the input in all three).
+Only the GEMMs are timed (the FP8 paths take the same codes, from ``code_ops``' one-pass kernels).
 """
 
 from __future__ import annotations
