@@ -109,7 +109,7 @@ def quantize_tokens(x: torch.Tensor, bits: int, fp8: bool) -> tuple[torch.Tensor
     center = torch.empty((m, 1), device=x.device, dtype=torch.float32)
     step = torch.empty((m, 1), device=x.device, dtype=torch.float32)
     sums = torch.empty((m, 1), device=x.device, dtype=torch.int32)
-    block_k = triton.next_power_of_2(k)
+    block_k = triton.next_power_of_2(int(k))  # tiles are constants: a symbolic row length (a layer's width) specializes
     one_pass = block_k <= ONE_PASS_MAX
     block_k = block_k if one_pass else _SPLIT_K
     block_m = max(1, _ROW_ELEMENTS // block_k)
