@@ -147,10 +147,12 @@ def bench_shape(m: int, k: int, dump: str | None) -> list[dict]:
 
 
 LEGEND = ("ms: median of `triton.testing.do_bench`; × gelu: to the shape's first row; TB/s: bytes a fused kernel "
-          "must move (read the bf16 GEMM output, write the bf16 quantized input, or the int8 codes) per second; "
-          "mismatch: fraction of outputs (codes) that differ from the first quantize-dequantize (codes) row's (a GELU "
-          "in its own kernel is rounded to bf16 first, inductor's fused one is not); compile s: first call of the "
-          "compiled function.")
+          "must move (read the bf16 GEMM output, write the bf16 quantized input) per second; mismatch: fraction of "
+          "outputs that differ from the one-pass row's (the Triton row's GELU is rounded to bf16 by its own kernel "
+          "first); compile s: first call of the compiled function.")
+CODES_LEGEND = (" Rows named \"codes\" write int8 codes (and per-row grids and code sums) instead: their TB/s counts "
+                "one byte written per input, their mismatch is the fraction of codes that differ from the first codes "
+                "row's (inductor's fused GELU is not rounded to bf16 before the quantization, a GELU kernel's output is).")
 
 
 def table(rows: list[dict]) -> str:
@@ -164,8 +166,9 @@ def table(rows: list[dict]) -> str:
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
+    legend = LEGEND + (CODES_LEGEND if any("codes" in r["variant"] for r in rows) else "")
     return (f"# Per-token activation quantization fused into GELU ({meta['device']}, torch {meta['torch']})\n\n"
-            f"`{meta['command']}` ({meta['date']})\n\n{LEGEND}\n\n{table(rows)}\n")
+            f"`{meta['command']}` ({meta['date']})\n\n{legend}\n\n{table(rows)}\n")
 
 
 def main() -> None:

@@ -15,8 +15,6 @@ from qsam2_ext.core.grid import CONSTANT_ROW_SPAN
 from qsam2_ext.core.int_linear import int_linear, quantize_tokens
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-fp8_cards = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
-                               reason="needs FP8 (compute capability 8.9 or later)")
 
 M = 1000
 
@@ -90,18 +88,22 @@ def test_unpack_codes_op_matches_unpack_codes(bits, fp8):
     assert torch.equal(sums, ref.sum(-1, dtype=torch.int32))
 
 
-@fp8_cards
 @pytest.mark.parametrize("fp8", [False, True])
 def test_ops_compile_as_opaque_kernels(fp8):
     """Under torch.compile the ops run their own kernels, with nothing fused into them (no inductor reduction on the
-    rows), and give the eager ops' bits; torch.library.opcheck passes (schema, fake tensors, AOT dispatch)."""
+    rows), and give the eager ops' bits; torch.library.opcheck passes (schema, fake tensors, AOT dispatch with
+    dynamic shapes)."""
     from torch._inductor.utils import run_and_get_code
 
+    if fp8 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 e4m3 needs compute capability 8.9 or later")
     ops()
     x = rows(M, 576, torch.bfloat16)
     packed = pack_codes(torch.randint(-2, 2, (256, 576), dtype=torch.int8, device="cuda"), 2)
-    torch.library.opcheck(torch.ops.qsam2.quantize_tokens.default, (x, 4, fp8))
-    torch.library.opcheck(torch.ops.qsam2.unpack_codes.default, (packed, 2, 576, fp8))
+    if not fp8:  # opcheck compares outputs with assert_close: no float8, no NaN
+        clean = torch.randn(M, 576, device="cuda").to(torch.bfloat16)
+        torch.library.opcheck(torch.ops.qsam2.quantize_tokens.default, (clean, 4, False))
+        torch.library.opcheck(torch.ops.qsam2.unpack_codes.default, (packed, 2, 576, False))
 
     def f(x, packed):  # a producer inductor would have fused the quantization into (exact: the same bits eager)
         return torch.ops.qsam2.quantize_tokens(x * 2, 4, fp8), torch.ops.qsam2.unpack_codes(packed, 2, 576, fp8)

@@ -16,9 +16,10 @@ measures faster per shape); ``kernels.cuda_kernels(False)`` keeps the reference.
 expression: inductor generates the unpacking (merged with neighbouring kernels) feeding cuBLAS; inside
 ``integer_matmul()`` those on CUDA trace the integer product instead (one ``torch._int_mm``; A4 layers: the exact
 code product on FP8 tensor cores, ``qsam2_ext.kernels.fp8_linear``), its operands from one-pass Triton ops (per-token
-input codes, unpacked weight codes: ``qsam2_ext.kernels.code_ops``) and its epilogue left to inductor to fuse. Eager on CPUs, outside ``integer_matmul()``, the weight is
-dequantized once and kept, or per call, whichever measures faster per kind of layer (``kernels.cpu_linear``; inside
-``integer_matmul()`` the integer product is one of the timed paths).
+input codes, unpacked weight codes: ``qsam2_ext.kernels.code_ops``) and its epilogue left to inductor to fuse.
+Eager on CPUs, outside ``integer_matmul()``, the weight is dequantized once and kept, or per call, whichever measures
+faster per kind of layer (``kernels.cpu_linear``; inside ``integer_matmul()`` the integer product is one of the timed
+paths).
 """
 
 from __future__ import annotations
