@@ -152,7 +152,8 @@ LEGEND = ("ms: median of `triton.testing.do_bench`; × gelu: to the shape's firs
           "first); compile s: first call of the compiled function.")
 CODES_LEGEND = (" Rows named \"codes\" write int8 codes (and per-row grids and code sums) instead: their TB/s counts "
                 "one byte written per input, their mismatch is the fraction of codes that differ from the first codes "
-                "row's (inductor's fused GELU is not rounded to bf16 before the quantization, a GELU kernel's output is).")
+                "row's (inductor's fused GELU is not rounded to bf16 before the quantization, a GELU kernel's output "
+                "is).")
 
 
 def table(rows: list[dict]) -> str:
