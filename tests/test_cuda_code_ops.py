@@ -19,10 +19,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 M = 1000
 
 
-def ops():
-    from qsam2_ext.kernels import code_ops
-
-    return code_ops
+def register_ops() -> None:
+    """Import ``code_ops``: it registers ``torch.ops.qsam2.quantize_tokens`` and ``unpack_codes``."""
+    from qsam2_ext.kernels import code_ops  # noqa: F401
 
 
 def rows(m: int, k: int, dtype: torch.dtype) -> torch.Tensor:
@@ -52,7 +51,7 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
 def test_quantize_tokens_op_matches_the_reference(k, dtype, bits, fp8):
     if fp8 and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("float8 e4m3 needs compute capability 8.9 or later")
-    ops()
+    register_ops()
     x = rows(M, k, dtype)
     codes, center, step, sums = torch.ops.qsam2.quantize_tokens(x, bits, fp8)
     assert codes.dtype == (torch.float8_e4m3fn if fp8 else torch.int8)
@@ -78,7 +77,7 @@ def test_quantize_tokens_op_matches_the_reference(k, dtype, bits, fp8):
 def test_unpack_codes_op_matches_unpack_codes(bits, fp8):
     if fp8 and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("float8 e4m3 needs compute capability 8.9 or later")
-    ops()
+    register_ops()
     n, k = 300, 1155  # not a multiple of the packing group
     ref = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1), (n, k), dtype=torch.int8, device="cuda")
     packed = pack_codes(ref, bits)
@@ -97,7 +96,7 @@ def test_ops_compile_as_opaque_kernels(fp8):
 
     if fp8 and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("float8 e4m3 needs compute capability 8.9 or later")
-    ops()
+    register_ops()
     x = rows(M, 576, torch.bfloat16)
     packed = pack_codes(torch.randint(-2, 2, (256, 576), dtype=torch.int8, device="cuda"), 2)
     if not fp8:  # opcheck compares outputs with assert_close: no float8, no NaN
