@@ -38,9 +38,13 @@ def _layer_inputs(model, images, layers):
     """The input rows (tokens x channels) of each named layer over one encoder forward."""
     seen, handles = {}, []
     modules = dict(model.named_modules())
+    def hook(name):
+        def record(module, args):
+            seen[name] = args[0].detach().reshape(-1, args[0].shape[-1])
+        return record
+
     for name in layers:
-        hook = lambda m, args, name=name: seen.__setitem__(name, args[0].detach().reshape(-1, args[0].shape[-1]))  # noqa: E731
-        handles.append(modules[name].register_forward_pre_hook(hook))
+        handles.append(modules[name].register_forward_pre_hook(hook(name)))
     with torch.no_grad():
         model.image_encoder(images)
     for h in handles:

@@ -32,7 +32,6 @@ give the same model. No sam2 import: blocks are recognised by their structure.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -175,12 +174,3 @@ def apply_heavy_tails(model: nn.Module, spec: HeavyTails | str) -> dict[str, tor
             layer.weight.mul_((1.0 / s).to(layer.weight.device, layer.weight.dtype))
     return scales
 
-
-def describe(spec: HeavyTails | str, scales: Optional[dict[str, torch.Tensor]] = None) -> str:
-    """One line naming the preset (or spec) and, given the scales, how many channels moved."""
-    name = spec if isinstance(spec, str) else repr(spec)
-    if scales is None:
-        return name
-    up = sum(int((s > 1).sum()) for s in scales.values())
-    down = sum(int((s < 1).sum()) for s in scales.values())
-    return f"{name}: {len(scales)} sites, {up} channels scaled up (activation outliers), {down} down (weight outliers)"
