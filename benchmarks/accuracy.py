@@ -3,6 +3,7 @@
     python benchmarks/accuracy.py                      # GPUs: all methods x W2A4/W2A8/W3A8/W4A4/W4A8
     python benchmarks/accuracy.py --seeded-bits W2A4 W2A8 W3A8 W4A4 W4A8   # the grid, 3 seeds everywhere
     python benchmarks/accuracy.py --reduced            # CPU: fewer steps, images, clips and seeds
+    python benchmarks/accuracy.py --heavy-tails both   # every row from the float model given outlier channels
 
 Every row starts from the same float checkpoint, quantizes the image encoder with one method (see
 ``accuracy_methods.py`` for the targeted layers and each method), trains the QAT methods with the project's loop
@@ -10,13 +11,17 @@ for the same steps on the same labeled synthetic data (seed 0 split; prompts and
 evaluates the packed model on the held-out split (seed 1000): box and point mIoU through ``SAM2ImagePredictor``
 and J&F through ``SAM2VideoPredictor`` (first-frame masks), and box and point mIoU on the real-photo evaluation set
 (``qsam2_ext.sam2.real_photos``, never trained on). Rows run in parallel worker processes spread over the
-GPUs. Writes ``<out>/accuracy.json``, ``<out>/accuracy.md`` and, with matplotlib, ``<out>/accuracy.png``.
+GPUs. ``--heavy-tails PRESET`` applies ``qsam2_ext.sam2.heavy_tails`` (a function-preserving per-channel rescale
+that gives the encoder activation and/or weight outlier channels) to the float model before every row; the run then
+also evaluates the untransformed float model and stops unless both float rows score exactly the same (the
+transform's invariant). Writes ``<out>/accuracy.json``, ``<out>/accuracy.md`` and, with matplotlib, ``<out>/accuracy.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -45,9 +50,12 @@ class Job:
     bits: str  # a BITS key, or "FP"
     seed: int
     ablation: str = ""  # an ABLATIONS key (Q-SAM2 only)
+    untransformed: bool = False  # with --heavy-tails: the float reference row, built without the transform
 
     @property
     def label(self) -> str:
+        if self.untransformed:
+            return f"{self.method} (untransformed)"
         return f"{self.method} ({self.ablation})" if self.ablation else self.method
 
 
@@ -63,6 +71,7 @@ class Setup:
     calibration_images: int
     workers_per_job: int
     video: bool = True  # J&F on the held-out clips (False: NaN, for short CPU runs)
+    heavy_tails: str = ""  # a qsam2_ext.sam2.heavy_tails preset applied to the float model of every row
 
 
 def _write_splits(data: str, train_images: int, eval_images: int, eval_clips: int, style: str) -> dict:
@@ -98,6 +107,10 @@ def run_job(job: Job, setup: Setup) -> dict:
     started = time.time()
     torch.manual_seed(job.seed)
     model = build_model(setup.config, setup.checkpoint, device=str(device))
+    if setup.heavy_tails and not job.untransformed:
+        from qsam2_ext.sam2.heavy_tails import apply_heavy_tails
+
+        apply_heavy_tails(model, setup.heavy_tails)
     train_set = open_dataset("sa1b", splits["train"])
     batches = _calibration_batches(train_set, setup.calibration_images, model.image_size, device)
     config = TrainConfig(steps=setup.steps, batch_size=setup.batch_size, lr=setup.lr,
@@ -148,6 +161,21 @@ def _init_worker(devices, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def check_float_invariant(rows: list[dict]) -> None:
+    """With --heavy-tails: the transformed and the untransformed float rows must score exactly the same."""
+    pair = [r for r in rows if r["method"] == "fp"]
+    plain = [r for r in pair if r.get("untransformed")]
+    moved = [r for r in pair if not r.get("untransformed")]
+    if len(plain) != 1 or len(moved) != 1:
+        raise RuntimeError("--heavy-tails needs exactly one transformed and one untransformed float row")
+    same = lambda a, b: a == b or (math.isnan(a) and math.isnan(b))  # noqa: E731
+    differ = [m for m in METRICS if not same(plain[0][m], moved[0][m])]
+    if differ:
+        raise RuntimeError("the heavy-tail transform changed the float model's scores ("
+                           + ", ".join(f"{m}: {plain[0][m]!r} -> {moved[0][m]!r}" for m in differ)
+                           + "): it must preserve the float function exactly")
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     """Mean ± std over seeds per (method, bits); relative numbers against the float model."""
     fp = next(r for r in rows if r["method"] == "fp")
@@ -174,7 +202,9 @@ def markdown(table: list[dict], meta: dict) -> str:
         return f"{100 * e[metric]:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
 
     clips = f"{meta['eval_clips']} clips" if meta.get("video", True) else "no clips: J&F not run"
-    lines = [f"Accuracy of quantization methods on {meta['model']} (held-out synthetic split: "
+    tails = (f" with heavy tails ({meta['heavy_tails']}: qsam2_ext.sam2.heavy_tails, applied to the float model of "
+             "every row except the untransformed float one)") if meta.get("heavy_tails") else ""
+    lines = [f"Accuracy of quantization methods on {meta['model']}{tails} (held-out synthetic split: "
              f"{meta['eval_images']} images, {clips}); {meta['device']}; QAT: {meta['steps']} "
              f"steps of batch {meta['batch_size']}. Quantized: every Linear and 1x1 Conv2d of the image encoder.", "",
              "| bits | method | seeds | box mIoU | point mIoU | J&F | box % of FP | real photos: box | point | model MB |",
@@ -215,6 +245,7 @@ def plot(table: list[dict], path: str) -> Optional[str]:
 
 def main() -> None:
     from qsam2_ext.errors import BadFileError
+    from qsam2_ext.sam2.heavy_tails import PRESETS as HEAVY_TAIL_PRESETS
     from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, check_checkpoint, default_checkpoint
 
     cuda = torch.cuda.is_available()
@@ -243,6 +274,9 @@ def main() -> None:
     p.add_argument("--model", default=DEFAULT_MODEL_CONFIG)
     p.add_argument("--checkpoint", default=None,
                    help="float checkpoint of --model every row starts from (default: the embedded default model's)")
+    p.add_argument("--heavy-tails", choices=sorted(HEAVY_TAIL_PRESETS),
+                   help="apply this function-preserving heavy-tail transform (qsam2_ext.sam2.heavy_tails) to the "
+                        "float model of every row; adds the untransformed float row and checks both score the same")
     p.add_argument("--data", default="out/accuracy_data")
     p.add_argument("--out", default="out/accuracy")
     args = p.parse_args()
@@ -262,8 +296,9 @@ def main() -> None:
 
     splits = _write_splits(args.data, train_images, eval_images, eval_clips, args.train_style)
     setup = Setup(args.model, checkpoint, splits, steps, batch_size, args.lr, args.quantizer_lr,
-                  args.calibration_images, 2 if gpus else 0, video=not args.no_video)
-    jobs = [Job("fp", "FP", 0)]
+                  args.calibration_images, 2 if gpus else 0, video=not args.no_video,
+                  heavy_tails=args.heavy_tails or "")
+    jobs = [Job("fp", "FP", 0)] + ([Job("fp", "FP", 0, untransformed=True)] if args.heavy_tails else [])
     if args.ablations:
         jobs += [Job("fp_trained", "FP", seed) for seed in range(seeds)]
         jobs += [Job("qsam2", "W2A4", seed, name) for name in ABLATIONS for seed in range(seeds)]
@@ -298,6 +333,8 @@ def main() -> None:
                   f"box {row['box_mIoU']:.3f} point {row['point_mIoU']:.3f} J&F {row['J&F']:.3f} "
                   f"real box {row['real_box_mIoU']:.3f}", flush=True)
     partial.close()
+    if args.heavy_tails:
+        check_float_invariant(rows)
     table = summarize(rows)
     meta = {"model": os.path.basename(args.model),
             "checkpoint": args.checkpoint or "embedded default (qsam2_mini.pt)",
@@ -305,7 +342,7 @@ def main() -> None:
             "torch": torch.__version__, "steps": steps, "batch_size": batch_size, "lr": args.lr,
             "quantizer_lr": args.quantizer_lr, "train_images": train_images, "train_style": args.train_style,
             "eval_images": eval_images, "eval_clips": eval_clips, "video": not args.no_video,
-            "calibration_images": args.calibration_images, "seeds": seeds,
+            "calibration_images": args.calibration_images, "seeds": seeds, "heavy_tails": args.heavy_tails,
             "seconds": time.time() - started, "command": " ".join(["python", "benchmarks/accuracy.py"] + sys.argv[1:])}
     write_json(os.path.join(args.out, "accuracy.json"), {"meta": meta, "table": table, "rows": rows})
     text = markdown(table, meta)

@@ -4,6 +4,7 @@ and LSC target): per layer, excess kurtosis, the share of values beyond 6σ, and
     python benchmarks/outlier_stats.py                       # CPU, a minute or two; writes benchmarks/results/
     python benchmarks/outlier_stats.py --models qsam2_mini --inputs photos
     python benchmarks/outlier_stats.py --models qsam2_mini --checkpoint runs/x/qsam2_mini.pt --tag x
+    python benchmarks/outlier_stats.py --models qsam2_mini --heavy-tails both --tag heavy_tails   # before / after
 
 Models: the embedded ``qsam2_mini`` as trained (the default checkpoint), the same architecture at random
 initialisation (the control: what training added), and the SAM2.1 architectures (``sam2.1_hiera_t/b+/l``) at
@@ -17,6 +18,9 @@ whole-tensor statistics, plus the mean over output channels of the per-channel m
 quantizer's range has to cover). Activations: the layer's input (what the A-bits quantize), whole tensor, with
 Hiera's window-padding rows left out. Inputs: ``photos``, 8 real photographs from scikit-image, or ``scenes``, 8
 held-out synthetic scenes (seed 1000, never trained on), at the model's input size (256²).
+
+``--heavy-tails PRESET``: each model is measured as it is and again after ``qsam2_ext.sam2.heavy_tails`` (a
+function-preserving per-channel rescale that gives it outlier channels), in rows named ``<model> + <preset>``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from qsam2_ext.core.stats import OUTLIER_SIGMAS, tail_stats
 from qsam2_ext.errors import BadFileError
 from qsam2_ext.io import write_json, write_text
 from qsam2_ext.sam2 import hiera
+from qsam2_ext.sam2.heavy_tails import PRESETS, apply_heavy_tails
 from qsam2_ext.sam2.images import photo_batch
 from qsam2_ext.sam2.models import DEFAULT_MODEL, SAM2_CONFIGS, build_model, check_checkpoint, default_checkpoint
 
@@ -176,6 +181,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256, help="input side of the SAM2.1 architectures (qsam2_mini: 256)")
     p.add_argument("--checkpoint", help=f"a float {DEFAULT_MODEL} checkpoint measured in the {DEFAULT_MODEL} row "
                                         "instead of the embedded one (the row is named after the file)")
+    p.add_argument("--heavy-tails", nargs="+", default=[], choices=sorted(PRESETS),
+                   help="also measure each model after this function-preserving heavy-tail transform (rows '+ preset')")
     p.add_argument("--tag", default="", help="write outlier_stats_<tag>.{md,json} (default: outlier_stats.*)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
@@ -192,13 +199,19 @@ def main() -> None:
         name = model_name
         if args.checkpoint and model_name == DEFAULT_MODEL:
             name = f"{DEFAULT_MODEL} ({os.path.basename(args.checkpoint)})"
-        weights = weight_rows(model)
-        for kind in args.inputs:
-            t0 = time.time()
-            acts = activation_stats(model, inputs(kind, model.image_size))
-            rows += [{"model": name, "inputs": kind, **w, "activation": acts[fqn]} for fqn, w in weights.items()]
-            print(f"{name} on {kind}: {len(weights)} layers ({time.time() - t0:.0f} s)", flush=True)
-    meta = {"size": args.size, "checkpoint": args.checkpoint, "images": len(STAT_PHOTOS), "photos": list(STAT_PHOTOS),
+        variants = [(name, model)]
+        for preset in args.heavy_tails:
+            transformed = load(model_name, args.size, args.checkpoint)
+            apply_heavy_tails(transformed, preset)
+            variants.append((f"{name} + {preset}", transformed))
+        for name, model in variants:
+            weights = weight_rows(model)
+            for kind in args.inputs:
+                t0 = time.time()
+                acts = activation_stats(model, inputs(kind, model.image_size))
+                rows += [{"model": name, "inputs": kind, **w, "activation": acts[fqn]} for fqn, w in weights.items()]
+                print(f"{name} on {kind}: {len(weights)} layers ({time.time() - t0:.0f} s)", flush=True)
+    meta = {"size": args.size, "checkpoint": args.checkpoint, "heavy_tails": args.heavy_tails, "images": len(STAT_PHOTOS), "photos": list(STAT_PHOTOS),
             "scenes": f"render_scene({HELD_OUT_SEED}, 0..{len(STAT_PHOTOS) - 1})", "outlier_sigmas": OUTLIER_SIGMAS,
             "device": f"CPU ({os.cpu_count()} cores)", "torch": torch.__version__,
             "seconds": time.time() - started,
