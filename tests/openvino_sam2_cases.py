@@ -270,14 +270,27 @@ def test_weight_only_memory_irs_equal_the_torch_modules(memory_setup, tmp_path):
     assert float((got - want).abs().max()) < 1e-4 * float(want.abs().max())
 
 
-def test_video_predictor_runs_on_quantized_memory_irs(memory_setup):
-    """SAM2's video predictor with the quantized memory IRs tracks like the torch predictor with the same
-    fake-quantized memory modules (IoU > 0.95 on every frame and object; the IRs differ from torch by the fold and
-    ties above), and the quantized memory changes the masks of the float predictor only a little."""
-    setup = memory_setup
-    torch_masks = _track(setup["quantized"], setup["frames_dir"], setup["boxes"])
-    ov_masks = _track(setup["ov_model"], setup["frames_dir"], setup["boxes"])
-    assert sorted(torch_masks) == sorted(ov_masks) == list(range(5))
-    for frame, expected in torch_masks.items():
-        for obj in range(len(setup["boxes"])):
-            assert _iou(ov_masks[frame][obj], expected[obj]) > 0.95, (frame, obj)
+@pytest.mark.slow
+def test_video_predictor_runs_on_quantized_memory_irs(memory_setup, tmp_path):
+    """SAM2's video predictor with the quantized memory IRs (calibrated on another clip) tracks a point and a box
+    prompt like the torch predictor with the same fake-quantized memory modules: IoU > 0.9 on every frame and
+    object, > 0.98 on average (the masks are small, a few hundred pixels on later frames: a few pixels move the
+    IoU; the IRs differ from torch by the fold and ties above)."""
+    from PIL import Image
+    from skimage import data
+
+    image = data.astronaut()[::2, ::2]
+    for i in range(5):
+        Image.fromarray(np.roll(image, 6 * i, axis=1)).save(tmp_path / f"{i:05d}.jpg")
+    masks = []
+    for predictor in (memory_setup["quantized"], memory_setup["ov_model"]):
+        with torch.inference_mode():
+            state = predictor.init_state(video_path=str(tmp_path))
+            predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=np.array([[100, 75]], np.float32),
+                                            labels=np.array([1], np.int32))
+            predictor.add_new_points_or_box(state, frame_idx=0, obj_id=2, box=np.array([25, 100, 150, 250],
+                                                                                       np.float32))
+            masks.append({f: (m > 0).numpy() for f, _, m in predictor.propagate_in_video(state)})
+    assert sorted(masks[0]) == sorted(masks[1]) == list(range(5))
+    ious = [_iou(masks[1][f][obj], masks[0][f][obj]) for f in range(1, 5) for obj in range(2)]
+    assert min(ious) > 0.9 and np.mean(ious) > 0.98, ious
