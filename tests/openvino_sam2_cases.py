@@ -253,16 +253,21 @@ def test_quantized_memory_irs_match_the_fake_quantized_torch_modules(memory_setu
 
 def test_weight_only_memory_irs_equal_the_torch_modules(memory_setup, tmp_path):
     """The shipped recipe's memory plan (weight-only): integer weights and the grid's exact offset term, so the IR
-    equals the fake-quantized torch module (f32, no dynamic quantization) within float rounding."""
+    equals the fake-quantized torch module (f32, no dynamic quantization) within float rounding; baked (integer
+    codes in torch) it computes the same, and its IR (from the baked codes) equals it."""
     setup = memory_setup
     quantized = qn.quantize_memory(setup["reference"], "qsam2_mini_w4a8", setup["calibration"])
+    item = setup["calibration"]["memory_attention"][-1]
+    with torch.no_grad():
+        fake = quantized.memory_attention.io(*item)
+        qn.bake(quantized.memory_attention.io)
+        torch.testing.assert_close(quantized.memory_attention.io(*item), fake, rtol=0, atol=0)
     report = qn.OpenVINOMemoryAttention.export(quantized.memory_attention, quantized.image_size, quantized.mem_dim,
                                                str(tmp_path / "ma.xml"), compress_to_fp16=False)
     assert report["quantized_inputs"] == 0 and report["fake_quantize_ops"] == 0 and report["constants"]["i4"] == 20
     compiled = ov.Core().compile_model(str(tmp_path / "ma.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                                           "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0})
     wrapper = qn.OpenVINOMemoryAttention(compiled)
-    item = setup["calibration"]["memory_attention"][-1]
     with torch.no_grad():
         want = quantized.memory_attention.io(*item)
     got = wrapper([item[0]], torch.cat([item[2], item[4]]), [item[1]], torch.cat([item[3], item[5]]),
