@@ -83,7 +83,8 @@ def predictors(args, checkpoint, calibration, memory_clips, work) -> tuple[dict,
             finish_nncf_qat(quantized)
         if "memory" in row and both is None:
             with torch.inference_mode():
-                memory_calls = record_memory_inputs(reference, lambda: [_track(reference, *clip) for clip in memory_clips])
+                memory_calls = record_memory_inputs(reference,
+                                                    lambda: [_track(reference, *clip) for clip in memory_clips])
             print(f"memory calibration: {len(memory_calls['memory_attention'])} memory attention and "
                   f"{len(memory_calls['memory_encoder'])} memory encoder calls", flush=True)
             both = quantize_memory(quantized, args.memory_recipe, memory_calls, act_bits=8)
@@ -201,7 +202,8 @@ def main() -> None:
         frames_dir, truth, boxes = _clip(clip, 0, args.frames)
         memory_root = write_video_split(os.path.join(work, "memory_clips"), args.memory_clips, TRAIN_SEED,
                                         frames=8, size=build_size)
-        memory_clips = [(frames, boxes) for frames, _, boxes in (_clip(memory_root, i, 8) for i in range(args.memory_clips))]
+        memory_clips = [(frames, boxes) for frames, _, boxes in
+                        (_clip(memory_root, i, 8) for i in range(args.memory_clips))]
         rows, sizes = predictors(args, checkpoint, calibration, memory_clips, work)
         print(f"tracking {len(boxes)} objects over {args.frames} frames, {len(rows)} rows", flush=True)
         load = [os.getloadavg()[0]]

@@ -33,10 +33,6 @@ MEMORY_MODULES = ("memory_attention", "memory_encoder")
 _IO_PREFIX = {"memory_attention": "attention.", "memory_encoder": "encoder."}
 
 
-def _tokens(model: nn.Module) -> int:
-    return (model.image_size // 16) ** 2
-
-
 def record_memory_inputs(model: nn.Module, run: Callable[[], object], limit: Optional[int] = None) -> dict:
     """The calls ``run()`` (e.g. SAM2's video predictor tracking a few clips) makes of ``model.memory_attention``
     and ``model.memory_encoder``, as ``MemoryAttentionIO`` / ``MemoryEncoderIO`` inputs: ``{module name: [tuple of
@@ -68,9 +64,9 @@ class QSAM2MemoryAttention(nn.Module):
     """SAM2's call of the memory attention (``forward(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens)``)
     on an NNCF-quantized ``MemoryAttentionIO`` (``self.io``)."""
 
-    def __init__(self, io: nn.Module, tokens: int):
+    def __init__(self, io: nn.Module):
         super().__init__()
-        self.io, self.tokens = io, tokens
+        self.io = io
         self.d_model = io.attention.d_model
 
     def forward(self, curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens: int = 0) -> torch.Tensor:
@@ -109,7 +105,7 @@ def quantize_memory(model: nn.Module, recipe, calibration: dict, *, act_bits: Un
         raise ValueError(f"act_bits must be 'recipe', None or an int, got {act_bits!r}")
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     plans = [p for p in recipe.resolve(model, qat=False) if not p.skip]
-    io = {"memory_attention": MemoryAttentionIO(model.memory_attention, _tokens(model)),
+    io = {"memory_attention": MemoryAttentionIO(model.memory_attention, (model.image_size // 16) ** 2),
           "memory_encoder": MemoryEncoderIO(copy.deepcopy(model.memory_encoder).eval())}
     quantized = {}
     for name in MEMORY_MODULES:
@@ -124,6 +120,6 @@ def quantize_memory(model: nn.Module, recipe, calibration: dict, *, act_bits: Un
         quantized[name] = quantize_layers(io[name], inside, items, recipe.spec.calibration, keep_nncf=keep_nncf,
                                           **nncf_options)
     result = copy.deepcopy(model)
-    _set_submodule(result, "memory_attention", QSAM2MemoryAttention(quantized["memory_attention"], _tokens(model)))
+    _set_submodule(result, "memory_attention", QSAM2MemoryAttention(quantized["memory_attention"]))
     _set_submodule(result, "memory_encoder", QSAM2MemoryEncoder(quantized["memory_encoder"]))
     return result.eval()

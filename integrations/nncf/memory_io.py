@@ -8,10 +8,11 @@
   SAM2's video path calls it; returns ``(features, position encoding)``.
 
 OpenVINO's PyTorch frontend does not convert SAM2's complex-valued RoPE on CPU (``aten::flatten`` of the complex
-frequencies repeated over the memory frames fails with "The operation doesn't allow complex type"), and NNCF's graph
-builder cannot copy a graph that reads ``Tensor.real``, so the copy's ``RoPEAttention`` modules compute the same
-rotation with real cosines and sines held as buffers (``_rotary_forward``; the projections and frequencies are the
-module's own). The torch model itself is not changed.
+frequencies repeated over the memory frames fails with "The operation doesn't allow complex type"), and NNCF's
+MinMax step deep-copies its traced graph, which fails ("cannot pickle 'getset_descriptor' object") when the forward
+reads ``Tensor.real``; so the copy's ``RoPEAttention`` modules compute the same rotation with real cosines and sines
+held as buffers (``_rotary_forward``; the projections and frequencies are the module's own). The torch model itself
+is not changed.
 """
 
 from __future__ import annotations
@@ -87,8 +88,6 @@ class MemoryEncoderIO(nn.Module):
     def forward(self, pix_feat, masks):
         out = self.encoder(pix_feat, masks, skip_mask_sigmoid=True)
         return out["vision_features"], out["vision_pos_enc"][0]
-
-
 
 
 def split_pointers(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens: int = 0) -> tuple:

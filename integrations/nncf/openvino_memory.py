@@ -84,8 +84,9 @@ class OpenVINOMemoryAttention(nn.Module):
         c = io.attention.d_model
         # tracing example: 2 memory frames and 4 pointer tokens for 2 objects (all token counts dynamic)
         g = torch.Generator().manual_seed(0)
-        example = tuple(torch.randn(*shape, generator=g) for shape in
-                        ((n, 2, c), (n, 2, c), (2 * n, 2, mem_dim), (2 * n, 2, mem_dim), (4, 2, mem_dim), (4, 2, mem_dim)))
+        example = tuple(torch.randn(*shape, generator=g) for shape in ((n, 2, c), (n, 2, c), (2 * n, 2, mem_dim),
+                                                                        (2 * n, 2, mem_dim), (4, 2, mem_dim),
+                                                                        (4, 2, mem_dim)))
         shapes = [[n, -1, c], [n, -1, c]] + [[-1, -1, mem_dim]] * 4
         return _export(io, example, shapes, path, compress_to_fp16)
 
