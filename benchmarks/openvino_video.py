@@ -63,15 +63,15 @@ def _track(predictor, frames_dir: str, boxes: dict) -> None:
         pass
 
 
-def predictors(args, checkpoint, calibration, memory_clips, work) -> tuple[dict, dict]:
-    """The predictors of ``args.rows`` and, per OpenVINO row, its IR sizes in bytes."""
+def predictors(args, checkpoint, calibration, memory_clips, work) -> tuple[dict, dict, dict]:
+    """The predictors of ``args.rows``, per OpenVINO row its IR sizes in bytes, and the recorded memory calls."""
     from qsam2_ext.integrations.nncf import (finish_nncf_qat, openvino_sam2, prepare_nncf_qat, quantize_memory,
                                              record_memory_inputs)
     from qsam2_ext.sam2.video import build_video_predictor
 
     reference = build_video_predictor(args.model, checkpoint).eval()
     quantized = both = None
-    found, sizes = {}, {}
+    found, sizes, memory_calls = {}, {}, {}
     for row in args.rows:
         f32 = {"INFERENCE_PRECISION_HINT": "f32"} if row.endswith("f32 hint") else {}
         folder = os.path.join(work, row.replace(",", "").replace(" ", "_").replace("+", "and"))
@@ -91,7 +91,30 @@ def predictors(args, checkpoint, calibration, memory_clips, work) -> tuple[dict,
         model = both if "memory" in row else quantized if "W4A8" in row else reference
         found[row] = openvino_sam2(copy.deepcopy(model), folder, compress_to_fp16=False, config=f32)
         sizes[row] = {"all": _size(folder, IRS), "memory": _size(folder, IRS[3:])}
-    return found, sizes
+    return found, sizes, memory_calls
+
+
+def _call_memory(model, name: str, item: tuple) -> None:
+    """One call of ``model``'s memory attention / encoder as SAM2 makes it, on a recorded ``*IO`` input."""
+    if name == "memory_attention":
+        model.memory_attention([item[0]], torch.cat([item[2], item[4]]), [item[1]], torch.cat([item[3], item[5]]),
+                               num_obj_ptr_tokens=item[4].shape[0])
+    else:
+        model.memory_encoder(*item, skip_mask_sigmoid=True)
+
+
+def module_latency(rows: dict, calls: dict, rounds: int) -> dict:
+    """Median ms per call of each row's memory attention and memory encoder on recorded calls, rows interleaved in
+    every round."""
+    times = {row: {name: [] for name in calls} for row in rows}
+    for _ in range(rounds):
+        for row, model in rows.items():
+            for name, items in calls.items():
+                for item in items:
+                    started = time.perf_counter()
+                    _call_memory(model, name, item)
+                    times[row][name].append(1000 * (time.perf_counter() - started))
+    return {row: {f"{name}_ms": statistics.median(t) for name, t in by.items()} for row, by in times.items()}
 
 
 def run(rows: dict, frames_dir: str, boxes: dict, truth: list, repeats: int) -> dict:
@@ -147,6 +170,21 @@ def markdown(results: dict, meta: dict) -> str:
         mb = f"{size['all'] / 1e6:.2f} | {size['memory'] / 1e6:.2f}" if size else "— | —"
         lines.append(f"| {row} | {r['median_ms']:.1f} | {r['median_ms'] / base:.2f} | {ratio} | "
                      f"{r['iou_vs_torch']:.4f} | {r['iou_vs_truth']:.3f} | {mb} |")
+    if any("memory_attention_ms" in r for r in results.values()):
+        lines += ["", f"Memory modules alone: median ms per call over {meta['module_rounds']} interleaved rounds of "
+                  "the first 1/--memory-clips of the recorded calibration calls (about one clip: memory attention "
+                  "with 1 to 7 memory frames; memory encoder), on the predictors of the rows above.",
+                  "", "| row | memory attention ms | × fp32 IRs | memory encoder ms | × fp32 IRs |",
+                  "|---|---:|---:|---:|---:|"]
+        for row, r in results.items():
+            if "memory_attention_ms" not in r:
+                continue
+            fp = results.get(_float_row(row)) if row != "torch fp32" else None
+            cells = []
+            for name in ("memory_attention", "memory_encoder"):
+                ms = r[f"{name}_ms"]
+                cells.append(f"{ms:.2f} | {ms / fp[f'{name}_ms']:.2f}" if fp else f"{ms:.2f} | —")
+            lines.append(f"| {row} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -178,6 +216,7 @@ def main() -> None:
     p.add_argument("--memory-clips", type=int, default=2, help="synthetic clips the torch predictor tracks to "
                    "calibrate the quantized memory modules (not the timed clip)")
     p.add_argument("--memory-recipe", default="qsam2_mini_w4a8", help="recipe of the quantized memory layers")
+    p.add_argument("--module-rounds", type=int, default=10, help="rounds of the memory modules' own timing (0: none)")
     p.add_argument("--data", default="out/accuracy_data")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
@@ -204,16 +243,22 @@ def main() -> None:
                                         frames=8, size=build_size)
         memory_clips = [(frames, boxes) for frames, _, boxes in
                         (_clip(memory_root, i, 8) for i in range(args.memory_clips))]
-        rows, sizes = predictors(args, checkpoint, calibration, memory_clips, work)
+        rows, sizes, memory_calls = predictors(args, checkpoint, calibration, memory_clips, work)
         print(f"tracking {len(boxes)} objects over {args.frames} frames, {len(rows)} rows", flush=True)
         load = [os.getloadavg()[0]]
         with torch.inference_mode():
             results = run(rows, frames_dir, boxes, truth, args.repeats)
         for row, size in sizes.items():
             results[row]["ir_bytes"] = size
+        if memory_calls and args.module_rounds:
+            one_clip = {name: items[:len(items) // args.memory_clips] for name, items in memory_calls.items()}
+            with torch.inference_mode():
+                for row, r in module_latency(rows, one_clip, args.module_rounds).items():
+                    results[row].update(r)
         load.append(os.getloadavg()[0])
     meta = {"model": os.path.basename(args.model).removesuffix(".yaml"), "size": build_size,
-            "frames": args.frames, "objects": len(boxes), "repeats": args.repeats, "openvino": ov.__version__,
+            "frames": args.frames, "objects": len(boxes), "repeats": args.repeats,
+            "module_rounds": args.module_rounds if memory_calls else 0, "openvino": ov.__version__,
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "load_average": load,
             "seconds": round(time.time() - started),
