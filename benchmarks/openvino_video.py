@@ -16,7 +16,8 @@ median over all timed frames. Rows are not interleaved frame by frame: in one pr
 and OpenVINO on every frame made the torch row 7× slower on 2 cores (2.4 s against 0.35 s per frame alone; most
 likely OpenVINO's and torch's worker threads competing after each switch; not investigated further). Masks: IoU
 of each row's masks with the torch predictor's and with the clip's ground truth, averaged over objects and frames
-1..N-1. IR size: the five IRs' files (.xml + .bin), and the two memory IRs'. Writes ``<out>/openvino_video.json`` and
+1..N-1. IR size: the five IRs' files (.xml + .bin), and the two memory IRs'. With memory rows, also the memory
+modules alone: each row's memory attention and memory encoder timed on recorded calls (``--module-rounds``). Writes ``<out>/openvino_video.json`` and
 ``.md``.
 """
 
