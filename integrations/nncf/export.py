@@ -37,14 +37,20 @@ from .hooks import QSAM2FakeQuantize, QSAM2WeightDecompressor
 
 
 class TupleOutputs(nn.Module):
-    """The model with its (nested dict / list) outputs flattened to a tuple, as TorchScript tracing needs."""
+    """The model with its (nested dict / list) outputs flattened to a tuple, as TorchScript tracing needs; several
+    inputs positionally (an example input that is a tuple)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x):
-        return tuple(tree_leaves(self.model(x)))
+    def forward(self, *x):
+        return tuple(tree_leaves(self.model(*x)))
+
+
+def _inputs(example_input) -> tuple:
+    """The model's positional inputs: a tuple of tensors, or one tensor."""
+    return tuple(example_input) if isinstance(example_input, tuple) else (example_input,)
 
 
 def _record(model: nn.Module, run) -> list[tuple]:
@@ -63,11 +69,11 @@ def _record(model: nn.Module, run) -> list[tuple]:
     return calls
 
 
-def check_hook_tensors(model: nn.Module, example_input: torch.Tensor, rtol: float = 1e-4) -> int:
+def check_hook_tensors(model: nn.Module, example_input, rtol: float = 1e-4) -> int:
     """Raise ``RuntimeError`` if any hook sees another tensor under TorchScript tracing than in eager mode;
-    returns the number of hook calls checked."""
+    returns the number of hook calls checked. ``example_input``: a tensor, or a tuple of positional inputs."""
     model.eval()
-    eager = _record(model, lambda: model(example_input))
+    eager = _record(model, lambda: model(*_inputs(example_input)))
     try:
         traced = _record(model, lambda: torch.jit.trace(TupleOutputs(model), example_input, check_trace=False))
     except Exception as e:  # e.g. an op-keyed NNCF quantizer that lands on an integer shape tensor
@@ -107,7 +113,7 @@ def _input_means(model: nn.Module, hooks: dict, batches: Sequence[torch.Tensor])
         handles.append(hook.register_forward_hook(note))
     try:
         for batch in batches:
-            model(batch)
+            model(*_inputs(batch))
     finally:
         for h in handles:
             h.remove()
@@ -234,16 +240,19 @@ def _convert(module: nn.Module, example: Any, inputs: list, path: str, compress_
     _save(ov_model, path, compress_to_fp16)
 
 
-def export_openvino(model: nn.Module, example_input: torch.Tensor, path: Optional[str] = None, *,
+def export_openvino(model: nn.Module, example_input, path: Optional[str] = None, *,
                     compress_to_fp16: bool = False, offset: str = "fold", dynamic_shapes: bool = False,
-                    calibration: Optional[Sequence[torch.Tensor]] = None) -> tuple[Any, dict]:
+                    calibration: Optional[Sequence[torch.Tensor]] = None,
+                    input_shapes: Optional[list] = None) -> tuple[Any, dict]:
     """Lower ``model`` (NNCF-wrapped, with Q-SAM2 hooks, baked or not) to an OpenVINO IR at ``path`` (``.xml``;
     a temporary file when None), read it back, compare OpenVINO's f32 outputs with the torch model's, and return
     ``(ov_model read back, report)``. Static shapes (those of ``example_input``) unless ``dynamic_shapes`` (then the
     batch and, for ``N×C×H×W`` images, the sides are free: ``input_shape``). ``offset``: ``"fold"`` or
     ``"exact"`` (``openvino_lowering``). ``calibration``: input batches on which to measure each quantized
     input's mean; with ``offset="fold"`` each folded layer's bias then gets the fold's bias correction
-    (``openvino_lowering.fold_bias_correction``). Needs the ``openvino`` extra."""
+    (``openvino_lowering.fold_bias_correction``). A model of several inputs takes a tuple ``example_input`` (and
+    tuple ``calibration`` items), and ``input_shapes`` gives the IR's input shapes (-1 for a dynamic dimension;
+    default: the example's, or ``dynamic_shapes``' rule for one input). Needs the ``openvino`` extra."""
     try:
         import openvino as ov
     except ImportError as e:
@@ -259,12 +268,12 @@ def export_openvino(model: nn.Module, example_input: torch.Tensor, path: Optiona
     if not specs:
         raise ValueError("the model has no Q-SAM2 layer to export")
     with torch.no_grad():
-        hooks_ran, expected = _count_ran(model, lambda: TupleOutputs(model)(example_input))
+        hooks_ran, expected = _count_ran(model, lambda: TupleOutputs(model)(*_inputs(example_input)))
         plain = _float_copy(model, specs)
         remaining = any(True for _ in N.get_hook_storage(plain).named_hooks())  # NNCF's own, if kept
         calls = check_hook_tensors(plain, example_input) if remaining else 0
-        ov_model = ov.convert_model(TupleOutputs(plain), example_input=example_input,
-                                     input=[input_shape(example_input, dynamic_shapes)])
+        shapes = input_shapes or [input_shape(x, dynamic_shapes) for x in _inputs(example_input)]
+        ov_model = ov.convert_model(TupleOutputs(plain), example_input=example_input, input=shapes)
     del plain
     by_value = float_constants_by_value(ov_model, {tuple(v.shape) for _, v in specs.values()})
     rewritten = 0
@@ -285,7 +294,7 @@ def export_openvino(model: nn.Module, example_input: torch.Tensor, path: Optiona
         # f32 and no dynamic quantization of activations: the integer kernels the check leaves on are exact
         compiled = core.compile_model(read_back, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                          "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0})
-        results = compiled(example_input.numpy())
+        results = compiled([x.numpy() for x in _inputs(example_input)])
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -74,9 +74,11 @@ def _consumers(graph, node) -> set[tuple[str, int]]:
 
 
 def nncf_quantizers(model: nn.Module, graph) -> dict[str, tuple[str, set[tuple[str, int]]]]:
-    """NNCF's own quantizer hooks: ``{hook name: ("weight", {(op, port)}) or ("activation", consumers)}``."""
+    """NNCF's own quantizer hooks: ``{hook name: ("weight", {(op, port)}) or ("activation", consumers)}``; every
+    place a quantizer is registered (NNCF registers one quantizer module at several places for a tensor several
+    ops read)."""
     result = {}
-    for name, hook in N.get_hook_storage(model).named_hooks():
+    for name, hook in N.get_hook_storage(model).named_hooks(remove_duplicate=False):
         if not isinstance(hook, N.BaseQuantizer):
             continue
         hook_type, op, port = N.decode_hook_name(name)

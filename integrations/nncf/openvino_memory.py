@@ -11,81 +11,32 @@ features``) as it calls the torch modules.
   ``(tokens, B, C)`` with dynamic tokens and ``B``), so the number of pointer tokens is a shape, not a constant
   frozen at tracing. The current frame's tokens ``(e·e, B, C)`` are static.
 
-OpenVINO's PyTorch frontend does not convert SAM2's complex-valued RoPE on CPU (``aten::flatten`` of the complex
-frequencies repeated over the memory frames fails with "The operation doesn't allow complex type"), so the traced
-copy's ``RoPEAttention`` modules compute the same rotation with real cosines and sines (``_rotary_forward``; the
-projections and frequencies are the module's own). The torch model itself is not changed.
+The IRs compute ``memory_io``'s ``MemoryAttentionIO`` / ``MemoryEncoderIO`` (SAM2's modules with RoPE in real
+arithmetic, which OpenVINO's PyTorch frontend converts). Memory modules quantized through NNCF
+(``memory.quantize_memory``: ``QSAM2MemoryAttention`` / ``QSAM2MemoryEncoder``) export through
+``export_openvino``: integer weight constants, and ``FakeQuantize`` on the inputs the recipe (or ``act_bits``)
+quantizes, as for the image encoder.
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Any
+from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .export import _convert, _run
+from .export import _convert, _run, export_openvino
+from .hooks import QSAM2FakeQuantize, QSAM2WeightDecompressor
+from .memory import QSAM2MemoryAttention, QSAM2MemoryEncoder
+from .memory_io import MemoryAttentionIO, MemoryEncoderIO, split_pointers
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``x`` (..., n, d) read as d/2 complex pairs, times ``cos + i·sin`` (n, d/2): SAM2's ``apply_rotary_enc``."""
-    x = x.unflatten(-1, (-1, 2))
-    a, b = x[..., 0], x[..., 1]
-    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
-
-
-def _rotary_forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0):
-    """``RoPEAttention.forward`` (eval) in real arithmetic: the same projections, rotation and attention."""
-    q, k, v = (self._separate_heads(proj(t), self.num_heads)
-               for proj, t in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v)))
-    n = q.shape[-2]
-    freqs = self.freqs_cis.cpu()
-    if freqs.shape[0] != n:
-        freqs = self.compute_cis(end_x=n ** 0.5, end_y=n ** 0.5)
-    cos, sin = freqs.real.to(q.dtype), freqs.imag.to(q.dtype)
-    q = _rotate(q, cos, sin)
-    rope = k.shape[-2] - num_k_exclude_rope
-    k_rope, k_rest = k[:, :, :rope], k[:, :, rope:]
-    if self.rope_k_repeat:  # memory frames one after another, each rotated like the current frame
-        k_rope = _rotate(k_rope.unflatten(2, (-1, n)), cos, sin).flatten(2, 3)
-    else:
-        k_rope = _rotate(k_rope, cos, sin)
-    out = F.scaled_dot_product_attention(q, torch.cat([k_rope, k_rest], dim=2), v)
-    return self.out_proj(self._recombine_heads(out))
-
-
-def _real_rope_copy(attention: nn.Module) -> nn.Module:
-    """A copy of ``attention`` whose RoPE attention modules run ``_rotary_forward`` (still instances of their own
-    class, so SAM2's ``isinstance(..., RoPEAttention)`` checks hold)."""
-    attention = copy.deepcopy(attention).eval()
-    for module in list(attention.modules()):
-        if hasattr(module, "rope_k_repeat") and hasattr(module, "freqs_cis"):  # sam2's RoPEAttention
-            module.__class__ = type(f"Real{type(module).__name__}", (type(module),), {"forward": _rotary_forward})
-    return attention
-
-
-class _MemoryAttentionIO(nn.Module):
-    """What the memory attention IR computes (traced for export)."""
-
-    def __init__(self, attention: nn.Module):
-        super().__init__()
-        self.attention = _real_rope_copy(attention)
-
-    def forward(self, curr, curr_pos, memory, memory_pos, pointers, pointers_pos):
-        return self.attention(curr=curr, curr_pos=curr_pos, memory=torch.cat([memory, pointers]),
-                              memory_pos=torch.cat([memory_pos, pointers_pos]), num_obj_ptr_tokens=pointers.shape[0])
-
-
-class _MemoryEncoderIO(nn.Module):
-    def __init__(self, encoder: nn.Module):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, pix_feat, masks):
-        out = self.encoder(pix_feat, masks, skip_mask_sigmoid=True)
-        return out["vision_features"], out["vision_pos_enc"][0]
+def _export(io: nn.Module, example: tuple, shapes: list, path: str, compress_to_fp16: bool) -> Optional[dict]:
+    """``io`` with Q-SAM2 hooks through ``export_openvino`` (its report), a float one through ``_convert``."""
+    if any(isinstance(m, (QSAM2FakeQuantize, QSAM2WeightDecompressor)) for m in io.modules()):
+        return export_openvino(io, example, path, compress_to_fp16=compress_to_fp16, input_shapes=shapes)[1]
+    _convert(io, example, shapes, path, compress_to_fp16)
+    return None
 
 
 class OpenVINOMemoryEncoder(nn.Module):
@@ -96,11 +47,15 @@ class OpenVINOMemoryEncoder(nn.Module):
         self.compiled, self.request = compiled, compiled.create_infer_request()
 
     @staticmethod
-    def export(encoder: nn.Module, image_size: int, path: str, *, compress_to_fp16: bool) -> None:
-        c, e = encoder.pix_feat_proj.in_channels, image_size // 16
-        example = (torch.randn(2, c, e, e), torch.randn(2, 1, image_size, image_size))
-        _convert(_MemoryEncoderIO(encoder.eval()), example, [[-1, c, e, e], [-1, 1, image_size, image_size]], path,
-                 compress_to_fp16)
+    def export(encoder: nn.Module, image_size: int, path: str, *, compress_to_fp16: bool) -> Optional[dict]:
+        """A float IR, or for a ``QSAM2MemoryEncoder`` (``memory.quantize_memory``) a Q-SAM2 IR through
+        ``export_openvino`` (returns its report)."""
+        io = encoder.io if isinstance(encoder, QSAM2MemoryEncoder) else MemoryEncoderIO(encoder.eval())
+        c, e = io.encoder.pix_feat_proj.in_channels, image_size // 16
+        g = torch.Generator().manual_seed(0)
+        example = (torch.randn(2, c, e, e, generator=g), torch.rand(2, 1, image_size, image_size, generator=g))
+        shapes = [[-1, c, e, e], [-1, 1, image_size, image_size]]
+        return _export(io, example, shapes, path, compress_to_fp16)
 
     def forward(self, pix_feat: torch.Tensor, masks: torch.Tensor, skip_mask_sigmoid: bool = False) -> dict:
         if not skip_mask_sigmoid:
@@ -118,21 +73,23 @@ class OpenVINOMemoryAttention(nn.Module):
         self.compiled, self.request = compiled, compiled.create_infer_request()
 
     @staticmethod
-    def export(attention: nn.Module, image_size: int, mem_dim: int, path: str, *, compress_to_fp16: bool) -> None:
-        if not getattr(attention, "batch_first", True) or len(attention.layers) == 0:
+    def export(attention: nn.Module, image_size: int, mem_dim: int, path: str, *,
+               compress_to_fp16: bool) -> Optional[dict]:
+        """A float IR, or for a ``QSAM2MemoryAttention`` (``memory.quantize_memory``) a Q-SAM2 IR through
+        ``export_openvino`` (returns its report)."""
+        n = (image_size // 16) ** 2
+        io = attention.io if isinstance(attention, QSAM2MemoryAttention) else MemoryAttentionIO(attention, n)
+        if not getattr(io.attention, "batch_first", True) or len(io.attention.layers) == 0:
             raise NotImplementedError("the OpenVINO memory attention expects SAM2's batch-first layers")
-        c, n = attention.d_model, (image_size // 16) ** 2
+        c = io.attention.d_model
         # tracing example: 2 memory frames and 4 pointer tokens for 2 objects (all token counts dynamic)
-        example = (torch.randn(n, 2, c), torch.randn(n, 2, c), torch.randn(2 * n, 2, mem_dim),
-                   torch.randn(2 * n, 2, mem_dim), torch.randn(4, 2, mem_dim), torch.randn(4, 2, mem_dim))
+        g = torch.Generator().manual_seed(0)
+        example = tuple(torch.randn(*shape, generator=g) for shape in ((n, 2, c), (n, 2, c), (2 * n, 2, mem_dim),
+                                                                        (2 * n, 2, mem_dim), (4, 2, mem_dim),
+                                                                        (4, 2, mem_dim)))
         shapes = [[n, -1, c], [n, -1, c]] + [[-1, -1, mem_dim]] * 4
-        _convert(_MemoryAttentionIO(attention), example, shapes, path, compress_to_fp16)
+        return _export(io, example, shapes, path, compress_to_fp16)
 
     def forward(self, curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens: int = 0) -> torch.Tensor:
-        if isinstance(curr, list):
-            (curr,), (curr_pos,) = curr, curr_pos
-        if curr_pos is None or memory_pos is None:
-            raise ValueError("the OpenVINO memory attention expects SAM2's position encodings")
-        split = memory.shape[0] - num_obj_ptr_tokens
-        inputs = [curr, curr_pos, memory[:split], memory_pos[:split], memory[split:], memory_pos[split:]]
-        return _run(self.request, self.compiled, [t.float() for t in inputs], curr.device)[0]
+        inputs = split_pointers(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens)
+        return _run(self.request, self.compiled, [t.float() for t in inputs], memory.device)[0]

@@ -30,6 +30,14 @@ def image_encoder_layers(module: nn.Module, fqn: str) -> bool:
     return fqn.startswith("image_encoder.") and is_linear_like(module)
 
 
+def call(module: nn.Module, item):
+    """``module`` on one calibration item as NNCF's torch engine calls it: a tuple as positional arguments, a dict
+    as keyword arguments, anything else as the one argument."""
+    if isinstance(item, dict):
+        return module(**item)
+    return module(*item) if isinstance(item, tuple) else module(item)
+
+
 def nncf_ptq(module: nn.Module, dataset, vrc: Optional[VRCAlgorithm] = None, **nncf_options) -> nn.Module:
     """``nncf.quantize`` of a copy of ``module`` (NNCF's PTQ pipeline: MinMax + fast bias correction), with VRC as
     the first pipeline step when given. ``nncf_options`` go to NNCF's ``create_ptq_pipeline`` (``model_type``,

@@ -17,7 +17,7 @@ from torch import nn
 from qsam2_ext.core import observing
 
 from . import _nncf as N
-from .pipeline import _set_submodule, nncf_ptq
+from .pipeline import _set_submodule, call, nncf_ptq
 from .qat import attach_qsam2
 from .vrc import VRCAlgorithm
 
@@ -36,7 +36,6 @@ def quantize_with_recipe(model: nn.Module, recipe, calibration_dataset: Union["N
     OpenVINO (``export_openvino`` refuses it).
     ``nncf_options`` go to NNCF's PTQ pipeline (``model_type``, ``preset``, ``ignored_scope``, ...).
     """
-    from qsam2_ext.integrations.torchao.configs import QSAM2Config
     from qsam2_ext.recipes import Recipe, load_recipe
 
     if outside not in ("error", "float"):
@@ -52,21 +51,34 @@ def quantize_with_recipe(model: nn.Module, recipe, calibration_dataset: Union["N
     inside = {p.fqn[len(prefix):]: p for p in plans if p.fqn.startswith(prefix)}
     if not inside:
         raise ValueError(f"recipe {recipe.name} quantizes no layer of {submodule}")
-    layers = {fqn: QSAM2Config(**p.quant_options(), step="prepare") for fqn, p in inside.items()}
+    quantized = quantize_layers(model.get_submodule(submodule), inside, calibration_dataset, recipe.spec.calibration,
+                                keep_nncf=keep_nncf, **nncf_options)
+    result = copy.deepcopy(model)
+    _set_submodule(result, submodule, quantized)
+    return result
+
+
+def quantize_layers(module: nn.Module, plans: dict, calibration_dataset, calibration, *, keep_nncf: bool = False,
+                    **nncf_options) -> nn.Module:
+    """An NNCF-quantized copy of ``module`` with Q-SAM2 hooks on ``plans`` (module name relative to ``module`` ->
+    ``LayerPlan``): VRC on the plans marked for it (``calibration.lam_rel``, ``calibration.images``), NNCF's PTQ
+    pipeline, Q-SAM2 hooks, then LSC's activation statistics from the first ``calibration.images`` items.
+    ``calibration_dataset``: an ``nncf.Dataset`` or a sequence of items, each what ``module`` takes (a tensor, a
+    tuple of positional arguments or a dict of keyword arguments, as NNCF's torch engine calls it)."""
+    from qsam2_ext.integrations.torchao.configs import QSAM2Config
+
+    layers = {fqn: QSAM2Config(**p.quant_options(), step="prepare") for fqn, p in plans.items()}
     dataset = calibration_dataset if isinstance(calibration_dataset, N.Dataset) else N.Dataset(list(calibration_dataset))
-    calibration = recipe.spec.calibration
-    vrc_layers = {fqn for fqn, p in inside.items() if p.vrc}
+    vrc_layers = {fqn for fqn, p in plans.items() if p.vrc}
     vrc = None
     if vrc_layers:
         vrc = VRCAlgorithm(calibration.lam_rel, select=lambda fqn, m: fqn in vrc_layers, subset_size=calibration.images)
-    quantized = nncf_ptq(model.get_submodule(submodule), dataset, vrc, **nncf_options)
+    quantized = nncf_ptq(module, dataset, vrc, **nncf_options)
     example = next(iter(dataset.get_inference_data()))
     attach_qsam2(quantized, example, layers, keep_nncf=keep_nncf)
     with observing(quantized), torch.no_grad():  # LSC activation statistics from the calibration data
         for i, item in enumerate(dataset.get_inference_data()):
             if i >= calibration.images:
                 break
-            quantized(item)
-    result = copy.deepcopy(model)
-    _set_submodule(result, submodule, quantized)
-    return result
+            call(quantized, item)
+    return quantized
