@@ -311,6 +311,7 @@ def main() -> None:
                 continue
             n = 1 if method in PTQ or bits not in args.seeded_bits else seeds
             jobs += [Job(method, bits, seed) for seed in range(n)]
+    jobs.sort(key=lambda job: job.seed)  # every row's first seed before any second: a run cut short keeps each row
     print(f"{len(jobs)} rows, {jobs_parallel} at a time", flush=True)
     started = time.time()
     rows = []
