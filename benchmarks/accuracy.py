@@ -96,6 +96,7 @@ def run_job(job: Job, setup: Setup) -> dict:
     import logging
 
     from qsam2_ext import load_quantized, storage_report
+    from qsam2_ext.errors import NonFiniteError
     from qsam2_ext.evaluate import evaluate
     from qsam2_ext.sam2.data import open_dataset
     from qsam2_ext.sam2.models import build_model, image_predictor
@@ -121,11 +122,12 @@ def run_job(job: Job, setup: Setup) -> dict:
         with tempfile.TemporaryDirectory() as run_dir:
             train(m, train_set, config, run_dir, device=str(device), progress=False)
 
-    if job.bits in BITS:
-        bits, act_bits = BITS[job.bits]
+    bits, act_bits = BITS.get(job.bits, (None, None))
+    try:
         quantize(model, job.method, bits, act_bits, batches, train_fn, **ABLATIONS.get(job.ablation, {}))
-    else:
-        quantize(model, job.method, None, None, batches, train_fn)
+    except NonFiniteError as e:  # a method that diverges is a result: the row says so, the run goes on
+        return {**asdict(job), "label": job.label, "diverged": str(e), **{m: float("nan") for m in METRICS},
+                "model_bytes": float("nan"), "seconds": time.time() - started, "device": str(device)}
     quantize_seconds = time.time() - started
     images = evaluate(model, open_dataset("sa1b", splits["images"]), progress=False)
     jf = float("nan")
@@ -183,8 +185,11 @@ def summarize(rows: list[dict]) -> list[dict]:
     for r in rows:
         groups.setdefault((r["label"], r["bits"]), []).append(r)
     table = []
-    for (label, bits), rs in groups.items():
-        entry = {"method": label, "bits": bits, "seeds": len(rs), "model_MB": rs[0]["model_bytes"] / 1e6}
+    for (label, bits), all_rs in groups.items():
+        ok = [r for r in all_rs if not r.get("diverged")]  # seeds whose training diverged are counted apart
+        rs = ok or all_rs  # (all diverged: NaN scores)
+        entry = {"method": label, "bits": bits, "seeds": len(ok), "diverged": len(all_rs) - len(ok),
+                 "model_MB": rs[0]["model_bytes"] / 1e6}
         for metric in METRICS:
             values = [r[metric] for r in rs]
             entry[metric] = statistics.fmean(values)
@@ -210,7 +215,8 @@ def markdown(table: list[dict], meta: dict) -> str:
              "| bits | method | seeds | box mIoU | point mIoU | J&F | box % of FP | real photos: box | point | model MB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for e in table:
-        lines.append(f"| {e['bits']} | {e['method']} | {e['seeds']} | {cell(e, 'box_mIoU')} | "
+        seeds = f"{e['seeds']}" + (f" ({e['diverged']} diverged)" if e.get("diverged") else "")
+        lines.append(f"| {e['bits']} | {e['method']} | {seeds} | {cell(e, 'box_mIoU')} | "
                      f"{cell(e, 'point_mIoU')} | {cell(e, 'J&F')} | {100 * e['box_mIoU_of_fp']:.1f} | "
                      f"{cell(e, 'real_box_mIoU')} | {cell(e, 'real_point_mIoU')} | {e['model_MB']:.2f} |")
     return "\n".join(lines) + "\n"
