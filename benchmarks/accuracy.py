@@ -14,7 +14,9 @@ and J&F through ``SAM2VideoPredictor`` (first-frame masks), and box and point mI
 GPUs. ``--heavy-tails PRESET`` applies ``qsam2_ext.sam2.heavy_tails`` (a function-preserving per-channel rescale
 that gives the encoder activation and/or weight outlier channels) to the float model before every row; the run then
 also evaluates the untransformed float model and stops unless both float rows score exactly the same (the
-transform's invariant). Writes ``<out>/accuracy.json``, ``<out>/accuracy.md`` and, with matplotlib, ``<out>/accuracy.png``.
+transform's invariant). A row whose training diverges (non-finite loss) is recorded as diverged and the run goes on.
+Writes ``<out>/rows.jsonl`` as rows finish, then ``<out>/accuracy.json``, ``<out>/accuracy.md`` and, with
+matplotlib, ``<out>/accuracy.png``; ``--rows-from`` writes those three from the rows.jsonl of a run cut short.
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ def run_job(job: Job, setup: Setup) -> dict:
         quantize(model, job.method, bits, act_bits, batches, train_fn, **ABLATIONS.get(job.ablation, {}))
     except NonFiniteError as e:  # a method that diverges is a result: the row says so, the run goes on
         return {**asdict(job), "label": job.label, "diverged": str(e), **{m: float("nan") for m in METRICS},
-                "model_bytes": float("nan"), "seconds": time.time() - started, "device": str(device)}
+                "model_bytes": float("nan"), "seconds": time.time() - started, "device": str(device),
+                "device_name": _device_name(device)}
     quantize_seconds = time.time() - started
     images = evaluate(model, open_dataset("sa1b", splits["images"]), progress=False)
     jf = float("nan")
@@ -147,7 +150,11 @@ def run_job(job: Job, setup: Setup) -> dict:
             "real_box_mIoU": real["box"]["mIoU"], "real_point_mIoU": real["point"]["mIoU"],
             "model_bytes": size["model_bytes"], "packed_bytes": size["packed_bytes"],
             "packed_as_bf16_bytes": size["packed_as_bf16_bytes"], "quantize_seconds": quantize_seconds,
-            "seconds": time.time() - started, "device": str(device)}
+            "seconds": time.time() - started, "device": str(device), "device_name": _device_name(device)}
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
 
 
 _DEVICE = torch.device("cpu")
@@ -193,7 +200,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         for metric in METRICS:
             values = [r[metric] for r in rs]
             entry[metric] = statistics.fmean(values)
-            entry[metric + "_std"] = statistics.stdev(values) if len(values) > 1 else None
+            finite = len(values) > 1 and all(math.isfinite(v) for v in values)  # (J&F is NaN without clips)
+            entry[metric + "_std"] = statistics.stdev(values) if finite else None
             entry[metric + "_of_fp"] = entry[metric] / fp[metric]
         table.append(entry)
     order = {m: i for i, m in enumerate(METHODS)}
@@ -212,7 +220,8 @@ def markdown(table: list[dict], meta: dict) -> str:
     lines = [f"Accuracy of quantization methods on {meta['model']}{tails} (held-out synthetic split: "
              f"{meta['eval_images']} images, {clips}); {meta['device']}; QAT: {meta['steps']} "
              f"steps of batch {meta['batch_size']}. Quantized: every Linear and 1x1 Conv2d of the image encoder.", "",
-             "| bits | method | seeds | box mIoU | point mIoU | J&F | box % of FP | real photos: box | point | model MB |",
+             "| bits | method | seeds | box mIoU | point mIoU | J&F | box % of FP | real photos: box | point "
+             "| model MB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for e in table:
         seeds = f"{e['seeds']}" + (f" ({e['diverged']} diverged)" if e.get("diverged") else "")
@@ -249,57 +258,36 @@ def plot(table: list[dict], path: str) -> Optional[str]:
     return path
 
 
-def main() -> None:
+def read_rows(path: str) -> list[dict]:
+    """The rows of a run's rows.jsonl (``--rows-from``), checked: each line a JSON object with this benchmark's
+    fields. A bad file gets a one-line error naming it."""
     from qsam2_ext.errors import BadFileError
-    from qsam2_ext.sam2.heavy_tails import PRESETS as HEAVY_TAIL_PRESETS
-    from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, check_checkpoint, default_checkpoint
 
-    cuda = torch.cuda.is_available()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--reduced", action="store_true", help="the small CPU version")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=[m for m in METHODS if m not in NNCF],
-                   help="methods (the NNCF rows need the nncf extra: name them)")
-    p.add_argument("--bits", nargs="+", choices=list(BITS), default=list(BITS))
-    p.add_argument("--ablations", action="store_true",
-                   help="only the W2A4 Q-SAM2 ablations (alpha init, momentum, VRC lam_rel) and the controls")
-    p.add_argument("--seeds", type=int, help="seeds of the QAT rows at --seeded-bits (default 3; reduced 1)")
-    p.add_argument("--seeded-bits", nargs="+", choices=list(BITS), default=list(SEEDED),
-                   help="bit settings whose QAT rows get every seed (the others one)")
-    p.add_argument("--steps", type=int, help="QAT steps (default 300; reduced 10)")
-    p.add_argument("--batch-size", type=int, help="QAT images per step (default 32; reduced 4)")
-    p.add_argument("--lr", type=float, default=1e-4, help="QAT learning rate of the weights")
-    p.add_argument("--quantizer-lr", type=float, default=1e-3, help="QAT learning rate of quantizer parameters")
-    p.add_argument("--train-images", type=int, default=4000)
-    p.add_argument("--train-style", choices=("synthetic", "photo"), default="synthetic",
-                   help="QAT and calibration scenes: v1's synthetic ones, or photo-like (for a model trained on them)")
-    p.add_argument("--eval-images", type=int, help="held-out images (default 200; reduced 16)")
-    p.add_argument("--eval-clips", type=int, help="held-out clips (default 20; reduced 4)")
-    p.add_argument("--calibration-images", type=int, default=16)
-    p.add_argument("--no-video", action="store_true", help="skip the J&F evaluation on clips (reported as nan)")
-    p.add_argument("--jobs", type=int, help="parallel rows (default: 4 per GPU; CPU 1)")
-    p.add_argument("--model", default=DEFAULT_MODEL_CONFIG)
-    p.add_argument("--checkpoint", default=None,
-                   help="float checkpoint of --model every row starts from (default: the embedded default model's)")
-    p.add_argument("--heavy-tails", choices=sorted(HEAVY_TAIL_PRESETS),
-                   help="apply this function-preserving heavy-tail transform (qsam2_ext.sam2.heavy_tails) to the "
-                        "float model of every row; adds the untransformed float row and checks both score the same")
-    p.add_argument("--data", default="out/accuracy_data")
-    p.add_argument("--out", default="out/accuracy")
-    args = p.parse_args()
-    small = args.reduced
-    seeds = args.seeds or (1 if small else 3)
-    steps = args.steps or (10 if small else 300)
-    batch_size = args.batch_size or (4 if small else 32)
-    eval_images = args.eval_images or (16 if small else 200)
-    eval_clips = args.eval_clips or (4 if small else 20)
-    train_images = 64 if small else args.train_images
-    gpus = torch.cuda.device_count() if cuda else 0
-    jobs_parallel = args.jobs or (4 * gpus if gpus else 1)
-    try:  # a missing, foreign or mismatched file fails here, in one line, before data or workers
-        checkpoint = check_checkpoint(args.checkpoint or default_checkpoint(), args.model)
-    except BadFileError as e:
-        p.error(str(e))
+    need = {"method": str, "label": str, "bits": str, "seed": int, "model_bytes": (int, float)}
+    need.update({m: (int, float) for m in METRICS})
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if n > 100_000:
+                    raise ValueError("more than 100000 rows")
+                row = json.loads(line)
+                bad = [k for k, t in need.items() if not isinstance(row, dict) or not isinstance(row.get(k), t)]
+                if bad:
+                    raise ValueError(f"line {n} lacks or mistypes {', '.join(bad)}")
+                if (row["bits"] not in BITS and row["bits"] != "FP") or row["method"] not in METHODS:
+                    raise ValueError(f"line {n}: unknown method or bits {row['method']!r} {row['bits']!r}")
+                rows.append(row)
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        raise BadFileError(path, f"not a rows.jsonl of benchmarks/accuracy.py ({e})") from None
+    if not any(r["method"] == "fp" for r in rows):
+        raise BadFileError(path, "no float (fp) row to compare with")
+    return rows
 
+
+def run_rows(args, checkpoint: str, seeds: int, steps: int, batch_size: int, eval_images: int, eval_clips: int,
+             train_images: int, gpus: int, jobs_parallel: int) -> list[dict]:
+    """Every row of the run in worker processes; rows.jsonl under --out gets each row as it finishes."""
     splits = _write_splits(args.data, train_images, eval_images, eval_clips, args.train_style)
     setup = Setup(args.model, checkpoint, splits, steps, batch_size, args.lr, args.quantizer_lr,
                   args.calibration_images, 2 if gpus else 0, video=not args.no_video,
@@ -340,23 +328,92 @@ def main() -> None:
                   f"box {row['box_mIoU']:.3f} point {row['point_mIoU']:.3f} J&F {row['J&F']:.3f} "
                   f"real box {row['real_box_mIoU']:.3f}", flush=True)
     partial.close()
+    return rows
+
+
+def main() -> None:
+    from qsam2_ext.errors import BadFileError
+    from qsam2_ext.sam2.heavy_tails import PRESETS as HEAVY_TAIL_PRESETS
+    from qsam2_ext.sam2.models import DEFAULT_MODEL_CONFIG, check_checkpoint, default_checkpoint
+
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reduced", action="store_true", help="the small CPU version")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=[m for m in METHODS if m not in NNCF],
+                   help="methods (the NNCF rows need the nncf extra: name them)")
+    p.add_argument("--bits", nargs="+", choices=list(BITS), default=list(BITS))
+    p.add_argument("--ablations", action="store_true",
+                   help="only the W2A4 Q-SAM2 ablations (alpha init, momentum, VRC lam_rel) and the controls")
+    p.add_argument("--seeds", type=int, help="seeds of the QAT rows at --seeded-bits (default 3; reduced 1)")
+    p.add_argument("--seeded-bits", nargs="+", choices=list(BITS), default=list(SEEDED),
+                   help="bit settings whose QAT rows get every seed (the others one)")
+    p.add_argument("--steps", type=int, help="QAT steps (default 300; reduced 10)")
+    p.add_argument("--batch-size", type=int, help="QAT images per step (default 32; reduced 4)")
+    p.add_argument("--lr", type=float, default=1e-4, help="QAT learning rate of the weights")
+    p.add_argument("--quantizer-lr", type=float, default=1e-3, help="QAT learning rate of quantizer parameters")
+    p.add_argument("--train-images", type=int, default=4000)
+    p.add_argument("--train-style", choices=("synthetic", "photo"), default="synthetic",
+                   help="QAT and calibration scenes: v1's synthetic ones, or photo-like (for a model trained on them)")
+    p.add_argument("--eval-images", type=int, help="held-out images (default 200; reduced 16)")
+    p.add_argument("--eval-clips", type=int, help="held-out clips (default 20; reduced 4)")
+    p.add_argument("--calibration-images", type=int, default=16)
+    p.add_argument("--no-video", action="store_true", help="skip the J&F evaluation on clips (reported as nan)")
+    p.add_argument("--jobs", type=int, help="parallel rows (default: 4 per GPU; CPU 1)")
+    p.add_argument("--model", default=DEFAULT_MODEL_CONFIG)
+    p.add_argument("--checkpoint", default=None,
+                   help="float checkpoint of --model every row starts from (default: the embedded default model's)")
+    p.add_argument("--heavy-tails", choices=sorted(HEAVY_TAIL_PRESETS),
+                   help="apply this function-preserving heavy-tail transform (qsam2_ext.sam2.heavy_tails) to the "
+                        "float model of every row; adds the untransformed float row and checks both score the same")
+    p.add_argument("--data", default="out/accuracy_data")
+    p.add_argument("--out", default="out/accuracy")
+    p.add_argument("--rows-from", metavar="ROWS_JSONL",
+                   help="no run: the table, JSON and plot from the rows.jsonl of a run cut short (give that run's "
+                        "options, which the table states)")
+    args = p.parse_args()
+    small = args.reduced
+    seeds = args.seeds or (1 if small else 3)
+    steps = args.steps or (10 if small else 300)
+    batch_size = args.batch_size or (4 if small else 32)
+    eval_images = args.eval_images or (16 if small else 200)
+    eval_clips = args.eval_clips or (4 if small else 20)
+    train_images = 64 if small else args.train_images
+    gpus = torch.cuda.device_count() if cuda else 0
+    jobs_parallel = args.jobs or (4 * gpus if gpus else 1)
+    try:  # a missing, foreign or mismatched file fails here, in one line, before data or workers
+        checkpoint = check_checkpoint(args.checkpoint or default_checkpoint(), args.model)
+    except BadFileError as e:
+        p.error(str(e))
+
+    if args.rows_from:
+        try:
+            rows, started = read_rows(args.rows_from), None
+        except BadFileError as e:
+            p.error(str(e))
+        device_name = ", ".join(sorted({r.get("device_name") or r.get("device", "unknown device") for r in rows}))
+    else:
+        started = time.time()
+        rows = run_rows(args, checkpoint, seeds, steps, batch_size, eval_images, eval_clips, train_images, gpus,
+                        jobs_parallel)
+        device_name = torch.cuda.get_device_name(0) + f" x{gpus}" if gpus else f"CPU ({os.cpu_count()} cores)"
     if args.heavy_tails:
         check_float_invariant(rows)
     table = summarize(rows)
     meta = {"model": os.path.basename(args.model),
             "checkpoint": args.checkpoint or "embedded default (qsam2_mini.pt)",
-            "device": torch.cuda.get_device_name(0) + f" x{gpus}" if gpus else f"CPU ({os.cpu_count()} cores)",
+            "device": device_name,
             "torch": torch.__version__, "steps": steps, "batch_size": batch_size, "lr": args.lr,
             "quantizer_lr": args.quantizer_lr, "train_images": train_images, "train_style": args.train_style,
             "eval_images": eval_images, "eval_clips": eval_clips, "video": not args.no_video,
             "calibration_images": args.calibration_images, "seeds": seeds, "heavy_tails": args.heavy_tails,
-            "seconds": time.time() - started, "command": " ".join(["python", "benchmarks/accuracy.py"] + sys.argv[1:])}
+            "seconds": None if started is None else time.time() - started,
+            "command": " ".join(["python", "benchmarks/accuracy.py"] + sys.argv[1:])}
     write_json(os.path.join(args.out, "accuracy.json"), {"meta": meta, "table": table, "rows": rows})
     text = markdown(table, meta)
     write_text(os.path.join(args.out, "accuracy.md"), text)
     plot(table, os.path.join(args.out, "accuracy.png"))
     print(text)
-    print(f"{len(rows)} rows in {meta['seconds']:.0f} s")
+    print(f"{len(rows)} rows" + ("" if started is None else f" in {meta['seconds']:.0f} s"))
 
 
 if __name__ == "__main__":

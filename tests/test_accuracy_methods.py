@@ -86,3 +86,46 @@ def test_nncf_rows_train_and_transplant_into_a_fresh_video_build(method, batches
         torch.testing.assert_close(fresh.image_encoder(x)["vision_features"], out, rtol=0, atol=0)
         reference = build_model(DEFAULT_MODEL_CONFIG, default_checkpoint()).eval().image_encoder(x)["vision_features"]
     assert torch.isfinite(out).all() and not torch.equal(out, reference)  # quantized, not the float encoder
+
+
+def _row(method, bits, seed, value, diverged=False):
+    from accuracy import METRICS
+
+    nan = float("nan")
+    row = {"method": method, "label": method, "bits": bits, "seed": seed, "model_bytes": nan if diverged else 2e6}
+    row.update({m: nan if diverged else value for m in METRICS})
+    return row | ({"diverged": "non-finite loss at step 1"} if diverged else {})
+
+
+def test_summary_counts_diverged_seeds_apart_and_rows_read_back(tmp_path):
+    """Diverged seeds leave the mean and std of the others (closed form) and are counted in the table; a run's
+    rows.jsonl reads back as the same rows; a malformed one is refused in one line naming the file."""
+    import json
+    import statistics
+
+    from accuracy import markdown, read_rows, summarize
+
+    from qsam2_ext.errors import BadFileError
+
+    rows = [_row("fp", "FP", 0, 0.8), _row("qsam2", "W2A4", 0, 0.6), _row("qsam2", "W2A4", 1, 0.7),
+            _row("qsam2", "W2A4", 2, 0.0, diverged=True), _row("pact_qat", "W2A4", 0, 0.0, diverged=True)]
+    table = {e["method"]: e for e in summarize(rows)}
+    assert table["qsam2"]["seeds"] == 2 and table["qsam2"]["diverged"] == 1
+    assert table["qsam2"]["box_mIoU"] == pytest.approx(0.65)
+    assert table["qsam2"]["box_mIoU_std"] == pytest.approx(statistics.stdev([0.6, 0.7]))
+    assert table["qsam2"]["box_mIoU_of_fp"] == pytest.approx(0.65 / 0.8)
+    assert table["pact_qat"]["seeds"] == 0 and table["pact_qat"]["diverged"] == 1
+    text = markdown(summarize(rows), {"model": "m", "eval_images": 1, "eval_clips": 1, "device": "d", "steps": 1,
+                                      "batch_size": 1})
+    assert "| 2 (1 diverged) | 65.0 ± 7.1 |" in text and "| 0 (1 diverged) | nan |" in text
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    back = read_rows(str(path))
+    assert [r["method"] for r in back] == [r["method"] for r in rows] and back[1]["box_mIoU"] == 0.6
+    for bad in ('{"method": "fp"}\n', "not json\n", json.dumps(rows[1] | {"method": "os.system"}) + "\n",
+                json.dumps(rows[1]) + "\n"):  # the last: no float row
+        path.write_text(bad)
+        with pytest.raises(BadFileError, match="rows.jsonl") as e:
+            read_rows(str(path))
+        assert "\n" not in str(e.value)
