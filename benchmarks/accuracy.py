@@ -293,10 +293,10 @@ def run_rows(args, checkpoint: str, seeds: int, steps: int, batch_size: int, eva
                   args.calibration_images, 2 if gpus else 0, video=not args.no_video,
                   heavy_tails=args.heavy_tails or "")
     jobs = [Job("fp", "FP", 0)] + ([Job("fp", "FP", 0, untransformed=True)] if args.heavy_tails else [])
-    if args.ablations:
+    if args.ablations is not None:
         jobs += [Job("fp_trained", "FP", seed) for seed in range(seeds)]
-        jobs += [Job("qsam2", "W2A4", seed, name) for name in ABLATIONS for seed in range(seeds)]
-    for bits in [] if args.ablations else args.bits:
+        jobs += [Job("qsam2", "W2A4", seed, name) for name in args.ablations or ABLATIONS for seed in range(seeds)]
+    for bits in [] if args.ablations is not None else args.bits:
         for method in args.methods:
             if method == "fp":
                 continue
@@ -331,6 +331,17 @@ def run_rows(args, checkpoint: str, seeds: int, steps: int, batch_size: int, eva
     return rows
 
 
+def _run_arguments(argv: list[str]) -> list[str]:
+    """The command line of the run itself: without ``--rows-from FILE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip or a.startswith("--rows-from"):
+            skip = a == "--rows-from"
+            continue
+        out.append(a)
+    return out
+
+
 def main() -> None:
     from qsam2_ext.errors import BadFileError
     from qsam2_ext.sam2.heavy_tails import PRESETS as HEAVY_TAIL_PRESETS
@@ -342,8 +353,9 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=[m for m in METHODS if m not in NNCF],
                    help="methods (the NNCF rows need the nncf extra: name them)")
     p.add_argument("--bits", nargs="+", choices=list(BITS), default=list(BITS))
-    p.add_argument("--ablations", action="store_true",
-                   help="only the W2A4 Q-SAM2 ablations (alpha init, momentum, VRC lam_rel) and the controls")
+    p.add_argument("--ablations", nargs="*", choices=list(ABLATIONS), default=None, metavar="ABLATION",
+                   help="only the W2A4 Q-SAM2 ablations (these, or with no name all: " + ", ".join(ABLATIONS)
+                        + ") and the controls")
     p.add_argument("--seeds", type=int, help="seeds of the QAT rows at --seeded-bits (default 3; reduced 1)")
     p.add_argument("--seeded-bits", nargs="+", choices=list(BITS), default=list(SEEDED),
                    help="bit settings whose QAT rows get every seed (the others one)")
@@ -407,7 +419,8 @@ def main() -> None:
             "eval_images": eval_images, "eval_clips": eval_clips, "video": not args.no_video,
             "calibration_images": args.calibration_images, "seeds": seeds, "heavy_tails": args.heavy_tails,
             "seconds": None if started is None else time.time() - started,
-            "command": " ".join(["python", "benchmarks/accuracy.py"] + sys.argv[1:])}
+            "command": " ".join(["python", "benchmarks/accuracy.py"] + _run_arguments(sys.argv[1:])),
+            "rows_from": args.rows_from}
     write_json(os.path.join(args.out, "accuracy.json"), {"meta": meta, "table": table, "rows": rows})
     text = markdown(table, meta)
     write_text(os.path.join(args.out, "accuracy.md"), text)

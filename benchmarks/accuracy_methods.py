@@ -21,12 +21,15 @@ from torch import nn
 PTQ = ("minmax_ptq", "vrc_minmax_ptq")
 QAT = ("ste_minmax_qat", "lsq_qat", "pact_qat", "torchao_qat", "lsc_qat", "qsam2")
 NNCF = ("nncf_qat", "qsam2_nncf")  # NNCF's own QAT, and Q-SAM2 through NNCF (extra: nncf)
-METHODS = ("fp", "fp_trained") + PTQ + QAT + NNCF  # fp_trained: the float model given the QAT methods' training (control)
+# fp_trained: the float model given the QAT methods' training (the control)
+METHODS = ("fp", "fp_trained") + PTQ + QAT + NNCF
 # Q-SAM2 ablations (options of qsam2_config, or VRC's lam_rel) around the defaults
 ABLATIONS = {
     "alpha=1.0": {"alpha_init": 1.0}, "alpha=2.5": {"alpha_init": 2.5},
     "momentum=0.5": {"momentum": 0.5}, "momentum=0.99": {"momentum": 0.99},
     "lam_rel=1e-3": {"lam_rel": 1e-3}, "lam_rel=1e-1": {"lam_rel": 1e-1},
+    # the activation clip's initial width in running standard deviations (default 3.0 at A4)
+    "act_alpha=1.0": {"act_alpha_init": 1.0}, "act_alpha=1.5": {"act_alpha_init": 1.5},
 }
 # method -> (core quantizer, VRC first, trained)
 _PLAN = {
