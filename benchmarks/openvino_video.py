@@ -17,8 +17,8 @@ and OpenVINO on every frame made the torch row 7× slower on 2 cores (2.4 s agai
 likely OpenVINO's and torch's worker threads competing after each switch; not investigated further). Masks: IoU
 of each row's masks with the torch predictor's and with the clip's ground truth, averaged over objects and frames
 1..N-1. IR size: the five IRs' files (.xml + .bin), and the two memory IRs'. With memory rows, also the memory
-modules alone: each row's memory attention and memory encoder timed on recorded calls (``--module-rounds``). Writes ``<out>/openvino_video.json`` and
-``.md``.
+modules alone: each row's memory attention and memory encoder timed on recorded calls (``--module-rounds``).
+Writes ``<out>/openvino_video.json`` and ``.md``.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from qsam2_ext.io import write_json, write_text
 from qsam2_ext.sam2 import hiera
 from qsam2_ext.sam2.heavy_tails import PRESETS, apply_heavy_tails
 from qsam2_ext.sam2.images import photo_batch
-from qsam2_ext.sam2.models import DEFAULT_MODEL, SAM2_CONFIGS, build_model, check_checkpoint, default_checkpoint
+from qsam2_ext.sam2.models import DEFAULT_MODEL, build_model, check_checkpoint, default_checkpoint
 
 MODELS = (DEFAULT_MODEL, DEFAULT_MODEL + "@init", "sam2.1_hiera_t", "sam2.1_hiera_b+", "sam2.1_hiera_l")
 INPUTS = ("photos", "scenes")
@@ -150,7 +150,8 @@ def summary_cells(layers: list[dict]) -> list[str]:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"Image-encoder layer statistics (median [max] over the targeted layers of each model; "
-             f"W = weight, A = layer input; excess kurtosis: 0 for a Gaussian, -1.2 for a uniform; >{OUTLIER_SIGMAS:g}σ in parts per million; "
+             "W = weight, A = layer input; excess kurtosis: 0 for a Gaussian, -1.2 for a uniform; "
+             f">{OUTLIER_SIGMAS:g}σ in parts per million; "
              f"{meta['size']}², {meta['images']} images; {meta['device']}).", "",
              "| model | inputs | layers | " + " | ".join(c for c, _ in STATS) + " |",
              "|---|---|---:|" + "---:|" * len(STATS)]
@@ -211,7 +212,8 @@ def main() -> None:
                 acts = activation_stats(model, inputs(kind, model.image_size))
                 rows += [{"model": name, "inputs": kind, **w, "activation": acts[fqn]} for fqn, w in weights.items()]
                 print(f"{name} on {kind}: {len(weights)} layers ({time.time() - t0:.0f} s)", flush=True)
-    meta = {"size": args.size, "checkpoint": args.checkpoint, "heavy_tails": args.heavy_tails, "images": len(STAT_PHOTOS), "photos": list(STAT_PHOTOS),
+    meta = {"size": args.size, "checkpoint": args.checkpoint, "heavy_tails": args.heavy_tails,
+            "images": len(STAT_PHOTOS), "photos": list(STAT_PHOTOS),
             "scenes": f"render_scene({HELD_OUT_SEED}, 0..{len(STAT_PHOTOS) - 1})", "outlier_sigmas": OUTLIER_SIGMAS,
             "device": f"CPU ({os.cpu_count()} cores)", "torch": torch.__version__,
             "seconds": time.time() - started,

@@ -68,7 +68,8 @@ def quantize_layers(module: nn.Module, plans: dict, calibration_dataset, calibra
     from qsam2_ext.integrations.torchao.configs import QSAM2Config
 
     layers = {fqn: QSAM2Config(**p.quant_options(), step="prepare") for fqn, p in plans.items()}
-    dataset = calibration_dataset if isinstance(calibration_dataset, N.Dataset) else N.Dataset(list(calibration_dataset))
+    dataset = (calibration_dataset if isinstance(calibration_dataset, N.Dataset)
+               else N.Dataset(list(calibration_dataset)))
     vrc_layers = {fqn for fqn, p in plans.items() if p.vrc}
     vrc = None
     if vrc_layers:
