@@ -258,9 +258,9 @@ def plot(table: list[dict], path: str) -> Optional[str]:
     return path
 
 
-def read_rows(path: str) -> list[dict]:
-    """The rows of a run's rows.jsonl (``--rows-from``), checked: each line a JSON object with this benchmark's
-    fields. A bad file gets a one-line error naming it."""
+def read_rows(path: str, need_float: bool = True) -> list[dict]:
+    """The rows of a run's rows.jsonl (``--rows-from``, ``--resume``), checked: each line a JSON object with this
+    benchmark's fields. A bad file gets a one-line error naming it."""
     from qsam2_ext.errors import BadFileError
 
     need = {"method": str, "label": str, "bits": str, "seed": int, "model_bytes": (int, float)}
@@ -280,9 +280,15 @@ def read_rows(path: str) -> list[dict]:
                 rows.append(row)
     except (OSError, UnicodeDecodeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
         raise BadFileError(path, f"not a rows.jsonl of benchmarks/accuracy.py ({e})") from None
-    if not any(r["method"] == "fp" for r in rows):
+    if need_float and not any(r["method"] == "fp" for r in rows):
         raise BadFileError(path, "no float (fp) row to compare with")
     return rows
+
+
+def _job_key(job) -> tuple:
+    """What identifies a row: a Job or a row read back."""
+    get = job.get if isinstance(job, dict) else lambda k, d=None: getattr(job, k, d)
+    return get("method"), get("bits"), get("seed"), get("ablation", ""), bool(get("untransformed", False))
 
 
 def run_rows(args, checkpoint: str, seeds: int, steps: int, batch_size: int, eval_images: int, eval_clips: int,
@@ -306,11 +312,21 @@ def run_rows(args, checkpoint: str, seeds: int, steps: int, batch_size: int, eva
             n = 1 if method in PTQ or bits not in args.seeded_bits else seeds
             jobs += [Job(method, bits, seed) for seed in range(n)]
     jobs.sort(key=lambda job: job.seed)  # every row's first seed before any second: a run cut short keeps each row
+    os.makedirs(args.out, exist_ok=True)
+    rows_path = os.path.join(args.out, "rows.jsonl")
+    rows = []
+    if args.resume and os.path.exists(rows_path):  # a run cut short goes on: the rows it finished are kept
+        wanted = {_job_key(j) for j in jobs}
+        rows = [r for r in read_rows(rows_path, need_float=False) if _job_key(r) in wanted]
+        done = {_job_key(r) for r in rows}
+        jobs = [j for j in jobs if _job_key(j) not in done]
+        print(f"{len(rows)} rows kept from {rows_path}", flush=True)
     print(f"{len(jobs)} rows, {jobs_parallel} at a time", flush=True)
     started = time.time()
-    rows = []
-    os.makedirs(args.out, exist_ok=True)
-    partial = open(os.path.join(args.out, "rows.jsonl"), "w")  # rows as they finish, should the run be cut short
+    partial = open(rows_path, "w")  # rows as they finish, should the run be cut short
+    for row in rows:
+        partial.write(json.dumps(row) + "\n")
+    partial.flush()
     ctx = torch.multiprocessing.get_context("spawn")
     devices = ctx.Queue()
     for i in range(jobs_parallel):
@@ -335,6 +351,8 @@ def _run_arguments(argv: list[str]) -> list[str]:
     """The command line of the run itself: without ``--rows-from FILE``."""
     out, skip = [], False
     for a in argv:
+        if a == "--resume":
+            continue
         if skip or a.startswith("--rows-from"):
             skip = a == "--rows-from"
             continue
@@ -382,6 +400,8 @@ def main() -> None:
     p.add_argument("--rows-from", metavar="ROWS_JSONL",
                    help="no run: the table, JSON and plot from the rows.jsonl of a run cut short (give that run's "
                         "options, which the table states)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows already in <out>/rows.jsonl (a run cut short, same options) and run the rest")
     args = p.parse_args()
     small = args.reduced
     seeds = args.seeds or (1 if small else 3)
