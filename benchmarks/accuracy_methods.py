@@ -30,6 +30,8 @@ ABLATIONS = {
     "lam_rel=1e-3": {"lam_rel": 1e-3}, "lam_rel=1e-1": {"lam_rel": 1e-1},
     # the activation clip's initial width in running standard deviations (default 3.0 at A4)
     "act_alpha=1.0": {"act_alpha_init": 1.0}, "act_alpha=1.5": {"act_alpha_init": 1.5},
+    # the activation clip's gradient: LSQ's (in-range rounding residuals too) instead of PACT's (clipped values only)
+    "act_ste=round": {"act_ste": "round"},
 }
 # method -> (core quantizer, VRC first, trained)
 _PLAN = {
@@ -80,12 +82,17 @@ def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], 
     from torchao.quantization import quantize_
 
     from qsam2_ext import qsam2_config
-    from qsam2_ext.core import observing
+    from qsam2_ext.core import FakeQuantizer, observing
 
     core, vrc, trained = _PLAN[method]
+    act_ste = options.pop("act_ste", None)
     if vrc:
         apply_vrc(model, batches, lam_rel)
     quantize_(model, qsam2_config(bits, act_bits, method=core, step="prepare", **options), filter_fn=targeted)
+    if act_ste is not None:  # ablation: the input quantizers' straight-through mode (core.grid.fake_quantize)
+        for m in model.modules():
+            if isinstance(m, FakeQuantizer) and m.tracks_statistics:
+                m.ste = act_ste
     with observing(model):  # activation statistics, LSQ/PACT first-batch initialisation
         _encode(model, batches)
     if trained:

@@ -12,8 +12,7 @@ from torch import nn
 nncf = pytest.importorskip("nncf")
 ov = pytest.importorskip("openvino")
 
-from qsam2_ext import qsam2_config  # noqa: E402
-from qsam2_ext.core import observing  # noqa: E402
+from qsam2_ext.core import LayerQuant, observing  # noqa: E402
 from qsam2_ext.integrations import nncf as qn  # noqa: E402
 from qsam2_ext.integrations.nncf.export import float_ir, layer_specs  # noqa: E402
 from qsam2_ext.integrations.nncf.openvino_lowering import _pack, storage_type  # noqa: E402
@@ -46,7 +45,7 @@ def nncf_model():
 
 def _baked(nncf_model, bits, act_bits, group_size=None):
     model = copy.deepcopy(nncf_model)
-    cfg = qsam2_config(bits=bits, act_bits=act_bits, group_size=group_size, step="prepare")
+    cfg = LayerQuant(bits=bits, act_bits=act_bits, group_size=group_size)
     qn.attach_qsam2(model, _data(1)[0], {n: cfg for n in LAYERS}, keep_nncf=False)
     with observing(model), torch.no_grad():
         for x in _data():
@@ -131,7 +130,7 @@ class One(nn.Module):
 def _one(bits, act_bits, shift=0.0):
     data = [x + shift for x in _data(3)]
     model = nncf.quantize(One(), nncf.Dataset(data), subset_size=3)
-    qn.attach_qsam2(model, data[0], {"fc": qsam2_config(bits=bits, act_bits=act_bits, step="prepare")},
+    qn.attach_qsam2(model, data[0], {"fc": LayerQuant(bits=bits, act_bits=act_bits)},
                     keep_nncf=False)
     with observing(model), torch.no_grad():
         for x in data:

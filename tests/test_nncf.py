@@ -12,7 +12,7 @@ nncf = pytest.importorskip("nncf")
 from torchao.quantization import quantize_  # noqa: E402
 
 from qsam2_ext import qsam2_config  # noqa: E402
-from qsam2_ext.core import FakeQuantized, VRCCalibration, observing  # noqa: E402
+from qsam2_ext.core import FakeQuantized, LayerQuant, VRCCalibration, observing  # noqa: E402
 from qsam2_ext.integrations import nncf as qn  # noqa: E402
 
 
@@ -271,7 +271,7 @@ def _float_twin(model):
 
 def _lsc(quantized, bits, act_bits, method="lsc", keep_nncf=False):
     model = copy.deepcopy(quantized)
-    cfg = qsam2_config(bits=bits, act_bits=act_bits, method=method, step="prepare")
+    cfg = LayerQuant(bits=bits, act_bits=act_bits, method=method)
     summary = qn.attach_qsam2(model, _data(1)[0], {n: cfg for n in ("fc1", "fc2", "conv")}, keep_nncf=keep_nncf)
     return model, cfg, summary
 
@@ -280,7 +280,8 @@ def _lsc(quantized, bits, act_bits, method="lsc", keep_nncf=False):
 def test_nncf_hooks_and_torchao_path_agree_through_training(quantized, method, bits, act_bits):
     model, cfg, _ = _lsc(quantized[1], bits, act_bits, method)
     ref = _float_twin(model)
-    quantize_(ref, cfg, filter_fn=lambda m, fqn: isinstance(m, (nn.Linear, nn.Conv2d)))
+    quantize_(ref, qsam2_config(bits=bits, act_bits=act_bits, method=method, step="prepare"),
+              filter_fn=lambda m, fqn: isinstance(m, (nn.Linear, nn.Conv2d)))
     assert sum(isinstance(m, FakeQuantized) for m in ref.modules()) == 3
     data = _data(4, seed=1)
     for m in (model, ref):
@@ -318,7 +319,7 @@ def test_attach_replaces_nncf_quantizers_it_covers(quantized):
 def test_attach_bad_input_changes_nothing(quantized):
     model = copy.deepcopy(quantized[1])
     before = [n for n, _ in qn._nncf.get_hook_storage(model).named_hooks()]
-    cfg = qsam2_config(bits=2, step="prepare")
+    cfg = LayerQuant(bits=2)
     with pytest.raises(ValueError, match="not Linear/Conv2d layers called"):
         qn.attach_qsam2(model, _data(1)[0], {"fc1": cfg, "fc3": cfg})
     assert [n for n, _ in qn._nncf.get_hook_storage(model).named_hooks()] == before

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from qsam2_ext.core import DEFAULT_LAM_REL, is_linear_like, observing
+from qsam2_ext.core import DEFAULT_LAM_REL, LayerQuant, is_linear_like, observing
 
 from . import _nncf as N
 from .bake import bake, restore, save
@@ -64,8 +64,6 @@ def prepare_nncf_qat(model: nn.Module, calibration_batches: Sequence[torch.Tenso
     ``keep_nncf=False`` (default) removes NNCF's quantizers on every other tensor, so the rows quantize the same
     tensors as the torchao rows (target weights and inputs).
     """
-    from qsam2_ext.integrations.torchao.configs import QSAM2Config
-
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     encoder = model.get_submodule(submodule)
@@ -78,7 +76,7 @@ def prepare_nncf_qat(model: nn.Module, calibration_batches: Sequence[torch.Tenso
         raise ValueError("calibration_batches is empty")
     dataset = N.Dataset(batches)
     if method == "qsam2":
-        config = QSAM2Config(bits=bits, act_bits=act_bits, method="lsc", step="prepare", **options)
+        config = LayerQuant(bits=bits, act_bits=act_bits, method="lsc", **options)
         vrc = VRCAlgorithm(lam_rel, select=lambda fqn, m: select(fqn, m) and is_linear_like(m))
         quantized = nncf_ptq(encoder, dataset, vrc, subset_size=len(batches))
         layers = {n: config for n, m in quantized.named_modules()
@@ -90,7 +88,7 @@ def prepare_nncf_qat(model: nn.Module, calibration_batches: Sequence[torch.Tenso
     else:
         if options:
             raise ValueError(f"options {sorted(options)} apply to method='qsam2' only")
-        QSAM2Config(bits=bits, act_bits=act_bits)  # the same bit-width validation as every other row
+        LayerQuant(bits=bits, act_bits=act_bits)  # the same bit-width validation as every other row
         quantized = nncf_ptq(encoder, dataset, subset_size=len(batches))
         retarget_nncf(quantized, batches[0], select, bits, act_bits, keep_nncf=keep_nncf)
     _set_submodule(model, submodule, quantized)

@@ -14,23 +14,20 @@ Placement (chosen where the issue is silent):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 from torch import nn
 
-from qsam2_ext.core import effective_group_size, layer_quantizers
+from qsam2_ext.core import LayerQuant, effective_group_size, layer_quantizers
 
 from . import _nncf as N
 from .graph import build_graph, find_targets, nncf_quantizers
 from .hooks import QSAM2FakeQuantize
 
-if TYPE_CHECKING:
-    from qsam2_ext.integrations.torchao.configs import QSAM2Config
-
-
-def attach_qsam2(model: nn.Module, example_input, layers: Mapping[str, "QSAM2Config"], keep_nncf: bool = True) -> dict:
-    """Put Q-SAM2 fake quantizers on ``layers`` (module name -> ``QSAM2Config``) of an NNCF-wrapped (or plain)
-    model, in place. Everything is checked before the first hook changes. Returns a summary."""
+def attach_qsam2(model: nn.Module, example_input, layers: Mapping[str, LayerQuant], keep_nncf: bool = True) -> dict:
+    """Put Q-SAM2 fake quantizers on ``layers`` (module name -> ``qsam2_ext.core.settings.LayerQuant``, or anything
+    with its fields and ``*_options()``, such as torchao's ``QSAM2Config``) of an NNCF-wrapped (or plain) model, in
+    place. Everything is checked before the first hook changes. Returns a summary."""
     model = N.wrap_model(model)
     graph = build_graph(model, example_input)
     targets = find_targets(model, graph, lambda fqn, m: fqn in layers)
@@ -47,7 +44,8 @@ def attach_qsam2(model: nn.Module, example_input, layers: Mapping[str, "QSAM2Con
             config = layers[t.fqn]
             group = effective_group_size(t.module.weight[0].numel(), config.group_size)
             weight_q, input_q = layer_quantizers(t.module, config.method, config.bits, config.act_bits, group,
-                                                 config.act_per_channel, config.weight_options(), config.input_options())
+                                                 config.act_per_channel, config.weight_options(),
+                                                 config.input_options())
             hooks[t.fqn] = (QSAM2FakeQuantize(weight_q), input_q and QSAM2FakeQuantize(input_q))
         covered.add((t.node, 1))
         if hooks[t.fqn][1] is not None:

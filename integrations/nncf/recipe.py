@@ -14,7 +14,7 @@ from typing import Sequence, Union
 import torch
 from torch import nn
 
-from qsam2_ext.core import observing
+from qsam2_ext.core import LayerQuant, observing
 
 from . import _nncf as N
 from .pipeline import _set_submodule, call, nncf_ptq
@@ -65,9 +65,7 @@ def quantize_layers(module: nn.Module, plans: dict, calibration_dataset, calibra
     pipeline, Q-SAM2 hooks, then LSC's activation statistics from the first ``calibration.images`` items.
     ``calibration_dataset``: an ``nncf.Dataset`` or a sequence of items, each what ``module`` takes (a tensor, a
     tuple of positional arguments or a dict of keyword arguments, as NNCF's torch engine calls it)."""
-    from qsam2_ext.integrations.torchao.configs import QSAM2Config
-
-    layers = {fqn: QSAM2Config(**p.quant_options(), step="prepare") for fqn, p in plans.items()}
+    layers = {fqn: LayerQuant(**p.quant_options()) for fqn, p in plans.items()}
     dataset = (calibration_dataset if isinstance(calibration_dataset, N.Dataset)
                else N.Dataset(list(calibration_dataset)))
     vrc_layers = {fqn for fqn, p in plans.items() if p.vrc}

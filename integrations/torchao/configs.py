@@ -19,10 +19,8 @@ from torchao.core.config import AOBaseConfig
 from torchao.quantization.granularity import Granularity, PerAxis, PerGroup
 from torchao.quantization.quantize_.common.quantization_step import QuantizationStep
 
-from qsam2_ext.core import DEFAULT_LAM_REL, QUANTIZERS, SUPPORTED_BITS
-
-# options that only some methods take
-_METHOD_OPTIONS = {"alpha_init": ("lsc",), "act_alpha_init": ("lsc",), "momentum": ("lsc", "minmax")}
+from qsam2_ext.core import DEFAULT_LAM_REL, SUPPORTED_BITS, LayerQuant
+from qsam2_ext.core.settings import check_bits, check_positive
 # methods whose weight grids are centred on exactly 0, which torchao's intx tensors store exactly (weights.py)
 SYMMETRIC_METHODS = ("pact",)
 _INT_DTYPES = {getattr(torch, f"int{b}"): b for b in SUPPORTED_BITS}
@@ -39,13 +37,6 @@ class QSAM2PackingFormat(str, enum.Enum):
 
     QSAM2_PACKED = "qsam2_packed"
     UNPACKED_TO_INT8 = "unpacked_to_int8"
-
-
-def _check_positive(name: str, value, kind=(int, float)) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def _step(value, allowed: tuple) -> Optional[str]:
@@ -71,9 +62,8 @@ def _int_dtype(name: str, value, optional: bool) -> Optional[torch.dtype]:
     raise ValueError(f"{name} must be one of {allowed}{' or None' if optional else ''}, got {value!r}")
 
 
-def _bits_dtype(name: str, bits) -> torch.dtype:
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SUPPORTED_BITS:
-        raise ValueError(f"{name} must be one of {SUPPORTED_BITS}, got {bits!r}")
+def _bits_dtype(name: str, bits, optional: bool = False) -> torch.dtype:
+    check_bits(name, bits, optional)
     return getattr(torch, f"int{bits}")
 
 
@@ -163,11 +153,11 @@ class QSAM2Config(AOBaseConfig):
         if act_bits is not None:
             if activation_dtype is not None:
                 raise ValueError("give activation_dtype or act_bits, not both")
-            activation_dtype = _bits_dtype("act_bits", act_bits)
+            activation_dtype = _bits_dtype("act_bits", act_bits, optional=True)
         if group_size is not None:
             if granularity is not None:
                 raise ValueError("give granularity or group_size, not both")
-            _check_positive("group_size", group_size, int)
+            check_positive("group_size", group_size, int)
             granularity = PerGroup(group_size)
         self.weight_dtype = _int_dtype("weight_dtype", torch.int2 if weight_dtype is None else weight_dtype, False)
         self.activation_dtype = _int_dtype("activation_dtype", activation_dtype, True)
@@ -178,8 +168,6 @@ class QSAM2Config(AOBaseConfig):
         ):
             raise ValueError(f"granularity must be PerAxis(0) or PerGroup(n) with n > 0, got {granularity!r}")
         self.granularity = granularity
-        if method not in QUANTIZERS:
-            raise ValueError(f"unknown method {method!r}; choose one of {sorted(QUANTIZERS)}")
         self.method = method
         self.step = _step(step, (None, QuantizationStep.PREPARE, QuantizationStep.CONVERT))
         try:
@@ -187,18 +175,9 @@ class QSAM2Config(AOBaseConfig):
         except ValueError:
             raise ValueError(f"packing_format must be one of {[f.value for f in QSAM2PackingFormat]}, "
                              f"got {packing_format!r}") from None
-        _check_positive("alpha_init", alpha_init)
-        _check_positive("act_alpha_init", act_alpha_init)
-        if momentum is not None and (
-            isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1
-        ):
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         self.alpha_init, self.act_alpha_init, self.momentum = alpha_init, act_alpha_init, momentum
-        for option, methods in _METHOD_OPTIONS.items():
-            if getattr(self, option) is not None and method not in methods:
-                raise ValueError(f"{option} applies to method {' or '.join(methods)}, not {method!r}")
-        if act_alpha_init is not None and self.activation_dtype is None:
-            raise ValueError("act_alpha_init needs act_bits (activation_dtype)")
+        self.act_per_channel = act_per_channel
+        self.settings  # noqa: B018  (LayerQuant's checks of method, options, act_per_channel: NNCF's hooks share them)
         if self.packing_format == QSAM2PackingFormat.UNPACKED_TO_INT8:
             if self.activation_dtype is not None:
                 raise ValueError("packing_format='unpacked_to_int8' is weight-only (torchao's tensor has no static "
@@ -208,9 +187,6 @@ class QSAM2Config(AOBaseConfig):
                     f"packing_format='unpacked_to_int8' stores only zero-centred grids exactly (method "
                     f"{' or '.join(SYMMETRIC_METHODS)}); {method!r} centres its grid on the data, which torchao's "
                     "(q - zero_point) * scale rounds differently: use packing_format='qsam2_packed'")
-        if not isinstance(act_per_channel, bool):
-            raise ValueError(f"act_per_channel must be a bool, got {act_per_channel!r}")
-        self.act_per_channel = act_per_channel
         if scale_dtype is not None and scale_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"scale_dtype must be float32, bfloat16, float16 or None, got {scale_dtype!r}")
         self.scale_dtype = scale_dtype
@@ -231,14 +207,20 @@ class QSAM2Config(AOBaseConfig):
     def group_size(self) -> Optional[int]:
         return self.granularity.group_size if isinstance(self.granularity, PerGroup) else None
 
+    @property
+    def settings(self) -> LayerQuant:
+        """The framework-free layer settings (``qsam2_ext.core.settings``) this config quantizes with."""
+        return LayerQuant(method=self.method, bits=self.bits, act_bits=self.act_bits, group_size=self.group_size,
+                          alpha_init=self.alpha_init, act_alpha_init=self.act_alpha_init, momentum=self.momentum,
+                          act_per_channel=self.act_per_channel)
+
     def weight_options(self) -> dict:
-        """Keyword options of the weight quantizer (validated above to apply to ``method``)."""
-        return {} if self.alpha_init is None else {"alpha_init": self.alpha_init}
+        """Keyword options of the weight quantizer."""
+        return self.settings.weight_options()
 
     def input_options(self) -> dict:
         """Keyword options of the input (activation) quantizer."""
-        options = {"alpha_init": self.act_alpha_init, "momentum": self.momentum}
-        return {k: v for k, v in options.items() if v is not None}
+        return self.settings.input_options()
 
 
 def vrc_config(step: str = "prepare", lam_rel: float = DEFAULT_LAM_REL,

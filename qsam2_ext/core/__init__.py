@@ -34,5 +34,6 @@ __all__ = [
 ]
 
 from .modules import FakeQuantConv2d, FakeQuantized, FakeQuantLinear, fake_quantized, layer_quantizers  # noqa: E402
+from .settings import LayerQuant  # noqa: E402
 
-__all__ += ["FakeQuantConv2d", "FakeQuantLinear", "FakeQuantized", "fake_quantized", "layer_quantizers"]
+__all__ += ["FakeQuantConv2d", "FakeQuantLinear", "FakeQuantized", "LayerQuant", "fake_quantized", "layer_quantizers"]

@@ -32,10 +32,6 @@ from .triton_packed import _extrema, _grid, _quantize, _row_grid, _weight_codes
 ONE_PASS_MAX = 16384  # longest row held in registers; longer rows are read twice (min/max, then codes)
 _ROW_ELEMENTS = 2048  # inputs per program at least: short rows go several to a program
 _SPLIT_K = 4096  # the K tile of rows longer than ONE_PASS_MAX
-# Tiles (rows x padded row) that Triton's autotuner times per row length on CUDA, with 8 or 16 inputs a thread:
-# the rows of SAM2's layers (144 to 4608 channels) pad to a power of two, and the best number of rows a program
-# and of warps varies with the padding (on the interpreter, where nothing is timed, ``_ROW_ELEMENTS``' rule).
-_TILES = (1024, 2048, 4096, 8192, 16384)
 
 
 @triton.jit
@@ -87,29 +83,6 @@ def unpack_code_rows(w_ptr, codes_ptr, sum_ptr, N, K, stride_wn, BITS: tl.conste
     tl.store(sum_ptr + rn, total, mask=n_ok)
 
 
-def _tiles(block_k: int, one_pass: bool = True) -> list[tuple[int, int]]:
-    """(rows a program, warps) of the tiles timed for rows padded to ``block_k``: 8 or 16 inputs a thread."""
-    if not one_pass:
-        return [(1, 8), (1, 16)]
-    return sorted({(tile // block_k, min(16, max(4, tile // per_thread // 32)))
-                   for tile in _TILES if tile >= block_k and (tile < 16384 or block_k == 16384)
-                   for per_thread in (8, 16)})
-
-
-def _fitting_tiles(configs, named_args, **kwargs) -> list:
-    """The configs of ``_tiles`` for this call's ``BLOCK_K``."""
-    want = set(_tiles(kwargs.get("BLOCK_K", named_args.get("BLOCK_K")), kwargs.get("ONE_PASS", True)))
-    return [c for c in configs if (c.kwargs["BLOCK_M"], c.num_warps) in want]
-
-
-quantize_token_rows_tuned = triton.autotune(
-    configs=[triton.Config({"BLOCK_M": m}, num_warps=w) for m, w in sorted({t for b in (2 ** i for i in range(15))
-                                                                             for t in _tiles(b)})],
-    key=["K"],
-                                            prune_configs_by={"early_config_prune": _fitting_tiles})(
-    quantize_token_rows)
-
-
 def _launcher(kernel):
     # wrap_triton rejects the kernels of Triton's CPU interpreter (the tests' TRITON_INTERPRET=1), where nothing is
     # traced: they are called as they are (so fake tensors cannot trace these ops there)
@@ -139,16 +112,11 @@ def quantize_tokens(x: torch.Tensor, bits: int, fp8: bool) -> tuple[torch.Tensor
     block_k = triton.next_power_of_2(int(k))  # tiles are constants: a symbolic row length (a layer's width) specializes
     one_pass = block_k <= ONE_PASS_MAX
     block_k = block_k if one_pass else _SPLIT_K
-    if not (m and k):
-        pass
-    elif os.environ.get("TRITON_INTERPRET") == "1":  # nothing to time on the interpreter: the rule's tile
-        block_m = max(1, _ROW_ELEMENTS // block_k)
-        quantize_token_rows[(triton.cdiv(m, block_m),)](
+    block_m = max(1, _ROW_ELEMENTS // block_k)
+    if m and k:
+        _launcher(quantize_token_rows)[(triton.cdiv(m, block_m),)](
             x, codes, center, step, sums, m, k, x.stride(0), BITS=bits, BLOCK_M=block_m, BLOCK_K=block_k,
             ONE_PASS=one_pass, num_warps=min(16, max(4, block_m * block_k // 256)))
-    else:
-        wrap_triton(quantize_token_rows_tuned)[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)](
-            x, codes, center, step, sums, m, k, x.stride(0), BITS=bits, BLOCK_K=block_k, ONE_PASS=one_pass)
     return codes, center, step, sums
 
 
