@@ -49,3 +49,25 @@ def test_torchao_config_carries_its_settings():
 
     cfg = qsam2_config(bits=3, act_bits=8, group_size=64, momentum=0.5, act_per_channel=True)
     assert cfg.settings == LayerQuant(bits=3, act_bits=8, group_size=64, momentum=0.5, act_per_channel=True)
+
+
+def test_the_nncf_adapter_imports_nothing_of_the_torchao_adapter():
+    """Every import in the NNCF adapter's files, function-level (lazy) ones included: none reaches the torchao
+    adapter, torchao or the package root (whose ``qsam2_config`` is the torchao adapter's)."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "integrations" / "nncf"
+    files = sorted(folder.glob("*.py"))
+    assert len(files) > 5
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert not (name.startswith(("torchao", "qsam2_ext.integrations.torchao", "..torchao"))
+                            or name == "qsam2_ext"), f"{path.name}:{node.lineno} imports {name}"
