@@ -10,7 +10,7 @@ times with ``triton.testing.do_bench``:
 * ``op``: ``torch.ops.qsam2.quantize_tokens`` as the model calls it (its own rows-a-program and warps rule);
 * ``tile RxW``: the same kernel (``code_ops.quantize_token_rows``) with R rows a program and W warps, for every
   tile of 1024-8192 inputs at 8 or 16 inputs a thread (is the rule's tile the best?);
-* ``reciprocal``: the same pass with the IEEE division of each input by its row's step (``div_rn``, which makes
+* ``reciprocal``: the same pass (the op's tile) with the IEEE division of each input by its row's step (``div_rn``, which makes
   the codes equal the reference's) replaced by a product with the step's reciprocal (is the division the cost?).
 
 Writes ``<out>/act_quant_tiles.json`` and ``.md``: ms and TB/s (bf16 read + codes written) per row.
@@ -92,7 +92,7 @@ def bench_shape(m: int, k: int) -> list[dict]:
                                      BLOCK_K=block_k, ONE_PASS=True, num_warps=warps))
     runs["reciprocal"] = lambda: _reciprocal_rows[(triton.cdiv(m, rule_m),)](
         x, codes, center, step, sums, m, k, BITS=BITS, BLOCK_M=rule_m, BLOCK_K=block_k,
-        num_warps=min(16, max(4, rule_m * block_k // 256)))
+        num_warps=min(16, max(4, rule_m * block_k // (32 * code_ops._INPUTS_PER_THREAD))))
     moved = x.numel() * 3  # bf16 read, one byte written
     rows = []
     for name, fn in runs.items():

@@ -31,6 +31,9 @@ from .triton_packed import _extrema, _grid, _quantize, _row_grid, _weight_codes
 
 ONE_PASS_MAX = 16384  # longest row held in registers; longer rows are read twice (min/max, then codes)
 _ROW_ELEMENTS = 2048  # inputs per program at least: short rows go several to a program
+# 16 inputs a thread: the fastest of the tiles timed on an H100 for each hiera_l layer-input shape (8 of 8 shapes;
+# 11-29 % faster than 8 a thread; benchmarks/act_quant_tiles.py, results/act_quant_tiles_h100.md)
+_INPUTS_PER_THREAD = 16
 _SPLIT_K = 4096  # the K tile of rows longer than ONE_PASS_MAX
 
 
@@ -116,7 +119,7 @@ def quantize_tokens(x: torch.Tensor, bits: int, fp8: bool) -> tuple[torch.Tensor
     if m and k:
         _launcher(quantize_token_rows)[(triton.cdiv(m, block_m),)](
             x, codes, center, step, sums, m, k, x.stride(0), BITS=bits, BLOCK_M=block_m, BLOCK_K=block_k,
-            ONE_PASS=one_pass, num_warps=min(16, max(4, block_m * block_k // 256)))
+            ONE_PASS=one_pass, num_warps=min(16, max(4, block_m * block_k // (32 * _INPUTS_PER_THREAD))))
     return codes, center, step, sums
 
 
