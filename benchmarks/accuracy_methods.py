@@ -32,6 +32,8 @@ ABLATIONS = {
     "act_alpha=1.0": {"act_alpha_init": 1.0}, "act_alpha=1.5": {"act_alpha_init": 1.5},
     # the activation clip's gradient: LSQ's (in-range rounding residuals too) instead of PACT's (clipped values only)
     "act_ste=round": {"act_ste": "round"},
+    # the activation clip's centre: 0 (as LSQ's grid) instead of the running mean, same half-width alpha * sigma
+    "act_center=0": {"act_center": 0},
 }
 # method -> (core quantizer, VRC first, trained)
 _PLAN = {
@@ -43,6 +45,20 @@ _PLAN = {
     "lsc_qat": ("lsc", False, True),  # ablation: Q-SAM2 without VRC
     "qsam2": ("lsc", True, True),
 }
+
+
+def _zero_centred_lsc():
+    from qsam2_ext.core import LSCQuantizer
+
+    class ZeroCentredLSC(LSCQuantizer):
+        """Ablation ``act_center=0``: LSC's clip ``±alpha sigma`` about 0 instead of about the running mean."""
+
+        def clip_range(self, view, update):
+            lo, hi = super().clip_range(view, update)
+            half = (hi - lo) / 2
+            return -half, half
+
+    return ZeroCentredLSC
 
 
 def targeted(module: nn.Module, fqn: str) -> bool:
@@ -82,10 +98,11 @@ def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], 
     from torchao.quantization import quantize_
 
     from qsam2_ext import qsam2_config
-    from qsam2_ext.core import FakeQuantizer, observing
+    from qsam2_ext.core import FakeQuantized, FakeQuantizer, LSCQuantizer, observing
 
     core, vrc, trained = _PLAN[method]
     act_ste = options.pop("act_ste", None)
+    zero_centred = options.pop("act_center", None) == 0
     if vrc:
         apply_vrc(model, batches, lam_rel)
     quantize_(model, qsam2_config(bits, act_bits, method=core, step="prepare", **options), filter_fn=targeted)
@@ -93,6 +110,12 @@ def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], 
         for m in model.modules():
             if isinstance(m, FakeQuantizer) and m.tracks_statistics:
                 m.ste = act_ste
+    if zero_centred:  # ablation: LSC input quantizers replaced by zero-centred twins (same state)
+        for m in model.modules():
+            if isinstance(m, FakeQuantized) and isinstance(m.input_quantizer, LSCQuantizer):
+                old = m.input_quantizer
+                m.input_quantizer = _zero_centred_lsc()(old.bits, old.granularity, momentum=old.momentum)
+                m.input_quantizer.load_state_dict(old.state_dict())
     with observing(model):  # activation statistics, LSQ/PACT first-batch initialisation
         _encode(model, batches)
     if trained:
