@@ -40,7 +40,8 @@ from accuracy_methods import ABLATIONS, METHODS, NNCF, PTQ, quantize  # noqa: E4
 
 from qsam2_ext.io import atomic_write, write_json, write_text  # noqa: E402
 
-BITS = {"W2A4": (2, 4), "W2A8": (2, 8), "W3A8": (3, 8), "W4A4": (4, 4), "W4A8": (4, 8)}
+BITS = {"W2A16": (2, None), "W2A4": (2, 4), "W2A8": (2, 8), "W3A8": (3, 8), "W4A4": (4, 4), "W4A8": (4, 8)}
+DEFAULT_BITS = ("W2A4", "W2A8", "W3A8", "W4A4", "W4A8")  # the grid's settings; W2A16 (weights only) when named
 SEEDED = ("W2A4", "W2A8")  # the rows with several seeds by default (mean ± std); --seeded-bits names others
 METRICS = ("box_mIoU", "point_mIoU", "J&F", "real_box_mIoU", "real_point_mIoU")
 TRAIN_SEED, HELD_OUT_SEED = 0, 1000
@@ -370,7 +371,7 @@ def main() -> None:
     p.add_argument("--reduced", action="store_true", help="the small CPU version")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=[m for m in METHODS if m not in NNCF],
                    help="methods (the NNCF rows need the nncf extra: name them)")
-    p.add_argument("--bits", nargs="+", choices=list(BITS), default=list(BITS))
+    p.add_argument("--bits", nargs="+", choices=list(BITS), default=list(DEFAULT_BITS))
     p.add_argument("--ablations", nargs="*", choices=list(ABLATIONS), default=None, metavar="ABLATION",
                    help="only the W2A4 Q-SAM2 ablations (these, or with no name all: " + ", ".join(ABLATIONS)
                         + ") and the controls")
