@@ -34,6 +34,8 @@ ABLATIONS = {
     "act_ste=round": {"act_ste": "round"},
     # the activation clip's centre: 0 (as LSQ's grid) instead of the running mean, same half-width alpha * sigma
     "act_center=0": {"act_center": 0},
+    # the weight grid shifted (by under half a step) so that one level is exactly 0, as LSQ's mid-tread grid has
+    "w_zero_level": {"w_zero_level": True},
 }
 # method -> (core quantizer, VRC first, trained)
 _PLAN = {
@@ -59,6 +61,24 @@ def _zero_centred_lsc():
             return -half, half
 
     return ZeroCentredLSC
+
+
+def _zero_level_lsc():
+    from qsam2_ext.core import LSCQuantizer
+
+    class ZeroLevelLSC(LSCQuantizer):
+        """Ablation ``w_zero_level``: LSC's weight grid (same step) moved by under half a step so that a level is 0:
+        its center becomes the nearest odd multiple of half a step, so a weight near zero is rounded to zero, not to
+        half a step."""
+
+        def clip_range(self, view, update):
+            lo, hi = super().clip_range(view, update)
+            half = (hi - lo) / 2
+            step = 2 * half / (2 ** self.bits - 1)
+            center = (torch.floor((lo + hi) / 2 / step) + 0.5) * step
+            return center - half, center + half
+
+    return ZeroLevelLSC
 
 
 def targeted(module: nn.Module, fqn: str) -> bool:
@@ -103,6 +123,7 @@ def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], 
     core, vrc, trained = _PLAN[method]
     act_ste = options.pop("act_ste", None)
     zero_centred = options.pop("act_center", None) == 0
+    zero_level = options.pop("w_zero_level", False)
     if vrc:
         apply_vrc(model, batches, lam_rel)
     quantize_(model, qsam2_config(bits, act_bits, method=core, step="prepare", **options), filter_fn=targeted)
@@ -116,6 +137,12 @@ def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], 
                 old = m.input_quantizer
                 m.input_quantizer = _zero_centred_lsc()(old.bits, old.granularity, momentum=old.momentum)
                 m.input_quantizer.load_state_dict(old.state_dict())
+    if zero_level:  # ablation: LSC weight quantizers replaced by twins whose grid has a zero level (same state)
+        for m in model.modules():
+            if isinstance(m, FakeQuantized) and isinstance(m.weight_quantizer, LSCQuantizer):
+                old = m.weight_quantizer
+                m.weight_quantizer = _zero_level_lsc()(old.bits, old.granularity)
+                m.weight_quantizer.load_state_dict(old.state_dict())
     with observing(model):  # activation statistics, LSQ/PACT first-batch initialisation
         _encode(model, batches)
     if trained:
