@@ -10,8 +10,9 @@ times with ``triton.testing.do_bench``:
 * ``op``: ``torch.ops.qsam2.quantize_tokens`` as the model calls it (its own rows-a-program and warps rule);
 * ``tile RxW``: the same kernel (``code_ops.quantize_token_rows``) with R rows a program and W warps, for every
   tile of 1024-8192 inputs at 8 or 16 inputs a thread (is the rule's tile the best?);
-* ``reciprocal``: the same pass (the op's tile) with the IEEE division of each input by its row's step (``div_rn``, which makes
-  the codes equal the reference's) replaced by a product with the step's reciprocal (is the division the cost?).
+* ``reciprocal``: the same pass (the op's tile) with the IEEE division of each input by its row's step
+  (``div_rn``, which makes the codes equal the reference's) replaced by a product with the step's reciprocal (is
+  the division the cost?).
 
 Writes ``<out>/act_quant_tiles.json`` and ``.md``: ms and TB/s (bf16 read + codes written) per row.
 """
