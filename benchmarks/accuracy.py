@@ -302,7 +302,8 @@ def run_rows(args, checkpoint: str, seeds: int, steps: int, batch_size: int, eva
     jobs = [Job("fp", "FP", 0)] + ([Job("fp", "FP", 0, untransformed=True)] if args.heavy_tails else [])
     if args.ablations is not None:
         jobs += [Job("fp_trained", "FP", seed) for seed in range(seeds)]
-        jobs += [Job("qsam2", "W2A4", seed, name) for name in args.ablations or ABLATIONS for seed in range(seeds)]
+        jobs += [Job("qsam2", args.ablation_bits, seed, name) for name in args.ablations or ABLATIONS
+                 for seed in range(seeds)]
     for bits in [] if args.ablations is not None else args.bits:
         for method in args.methods:
             if method == "fp":
@@ -373,8 +374,9 @@ def main() -> None:
                    help="methods (the NNCF rows need the nncf extra: name them)")
     p.add_argument("--bits", nargs="+", choices=list(BITS), default=list(DEFAULT_BITS))
     p.add_argument("--ablations", nargs="*", choices=list(ABLATIONS), default=None, metavar="ABLATION",
-                   help="only the W2A4 Q-SAM2 ablations (these, or with no name all: " + ", ".join(ABLATIONS)
-                        + ") and the controls")
+                   help="only the Q-SAM2 ablations at --ablation-bits (these, or with no name all: "
+                        + ", ".join(ABLATIONS) + ") and the controls")
+    p.add_argument("--ablation-bits", choices=list(BITS), default="W2A4", help="the ablations' bit setting")
     p.add_argument("--seeds", type=int, help="seeds of the QAT rows at --seeded-bits (default 3; reduced 1)")
     p.add_argument("--seeded-bits", nargs="+", choices=list(BITS), default=list(SEEDED),
                    help="bit settings whose QAT rows get every seed (the others one)")
