@@ -29,9 +29,15 @@ from qsam2_ext.sam2.heavy_tails import PRESETS, apply_heavy_tails
 from qsam2_ext.sam2.models import DEFAULT_MODEL, build_model, default_checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from accuracy_methods import _zero_level_lsc  # noqa: E402
 from outlier_stats import inputs  # noqa: E402
 
-METHODS = ("lsc", "lsq", "minmax", "pact")
+
+def weight_quantizer(method: str, bits: int, shape: torch.Size):
+    granularity = WeightGranularity(*shape)
+    return _zero_level_lsc()(bits, granularity) if method == "lsc0" else make_quantizer(method, bits, granularity)
+
+METHODS = ("lsc", "lsc0", "lsq", "minmax", "pact")  # lsc0: LSC with a zero level (accuracy.py's w_zero_level)
 
 
 def sqnr_db(y: torch.Tensor, y_q: torch.Tensor) -> float:
@@ -63,7 +69,7 @@ def measure(preset: str, bits: int, images: torch.Tensor) -> dict[str, list[floa
         y = xs[name] @ w.T
         for method in METHODS:
             with torch.no_grad():
-                w_q = make_quantizer(method, bits, WeightGranularity(*w.shape))(w)
+                w_q = weight_quantizer(method, bits, w.shape)(w)
             out[method].append(sqnr_db(y, xs[name] @ w_q.T))
     return out
 
@@ -91,7 +97,8 @@ def main() -> None:
         cells = [next(r for r in rows if r["preset"] == preset and r["method"] == m) for m in METHODS]
         lines.append(f"| {preset} | " + " | ".join(f"{c['median_db']:.1f} [{c['min_db']:.1f}]" for c in cells)
                      + " |")
-    lines += ["", "Median over layers [minimum], dB."]
+    lines += ["", "Median over layers [minimum], dB. lsc0: LSC's grid moved by under half a step so that a level is 0 "
+              "(`accuracy.py --ablations w_zero_level`)."]
     text = "\n".join(lines) + "\n"
     write_json(os.path.join(args.out, "weight_grid_sqnr.json"), {"bits": args.bits, "rows": rows})
     write_text(os.path.join(args.out, "weight_grid_sqnr.md"), text)
