@@ -36,6 +36,9 @@ ABLATIONS = {
     "act_center=0": {"act_center": 0},
     # the weight grid shifted (by under half a step) so that one level is exactly 0, as LSQ's mid-tread grid has
     "w_zero_level": {"w_zero_level": True},
+    # the weight clips' gradient: LSQ's straight-through rule (in-range rounding residuals too), alone and with the
+    # zero level
+    "w_ste=round": {"w_ste": "round"}, "w_zero_level+w_ste=round": {"w_zero_level": True, "w_ste": "round"},
 }
 # method -> (core quantizer, VRC first, trained)
 _PLAN = {
@@ -124,6 +127,7 @@ def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], 
     act_ste = options.pop("act_ste", None)
     zero_centred = options.pop("act_center", None) == 0
     zero_level = options.pop("w_zero_level", False)
+    w_ste = options.pop("w_ste", None)
     if vrc:
         apply_vrc(model, batches, lam_rel)
     quantize_(model, qsam2_config(bits, act_bits, method=core, step="prepare", **options), filter_fn=targeted)
@@ -143,6 +147,10 @@ def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], 
                 old = m.weight_quantizer
                 m.weight_quantizer = _zero_level_lsc()(old.bits, old.granularity)
                 m.weight_quantizer.load_state_dict(old.state_dict())
+    if w_ste is not None:  # ablation: the weight quantizers' straight-through mode
+        for m in model.modules():
+            if isinstance(m, FakeQuantized):
+                m.weight_quantizer.ste = w_ste
     with observing(model):  # activation statistics, LSQ/PACT first-batch initialisation
         _encode(model, batches)
     if trained:
