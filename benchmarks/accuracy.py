@@ -286,10 +286,9 @@ def read_rows(path: str, need_float: bool = True) -> list[dict]:
     return rows
 
 
-def _job_key(job) -> tuple:
-    """What identifies a row: a Job or a row read back."""
-    get = job.get if isinstance(job, dict) else lambda k, d=None: getattr(job, k, d)
-    return get("method"), get("bits"), get("seed"), get("ablation", ""), bool(get("untransformed", False))
+def _job_key(row: dict) -> tuple:
+    """What identifies a row (a row read back, or ``asdict`` of its ``Job``)."""
+    return row["method"], row["bits"], row["seed"], row.get("ablation", ""), bool(row.get("untransformed", False))
 
 
 def run_rows(args, checkpoint: str, seeds: int, steps: int, batch_size: int, eval_images: int, eval_clips: int,
@@ -318,10 +317,10 @@ def run_rows(args, checkpoint: str, seeds: int, steps: int, batch_size: int, eva
     rows_path = os.path.join(args.out, "rows.jsonl")
     rows = []
     if args.resume and os.path.exists(rows_path):  # a run cut short goes on: the rows it finished are kept
-        wanted = {_job_key(j) for j in jobs}
+        wanted = {_job_key(asdict(j)) for j in jobs}
         rows = [r for r in read_rows(rows_path, need_float=False) if _job_key(r) in wanted]
         done = {_job_key(r) for r in rows}
-        jobs = [j for j in jobs if _job_key(j) not in done]
+        jobs = [j for j in jobs if _job_key(asdict(j)) not in done]
         print(f"{len(rows)} rows kept from {rows_path}", flush=True)
     print(f"{len(jobs)} rows, {jobs_parallel} at a time", flush=True)
     started = time.time()

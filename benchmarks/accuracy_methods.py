@@ -13,6 +13,7 @@ methods get the same ``train`` callable (same data, steps, learning rates and lo
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -52,6 +53,7 @@ _PLAN = {
 }
 
 
+@functools.cache  # one class for every layer's twin
 def _zero_centred_lsc():
     from qsam2_ext.core import LSCQuantizer
 
@@ -66,6 +68,7 @@ def _zero_centred_lsc():
     return ZeroCentredLSC
 
 
+@functools.cache
 def _zero_level_lsc():
     from qsam2_ext.core import LSCQuantizer
 
@@ -82,6 +85,19 @@ def _zero_level_lsc():
             return center - half, center + half
 
     return ZeroLevelLSC
+
+
+def _replace_lsc(model: nn.Module, attr: str, twin: type) -> None:
+    """Each prepared layer's LSC ``attr`` (``input_quantizer`` / ``weight_quantizer``) replaced by an instance of
+    ``twin`` (an ``LSCQuantizer`` subclass) with the same settings and state."""
+    from qsam2_ext.core import FakeQuantized, LSCQuantizer
+
+    for m in model.modules():
+        old = getattr(m, attr, None) if isinstance(m, FakeQuantized) else None
+        if isinstance(old, LSCQuantizer):
+            new = twin(old.bits, old.granularity, momentum=old.momentum)
+            new.load_state_dict(old.state_dict())
+            setattr(m, attr, new)
 
 
 def targeted(module: nn.Module, fqn: str) -> bool:
@@ -121,7 +137,7 @@ def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], 
     from torchao.quantization import quantize_
 
     from qsam2_ext import qsam2_config
-    from qsam2_ext.core import FakeQuantized, FakeQuantizer, LSCQuantizer, observing
+    from qsam2_ext.core import FakeQuantized, FakeQuantizer, observing
 
     core, vrc, trained = _PLAN[method]
     act_ste = options.pop("act_ste", None)
@@ -135,18 +151,10 @@ def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], 
         for m in model.modules():
             if isinstance(m, FakeQuantizer) and m.tracks_statistics:
                 m.ste = act_ste
-    if zero_centred:  # ablation: LSC input quantizers replaced by zero-centred twins (same state)
-        for m in model.modules():
-            if isinstance(m, FakeQuantized) and isinstance(m.input_quantizer, LSCQuantizer):
-                old = m.input_quantizer
-                m.input_quantizer = _zero_centred_lsc()(old.bits, old.granularity, momentum=old.momentum)
-                m.input_quantizer.load_state_dict(old.state_dict())
-    if zero_level:  # ablation: LSC weight quantizers replaced by twins whose grid has a zero level (same state)
-        for m in model.modules():
-            if isinstance(m, FakeQuantized) and isinstance(m.weight_quantizer, LSCQuantizer):
-                old = m.weight_quantizer
-                m.weight_quantizer = _zero_level_lsc()(old.bits, old.granularity)
-                m.weight_quantizer.load_state_dict(old.state_dict())
+    if zero_centred:  # ablation: LSC input quantizers replaced by zero-centred twins
+        _replace_lsc(model, "input_quantizer", _zero_centred_lsc())
+    if zero_level:  # ablation: LSC weight quantizers replaced by twins whose grid has a zero level
+        _replace_lsc(model, "weight_quantizer", _zero_level_lsc())
     if w_ste is not None:  # ablation: the weight quantizers' straight-through mode
         for m in model.modules():
             if isinstance(m, FakeQuantized):

@@ -83,8 +83,7 @@ def bench_shape(m: int, k: int) -> list[dict]:
     codes = torch.empty(m, k, device="cuda", dtype=torch.int8)
     center, step = (torch.empty(m, 1, device="cuda") for _ in range(2))
     sums = torch.empty(m, 1, device="cuda", dtype=torch.int32)
-    block_k = triton.next_power_of_2(k)
-    rule_m = max(1, code_ops._ROW_ELEMENTS // block_k)
+    block_k, rule_m, rule_warps, _ = code_ops.token_tile(k)  # the op's own tile
     runs = {"copy": lambda: _copy_rows[(triton.cdiv(m, rule_m),)](x, codes, m, k, BLOCK_M=rule_m, BLOCK_K=block_k),
             "op": lambda: torch.ops.qsam2.quantize_tokens(x, BITS, False)}
     for rows, warps in tiles(block_k):
@@ -92,8 +91,7 @@ def bench_shape(m: int, k: int) -> list[dict]:
             (triton.cdiv(m, rows),)](x, codes, center, step, sums, m, k, x.stride(0), BITS=BITS, BLOCK_M=rows,
                                      BLOCK_K=block_k, ONE_PASS=True, num_warps=warps))
     runs["reciprocal"] = lambda: _reciprocal_rows[(triton.cdiv(m, rule_m),)](
-        x, codes, center, step, sums, m, k, BITS=BITS, BLOCK_M=rule_m, BLOCK_K=block_k,
-        num_warps=min(16, max(4, rule_m * block_k // (32 * code_ops._INPUTS_PER_THREAD))))
+        x, codes, center, step, sums, m, k, BITS=BITS, BLOCK_M=rule_m, BLOCK_K=block_k, num_warps=rule_warps)
     moved = x.numel() * 3  # bf16 read, one byte written
     rows = []
     for name, fn in runs.items():

@@ -86,6 +86,15 @@ def unpack_code_rows(w_ptr, codes_ptr, sum_ptr, N, K, stride_wn, BITS: tl.conste
     tl.store(sum_ptr + rn, total, mask=n_ok)
 
 
+def token_tile(k: int) -> tuple[int, int, int, bool]:
+    """``(BLOCK_K, BLOCK_M, num_warps, ONE_PASS)`` of ``quantize_token_rows`` for rows of ``k`` inputs."""
+    block_k = triton.next_power_of_2(int(k))  # tiles are constants: a symbolic row length (a layer's width) specializes
+    one_pass = block_k <= ONE_PASS_MAX
+    block_k = block_k if one_pass else _SPLIT_K
+    block_m = max(1, _ROW_ELEMENTS // block_k)
+    return block_k, block_m, min(16, max(4, block_m * block_k // (32 * _INPUTS_PER_THREAD))), one_pass
+
+
 def _launcher(kernel):
     # wrap_triton rejects the kernels of Triton's CPU interpreter (the tests' TRITON_INTERPRET=1), where nothing is
     # traced: they are called as they are (so fake tensors cannot trace these ops there)
@@ -112,14 +121,11 @@ def quantize_tokens(x: torch.Tensor, bits: int, fp8: bool) -> tuple[torch.Tensor
     center = torch.empty((m, 1), device=x.device, dtype=torch.float32)
     step = torch.empty((m, 1), device=x.device, dtype=torch.float32)
     sums = torch.empty((m, 1), device=x.device, dtype=torch.int32)
-    block_k = triton.next_power_of_2(int(k))  # tiles are constants: a symbolic row length (a layer's width) specializes
-    one_pass = block_k <= ONE_PASS_MAX
-    block_k = block_k if one_pass else _SPLIT_K
-    block_m = max(1, _ROW_ELEMENTS // block_k)
+    block_k, block_m, num_warps, one_pass = token_tile(k)
     if m and k:
         _launcher(quantize_token_rows)[(triton.cdiv(m, block_m),)](
             x, codes, center, step, sums, m, k, x.stride(0), BITS=bits, BLOCK_M=block_m, BLOCK_K=block_k,
-            ONE_PASS=one_pass, num_warps=min(16, max(4, block_m * block_k // (32 * _INPUTS_PER_THREAD))))
+            ONE_PASS=one_pass, num_warps=num_warps)
     return codes, center, step, sums
 
 
