@@ -24,6 +24,7 @@ encoder and the rest of SAM2 in torch. Writes ``<out>/openvino[_<tag>].json`` an
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import os
@@ -75,17 +76,21 @@ def prepare_qsam2(args, model_config, checkpoint, calibration, example, bits, ac
             q(example)
         model.image_encoder = q
     else:
+        teacher = copy.deepcopy(model).eval() if args.qat_steps and args.qat_losses != "labels" else None
         prepare_nncf_qat(model, calibration, bits, act_bits, method="qsam2")
-        if args.qat_steps:  # LSC's clips and the weights trained on labeled scenes (SAM2's losses), as recipes do
+        if args.qat_steps:  # LSC's clips and the weights trained on labeled scenes, as recipes do
             import tempfile
 
             from qsam2_ext.sam2.data import open_dataset
             from qsam2_ext.train import TrainConfig, train
 
+            labels = {} if args.qat_losses != "distill" else {"focal": 0.0, "dice": 0.0, "iou": 0.0, "object": 0.0}
             config = TrainConfig(steps=args.qat_steps, batch_size=4, lr=1e-5, quantizer_lr=1e-3, num_workers=0,
-                                 checkpoint_every=args.qat_steps, seed=0)
+                                 checkpoint_every=args.qat_steps, seed=0,
+                                 distill_mask=1.0 if teacher is not None else 0.0, **labels)
             with tempfile.TemporaryDirectory() as run_dir:
-                train(model, open_dataset("sa1b", args.qat_data), config, run_dir, device="cpu", progress=False)
+                train(model, open_dataset("sa1b", args.qat_data), config, run_dir, teacher=teacher, device="cpu",
+                      progress=False)
             model.eval()
     finish_nncf_qat(model)
     return model
@@ -207,7 +212,8 @@ def markdown(results: dict, meta: dict) -> str:
              f"{meta['rounds']} interleaved rounds). Default setting: float parts execute in "
              f"{meta['float_precision']}; f32 hint: INFERENCE_PRECISION_HINT=f32 for every row."
              + (f" mIoU: {meta['eval_images']} held-out synthetic images." if acc else "")
-             + (f" Q-SAM2 rows: VRC, then {meta['qat_steps']} QAT steps of 4 labeled images."
+             + (f" Q-SAM2 rows: VRC, then {meta['qat_steps']} QAT steps of 4 labeled images"
+                f" (losses: {meta.get('qat_losses') or 'labels'})."
                 if meta.get("qat_steps") else " Q-SAM2 rows: VRC and LSC's initial clips, no QAT."), "",
              "| row | IR MB | ms | × fp32 IR | ms (f32 hint) | × fp32 IR (f32 hint) | RSS added MB | "
              "executed MatMul/Conv precisions |" + (" box mIoU | point mIoU |" if acc else ""),
@@ -246,6 +252,9 @@ def main() -> None:
     p.add_argument("--build-only", action="store_true", help="build the IRs, measure nothing")
     p.add_argument("--qat-steps", type=int, default=0,
                    help="QAT steps of 4 labeled synthetic images for the Q-SAM2 rows (the qsam2_mini recipes: 100)")
+    p.add_argument("--qat-losses", choices=("labels", "distill", "both"), default="labels",
+                   help="QAT losses: SAM2's on the labels, the float model's masks as teacher (distill_mask 1, "
+                        "as the recipes), or both (the recipes' choice)")
     p.add_argument("--no-vrc", action="store_true",
                    help="Q-SAM2 rows without the VRC solve (size / latency runs: the IR is built the same way)")
     p.add_argument("--tag", default="", help="suffix of the result files (openvino_<tag>.json)")
@@ -290,7 +299,8 @@ def main() -> None:
             "checkpoint": checkpoint and os.path.basename(checkpoint), "openvino": ov.__version__,
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "rounds": args.rounds,
             "float_precision": results["fp32 IR"]["default"]["inference_precision"], "eval_images": args.eval_images,
-            "calibration_images": len(calibration), "qat_steps": args.qat_steps, "seconds": round(time.time() - started),
+            "calibration_images": len(calibration), "qat_steps": args.qat_steps,
+            "qat_losses": args.qat_losses if args.qat_steps else None, "seconds": round(time.time() - started),
             "command": shlex.join(["python", "benchmarks/openvino_ir.py"] + sys.argv[1:])}
     try:
         meta["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
