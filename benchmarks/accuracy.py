@@ -243,7 +243,8 @@ def plot(table: list[dict], path: str) -> Optional[str]:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     fp = next(e for e in table if e["method"] == "fp")
-    for ax, metric in zip(axes, ("box_mIoU", "J&F")):
+    video = any(math.isfinite(e["J&F"]) for e in table)  # without clips the second panel shows point prompts
+    for ax, metric in zip(axes, ("box_mIoU", "J&F" if video else "point_mIoU")):
         for method in METHODS[1:]:
             points = [(b, e[metric], e[metric + "_std"] or 0) for b in BITS for e in table
                       if e["method"] == method and e["bits"] == b]
