@@ -40,6 +40,9 @@ ABLATIONS = {
     # the weight clips' gradient: LSQ's straight-through rule (in-range rounding residuals too), alone and with the
     # zero level
     "w_ste=round": {"w_ste": "round"}, "w_zero_level+w_ste=round": {"w_zero_level": True, "w_ste": "round"},
+    # the same zero level for the input grids (a small input channel next to an outlier channel rounds to 0, not to
+    # half a step), alone and with the weights'
+    "a_zero_level": {"a_zero_level": True}, "w_zero_level+a_zero_level": {"w_zero_level": True, "a_zero_level": True},
 }
 # method -> (core quantizer, VRC first, trained)
 _PLAN = {
@@ -73,9 +76,9 @@ def _zero_level_lsc():
     from qsam2_ext.core import LSCQuantizer
 
     class ZeroLevelLSC(LSCQuantizer):
-        """Ablation ``w_zero_level``: LSC's weight grid (same step) moved by under half a step so that a level is 0:
-        its center becomes the nearest odd multiple of half a step, so a weight near zero is rounded to zero, not to
-        half a step."""
+        """Ablations ``w_zero_level`` / ``a_zero_level``: LSC's weight / input grid (same step) moved by under half a
+        step so that a level is 0: its center becomes the nearest odd multiple of half a step, so a value near zero
+        is rounded to zero, not to half a step."""
 
         def clip_range(self, view, update):
             lo, hi = super().clip_range(view, update)
@@ -143,6 +146,7 @@ def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], 
     act_ste = options.pop("act_ste", None)
     zero_centred = options.pop("act_center", None) == 0
     zero_level = options.pop("w_zero_level", False)
+    input_zero_level = options.pop("a_zero_level", False)
     w_ste = options.pop("w_ste", None)
     if vrc:
         apply_vrc(model, batches, lam_rel)
@@ -155,6 +159,8 @@ def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], 
         _replace_lsc(model, "input_quantizer", _zero_centred_lsc())
     if zero_level:  # ablation: LSC weight quantizers replaced by twins whose grid has a zero level
         _replace_lsc(model, "weight_quantizer", _zero_level_lsc())
+    if input_zero_level:  # ablation: the same for LSC input quantizers
+        _replace_lsc(model, "input_quantizer", _zero_level_lsc())
     if w_ste is not None:  # ablation: the weight quantizers' straight-through mode
         for m in model.modules():
             if isinstance(m, FakeQuantized):
