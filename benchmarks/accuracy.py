@@ -333,7 +333,7 @@ def run_rows(args, checkpoint: str, seeds: int, steps: int, batch_size: int, eva
     devices = ctx.Queue()
     for i in range(jobs_parallel):
         devices.put(f"cuda:{i % gpus}" if gpus else "cpu")
-    threads = max(1, (os.cpu_count() or 1) // jobs_parallel // (2 if gpus else 1))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // jobs_parallel // (2 if gpus else 1))
     with ProcessPoolExecutor(jobs_parallel, mp_context=ctx, initializer=_init_worker,
                              initargs=(devices, threads)) as pool:
         futures = {pool.submit(run_job, job, setup): job for job in jobs}
@@ -392,6 +392,8 @@ def main() -> None:
     p.add_argument("--calibration-images", type=int, default=16)
     p.add_argument("--no-video", action="store_true", help="skip the J&F evaluation on clips (reported as nan)")
     p.add_argument("--jobs", type=int, help="parallel rows (default: 4 per GPU; CPU 1)")
+    p.add_argument("--threads", type=int, help="torch threads per row (default: the cores shared by the rows; "
+                                               "pass 1 when other runs share the cores)")
     p.add_argument("--model", default=DEFAULT_MODEL_CONFIG)
     p.add_argument("--checkpoint", default=None,
                    help="float checkpoint of --model every row starts from (default: the embedded default model's)")
