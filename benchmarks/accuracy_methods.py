@@ -43,6 +43,9 @@ ABLATIONS = {
     # the same zero level for the input grids (a small input channel next to an outlier channel rounds to 0, not to
     # half a step), alone and with the weights'
     "a_zero_level": {"a_zero_level": True}, "w_zero_level+a_zero_level": {"w_zero_level": True, "a_zero_level": True},
+    # VRC's ridge relative to the median input energy per channel (diag G) instead of the mean, which outlier
+    # channels dominate: per layer, lam_rel times median / mean of diag(G)
+    "lam=median": {"lam_median": True},
 }
 # method -> (core quantizer, VRC first, trained)
 _PLAN = {
@@ -115,7 +118,7 @@ def _encode(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
             model.image_encoder(images)
 
 
-def apply_vrc(model: nn.Module, batches, lam_rel: Optional[float] = None) -> None:
+def apply_vrc(model: nn.Module, batches, lam_rel: Optional[float] = None, median: bool = False) -> None:
     from torchao.quantization import quantize_
 
     from qsam2_ext import vrc_config
@@ -123,7 +126,18 @@ def apply_vrc(model: nn.Module, batches, lam_rel: Optional[float] = None) -> Non
     kwargs = {} if lam_rel is None else {"lam_rel": lam_rel}
     quantize_(model, vrc_config(step="prepare", **kwargs), filter_fn=targeted)
     _encode(model, batches)
-    quantize_(model, vrc_config(step="convert", **kwargs), filter_fn=targeted)
+    if not median:
+        quantize_(model, vrc_config(step="convert", **kwargs), filter_fn=targeted)
+        return
+    # ablation lam=median: each layer converted alone, its lam_rel scaled by median / mean of its Gram diagonal
+    from qsam2_ext.core import DEFAULT_LAM_REL
+    from qsam2_ext.integrations.torchao.vrc import STATE
+
+    for name, m in list(model.named_modules()):
+        if hasattr(m, STATE):
+            diag = getattr(m, STATE)[0].gram.diagonal()
+            rel = (DEFAULT_LAM_REL if lam_rel is None else lam_rel) * float(diag.median() / diag.mean())
+            quantize_(model, vrc_config(step="convert", lam_rel=rel), filter_fn=lambda mod, fqn, m=m: mod is m)
 
 
 def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], batches: list,
@@ -147,9 +161,10 @@ def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], 
     zero_centred = options.pop("act_center", None) == 0
     zero_level = options.pop("w_zero_level", False)
     input_zero_level = options.pop("a_zero_level", False)
+    lam_median = options.pop("lam_median", False)
     w_ste = options.pop("w_ste", None)
     if vrc:
-        apply_vrc(model, batches, lam_rel)
+        apply_vrc(model, batches, lam_rel, median=lam_median)
     quantize_(model, qsam2_config(bits, act_bits, method=core, step="prepare", **options), filter_fn=targeted)
     if act_ste is not None:  # ablation: the input quantizers' straight-through mode (core.grid.fake_quantize)
         for m in model.modules():
