@@ -133,7 +133,7 @@ def apply_vrc(model: nn.Module, batches, lam_rel: Optional[float] = None, median
     from qsam2_ext.core import DEFAULT_LAM_REL
     from qsam2_ext.integrations.torchao.vrc import STATE
 
-    for name, m in list(model.named_modules()):
+    for m in list(model.modules()):  # a list: converting walks the modules again
         if hasattr(m, STATE):
             diag = getattr(m, STATE)[0].gram.diagonal()
             rel = (DEFAULT_LAM_REL if lam_rel is None else lam_rel) * float(diag.median() / diag.mean())

@@ -142,22 +142,21 @@ def test_zero_level_ablations_put_a_grid_level_on_zero():
             super().__init__()
             self.image_encoder = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 32))
 
+    def off(c, s):  # distance of -c/s - 1/2 to the nearest integer
+        return (torch.remainder(-c.double() / s.double(), 1.0) - 0.5).abs()
+
     def offsets(model):
-        out = []
-        for m in model.image_encoder:
-            w = getattr(m, "weight", None)
-            if w is not None and getattr(w, "act_center", None) is not None:
-                # distance of -c/s - 1/2 to the nearest integer
-                off = lambda c, s: (torch.remainder(-c.double() / s.double(), 1.0) - 0.5).abs()  # noqa: E731
-                out.append((off(w.center, w.step).max().item(), off(w.act_center, w.act_step).item()))
-        return out
+        weights = [m.weight for m in model.image_encoder if getattr(getattr(m, "weight", None), "act_center", None)
+                   is not None]
+        return [(off(w.center, w.step).max().item(), off(w.act_center, w.act_step).item()) for w in weights]
 
     batches = [torch.randn(8, 64) * 3 + 1 for _ in range(2)]
     plain, ablated = Wrapper(), Wrapper()
     ablated.load_state_dict(plain.state_dict())
     quantize(plain, "qsam2", 2, 4, batches, lambda m: None)
     quantize(ablated, "qsam2", 2, 4, batches, lambda m: None, w_zero_level=True, a_zero_level=True)
-    assert len(offsets(ablated)) == 2
-    for w_off, a_off in offsets(ablated):
+    ablated_offsets = offsets(ablated)
+    assert len(ablated_offsets) == 2
+    for w_off, a_off in ablated_offsets:
         assert w_off < 1e-4 and a_off < 1e-4
     assert max(max(o) for o in offsets(plain)) > 1e-2
