@@ -18,7 +18,9 @@ setting, the median of ``--rounds`` rounds, each running every row once in turn 
 processes spreads over all rows). Memory: resident memory added by compiling the IR and one inference
 (process RSS before and after; the IR file itself is read into memory first). mIoU: box and point prompts through
 ``SAM2ImagePredictor`` on the accuracy benchmark's held-out synthetic split (seed 1000), with the IR as the image
-encoder and the rest of SAM2 in torch. Writes ``<out>/openvino[_<tag>].json`` and ``.md``.
+encoder and the rest of SAM2 in torch, and each row's difference from the fp32 IR (and the Q-SAM2 rows' from their
+NNCF counterparts) with a 95 % paired bootstrap interval over the images. Writes ``<out>/openvino[_<tag>].json``
+and ``.md``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ QSAM2_ROWS = {"Q-SAM2 W8A8": (8, 8, "fold"), "Q-SAM2 W4A8": (4, 8, "fold"), "Q-S
 ROWS = ("fp32 IR", "fp16 IR", "NNCF INT8 (compress_weights)", "NNCF INT4 (compress_weights)",
         "NNCF int8 PTQ (nncf.quantize)") + tuple(QSAM2_ROWS)
 HINTS = {"default": {}, "f32": {"INFERENCE_PRECISION_HINT": "f32"}}
+# mIoU differences reported with a paired 95 % interval: every row against the fp32 IR, and the issue's targets
+PAIRS = tuple((row, "fp32 IR") for row in ROWS[1:]) + (
+    ("Q-SAM2 W4A8", "NNCF INT4 (compress_weights)"), ("Q-SAM2 W8A8", "NNCF int8 PTQ (nncf.quantize)"),
+    ("Q-SAM2 W2A8", "NNCF INT4 (compress_weights)"))
 
 
 def _rss() -> int:
@@ -77,7 +83,8 @@ def prepare_qsam2(args, model_config, checkpoint, calibration, example, bits, ac
         model.image_encoder = q
     else:
         teacher = copy.deepcopy(model).eval() if args.qat_steps and args.qat_losses != "labels" else None
-        prepare_nncf_qat(model, calibration, bits, act_bits, method="qsam2")
+        prepare_nncf_qat(model, calibration, bits, act_bits, method="qsam2",
+                         **({} if args.lam_rel is None else {"lam_rel": args.lam_rel}))
         if args.qat_steps:  # LSC's clips and the weights trained on labeled scenes, as recipes do
             import tempfile
 
@@ -188,19 +195,24 @@ def measure(rows, paths, example, rounds) -> dict:
 
 
 def accuracy(rows, paths, model_config, checkpoint, size, example, eval_root, limit) -> dict:
-    from qsam2_ext.evaluate import evaluate
+    from qsam2_ext.evaluate import evaluate, paired_difference
     from qsam2_ext.integrations.nncf.openvino_sam2 import OpenVINOImageEncoder
     from qsam2_ext.sam2.data import open_dataset
     from qsam2_ext.sam2.models import build_model
 
-    found = {}
+    found, records = {}, {}
     dataset = open_dataset("sa1b", eval_root)
     for row in rows:
         model = build_model(model_config, checkpoint, image_size=size)
         model.image_encoder = OpenVINOImageEncoder.compile(paths[row], model.image_encoder, example)
-        res = evaluate(model, dataset, progress=False, limit=limit)["results"]
+        run = evaluate(model, dataset, progress=False, limit=limit)
+        res, records[row] = run["results"], run["instances"]
         found[row] = {"box_mIoU": res["box"]["mIoU"], "point_mIoU": res["point"]["mIoU"]}
         print(f"  {row}: box {found[row]['box_mIoU']:.4f} point {found[row]['point_mIoU']:.4f}", flush=True)
+    for row, other in PAIRS:
+        if row in records and other in records:
+            found[row].setdefault("paired", {})[other] = {
+                prompt: paired_difference(records[row], records[other], prompt) for prompt in ("box", "point")}
     return found
 
 
@@ -214,6 +226,7 @@ def markdown(results: dict, meta: dict) -> str:
              + (f" mIoU: {meta['eval_images']} held-out synthetic images." if acc else "")
              + (f" Q-SAM2 rows: VRC, then {meta['qat_steps']} QAT steps of 4 labeled images"
                 f" (losses: {meta.get('qat_losses') or 'labels'})."
+                + (f" VRC λ_rel {meta['lam_rel']:g}." if meta.get("lam_rel") is not None else "")
                 if meta.get("qat_steps") else " Q-SAM2 rows: VRC and LSC's initial clips, no QAT."), "",
              "| row | IR MB | ms | × fp32 IR | ms (f32 hint) | × fp32 IR (f32 hint) | RSS added MB | "
              "executed MatMul/Conv precisions |" + (" box mIoU | point mIoU |" if acc else ""),
@@ -227,6 +240,16 @@ def markdown(results: dict, meta: dict) -> str:
         if acc:
             line += f" {100 * r.get('box_mIoU', float('nan')):.1f} | {100 * r.get('point_mIoU', float('nan')):.1f} |"
         lines.append(line)
+    paired = [(row, other, d) for row, r in results.items() for other, d in r.get("paired", {}).items()]
+    if paired:
+        lines += ["", (f"mIoU differences, row minus reference, over the same {meta['eval_images']} images and "
+                       "instances, with 95 % paired bootstrap intervals (2000 resamples of whole images):"), "",
+                  "| row | minus | box Δ | box 95 % interval | point Δ | point 95 % interval |",
+                  "|---|---|---:|---|---:|---|"]
+        for row, other, d in paired:
+            cells = [f"{100 * d[k]['mean']:+.2f} | [{100 * d[k]['ci95'][0]:+.2f}, {100 * d[k]['ci95'][1]:+.2f}]"
+                     for k in ("box", "point")]
+            lines.append(f"| {row} | {other} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -255,6 +278,8 @@ def main() -> None:
     p.add_argument("--qat-losses", choices=("labels", "distill", "both"), default="labels",
                    help="QAT losses: SAM2's on the labels, the float model's masks as teacher (distill_mask 1, "
                         "as the recipes), or both (the recipes' choice)")
+    p.add_argument("--lam-rel", type=float, default=None,
+                   help="VRC's ridge λ relative to the mean of diag(G) (default: the method's, 1e-2)")
     p.add_argument("--no-vrc", action="store_true",
                    help="Q-SAM2 rows without the VRC solve (size / latency runs: the IR is built the same way)")
     p.add_argument("--tag", default="", help="suffix of the result files (openvino_<tag>.json)")
@@ -300,7 +325,8 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "rounds": args.rounds,
             "float_precision": results["fp32 IR"]["default"]["inference_precision"], "eval_images": args.eval_images,
             "calibration_images": len(calibration), "qat_steps": args.qat_steps,
-            "qat_losses": args.qat_losses if args.qat_steps else None, "seconds": round(time.time() - started),
+            "qat_losses": args.qat_losses if args.qat_steps else None, "lam_rel": args.lam_rel,
+            "seconds": round(time.time() - started),
             "command": shlex.join(["python", "benchmarks/openvino_ir.py"] + sys.argv[1:])}
     try:
         meta["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)

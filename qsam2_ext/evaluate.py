@@ -232,6 +232,30 @@ def evaluate(
     return results
 
 
+def paired_difference(a: list[dict], b: list[dict], prompt: str, *, resamples: int = 2000, seed: int = 0) -> dict:
+    """Mean IoU of ``a`` minus that of ``b`` over the instances both scored with ``prompt`` (``evaluate``'s
+    ``instances`` records of two models on the same images), with a 95 % paired bootstrap interval that resamples
+    whole images (the instances of one image share its errors). Raises if the two did not score the same instances."""
+    def scores(records):
+        return {(r["source"], r["instance"]): r["iou"] for r in records if r["prompt"] == prompt}
+
+    sa, sb = scores(a), scores(b)
+    if set(sa) != set(sb) or not sa:
+        raise ValueError(f"paired_difference needs the same {prompt}-prompted instances in both runs: "
+                         f"{len(sa)} and {len(sb)}, {len(set(sa) ^ set(sb))} not in both")
+    images = sorted({source for source, _ in sa})
+    index = {source: i for i, source in enumerate(images)}
+    diff_sum, count = np.zeros(len(images)), np.zeros(len(images))
+    for key, iou in sa.items():
+        diff_sum[index[key[0]]] += iou - sb[key]
+        count[index[key[0]]] += 1
+    draws = np.random.default_rng(seed).integers(0, len(images), size=(resamples, len(images)))
+    boot = diff_sum[draws].sum(1) / count[draws].sum(1)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return {"mean": float(diff_sum.sum() / count.sum()), "ci95": [float(lo), float(hi)], "images": len(images),
+            "instances": int(count.sum())}
+
+
 def format_table(results: dict) -> str:
     """The summary as a small text table."""
     rows = [("metric", "value")]

@@ -9,7 +9,7 @@ import torch
 from helpers import TINY, save_id_png, tiny_model, write_coco, write_folder, write_sa1b, write_video
 
 from qsam2_ext import cli
-from qsam2_ext.evaluate import evaluate, format_table, predict_masks, track
+from qsam2_ext.evaluate import evaluate, format_table, paired_difference, predict_masks, track
 from qsam2_ext.sam2 import image_predictor
 from qsam2_ext.sam2.data import BadSample, open_dataset
 from qsam2_ext.sam2.metrics import mask_iou
@@ -173,3 +173,25 @@ def test_cli_trains_and_evaluates_the_project_model_on_video(tmp_path, capsys):
                      "--out", str(tmp_path / "eval.json")]) == 0
     results = json.loads((tmp_path / "eval.json").read_text())
     assert results["results"]["sequences"] == 2 and 0 <= results["results"]["J&F"] <= 1
+
+
+def _records(ious_by_image: dict, prompt: str = "box") -> list[dict]:
+    return [{"source": src, "instance": i, "prompt": prompt, "iou": v} for src, vs in ious_by_image.items()
+            for i, v in enumerate(vs)]
+
+
+def test_paired_difference_is_the_instance_mean_with_an_image_bootstrap_interval():
+    a = _records({"x.png": [0.9, 0.8, 0.7], "y.png": [0.5]}) + _records({"x.png": [0.1]}, "point")
+    b = _records({"x.png": [0.8, 0.8, 0.6], "y.png": [0.6]}) + _records({"x.png": [0.3]}, "point")
+    d = paired_difference(a, b, "box")
+    assert d["mean"] == pytest.approx((0.1 + 0.0 + 0.1 - 0.1) / 4)  # over instances, not images
+    assert (d["images"], d["instances"]) == (2, 4)
+    # two images: a resample is both x, one of each or both y (1/4, 1/2, 1/4), so the 2.5 % and 97.5 % quantiles
+    # are the two images' own mean differences
+    assert d["ci95"] == pytest.approx([-0.1, 0.2 / 3])
+    assert paired_difference(a, b, "point")["ci95"] == pytest.approx([-0.2, -0.2])
+    shifted = [dict(r, iou=r["iou"] - 0.25) for r in a]
+    shift = paired_difference(a, shifted, "box")
+    assert shift["mean"] == pytest.approx(0.25) and shift["ci95"] == pytest.approx([0.25, 0.25])
+    with pytest.raises(ValueError, match="same box-prompted instances"):
+        paired_difference(a, b[1:], "box")
