@@ -46,6 +46,9 @@ ABLATIONS = {
     # VRC's ridge relative to the median input energy per channel (diag G) instead of the mean, which outlier
     # channels dominate: per layer, lam_rel times median / mean of diag(G)
     "lam=median": {"lam_median": True},
+    # LSC's quantizers replaced by LSQ's (learned steps, first-batch initialisation) after the same VRC: which of
+    # Q-SAM2's two parts carries its result against the LSQ row
+    "vrc+lsq": {"core": "lsq"},
 }
 # method -> (core quantizer, VRC first, trained)
 _PLAN = {
@@ -157,6 +160,7 @@ def quantize(model: nn.Module, method: str, bits: int, act_bits: Optional[int], 
     from qsam2_ext.core import FakeQuantized, FakeQuantizer, observing
 
     core, vrc, trained = _PLAN[method]
+    core = options.pop("core", core)
     act_ste = options.pop("act_ste", None)
     zero_centred = options.pop("act_center", None) == 0
     zero_level = options.pop("w_zero_level", False)

@@ -131,16 +131,17 @@ def test_summary_counts_diverged_seeds_apart_and_rows_read_back(tmp_path):
         assert "\n" not in str(e.value)
 
 
+class _Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.image_encoder = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 32))
+
+
 def test_zero_level_ablations_put_a_grid_level_on_zero():
     """The ``w_zero_level`` / ``a_zero_level`` ablations end in packed layers whose weight / input grids have a level
     at exactly zero (mid-rise levels ``c + s (k + 1/2)``: ``-c/s - 1/2`` is an integer), while the default Q-SAM2
     grids of the same layers do not have one in general."""
     torch.manual_seed(0)
-
-    class Wrapper(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.image_encoder = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 32))
 
     def off(c, s):  # distance of -c/s - 1/2 to the nearest integer
         return (torch.remainder(-c.double() / s.double(), 1.0) - 0.5).abs()
@@ -151,7 +152,7 @@ def test_zero_level_ablations_put_a_grid_level_on_zero():
         return [(off(w.center, w.step).max().item(), off(w.act_center, w.act_step).item()) for w in weights]
 
     batches = [torch.randn(8, 64) * 3 + 1 for _ in range(2)]
-    plain, ablated = Wrapper(), Wrapper()
+    plain, ablated = _Toy(), _Toy()
     ablated.load_state_dict(plain.state_dict())
     quantize(plain, "qsam2", 2, 4, batches, lambda m: None)
     quantize(ablated, "qsam2", 2, 4, batches, lambda m: None, w_zero_level=True, a_zero_level=True)
@@ -160,3 +161,25 @@ def test_zero_level_ablations_put_a_grid_level_on_zero():
     for w_off, a_off in ablated_offsets:
         assert w_off < 1e-4 and a_off < 1e-4
     assert max(max(o) for o in offsets(plain)) > 1e-2
+
+
+def test_vrc_lsq_ablation_is_lsq_on_the_vrc_corrected_weights():
+    """``vrc+lsq`` swaps Q-SAM2's LSC quantizers for LSQ's and keeps its VRC: the same packed model as VRC applied
+    first, then the ``lsq_qat`` row; and not the plain ``lsq_qat`` row (VRC changed the weights)."""
+    from accuracy_methods import ABLATIONS, apply_vrc
+
+    torch.manual_seed(0)
+    batches = [torch.randn(8, 64) * 3 + 1 for _ in range(2)]
+    ablated, composed, plain = _Toy(), _Toy(), _Toy()
+    composed.load_state_dict(ablated.state_dict())
+    plain.load_state_dict(ablated.state_dict())
+    quantize(ablated, "qsam2", 2, 4, batches, lambda m: None, **ABLATIONS["vrc+lsq"])
+    apply_vrc(composed, batches)
+    quantize(composed, "lsq_qat", 2, 4, batches, lambda m: None)
+    quantize(plain, "lsq_qat", 2, 4, batches, lambda m: None)
+    x = torch.randn(16, 64)
+    with torch.no_grad():
+        out = ablated.image_encoder(x)
+        torch.testing.assert_close(composed.image_encoder(x), out, rtol=0, atol=0)
+        assert not torch.equal(plain.image_encoder(x), out)
+    assert _packed(ablated) == {"image_encoder.0", "image_encoder.2"}
