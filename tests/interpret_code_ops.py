@@ -3,7 +3,8 @@ loads) against the core's references, bit for bit; ``test_kernels_interpreted`` 
 
 On a CPU PyTorch divides exactly, as the kernels do (``tl.math.div_rn``), so codes, centers, steps and sums must
 equal ``quantize_tokens(x.float(), bits)``'s everywhere: rows of any length (one tile, several rows to a program,
-and the two-pass loop beyond ``ONE_PASS_MAX``), constant rows, rows holding NaN or infinities.
+and the two-pass loop beyond ``ONE_PASS_MAX``), constant rows, rows holding NaN or infinities, and inputs on and
+next to their grid's boundaries (the division-free rounding, ``triton_packed._quantize_rcp``).
 """
 
 import os
@@ -28,6 +29,34 @@ def rows(m: int, k: int, dtype: torch.dtype) -> torch.Tensor:
         x[3, 0] = float("inf")
         x[4, -1] = float("-inf")
     return x.to(dtype)
+
+
+def boundary_rows(m: int, k: int, bits: int) -> torch.Tensor:
+    """Rows whose inputs sit on their own grid's boundaries ``center + j step`` and one or two ulps either side
+    (where a division-free rounding goes wrong first), at magnitudes from 2^-110 to 2^110 (beyond 2^±100 the
+    kernels fall back to the division)."""
+    out = torch.empty(m, k)
+    for i in range(m):
+        scale, center = 2.0 ** (220 * i / max(m - 1, 1) - 110), float(torch.randn(()))
+        lo, hi = torch.tensor([center - 1.3, center + 1.1]) * scale
+        step = (hi - lo) / (2 ** bits - 1)
+        c = (lo + hi) / 2
+        j = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1) + 1, (k,)).float()
+        x = c + j * step
+        for _ in range(2):
+            nudge = torch.randint(-1, 2, (k,))
+            x = torch.where(nudge > 0, torch.nextafter(x, x + 1), torch.where(nudge < 0, torch.nextafter(x, x - 1), x))
+        x[:2] = torch.stack([lo, hi])
+        out[i] = x.clamp(lo, hi)
+    return out
+
+
+def check_boundaries(m: int, k: int, bits: int) -> None:
+    x = boundary_rows(m, k, bits)
+    codes, center, step, _ = torch.ops.qsam2.quantize_tokens(x, bits, False)
+    ref, ref_center, ref_step = quantize_tokens(x, bits)
+    assert same(center, ref_center) and same(step, ref_step), (m, k, bits)
+    assert torch.equal(codes, ref), (m, k, bits, (codes != ref).sum().item())
 
 
 def same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -78,6 +107,9 @@ def main() -> None:
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             for bits, fp8 in ((8, False), (4, False), (4, True), (2, True), (3, False)):
                 check_tokens(m, k, dtype, bits, fp8)
+    for bits in (2, 3, 4, 8):
+        for m, k in ((23, 512), (5, code_ops.ONE_PASS_MAX + 100)):
+            check_boundaries(m, k, bits)
     for n, k in ((1, 9), (21, 97), (40, 300)):
         for bits, fp8 in ((2, True), (4, True), (2, False), (4, False), (8, False)):
             check_weight(n, k, bits, fp8)

@@ -75,6 +75,33 @@ def test_quantize_tokens_op_matches_the_reference(k, dtype, bits, fp8):
     assert (codes.float() - eager.float()).abs().max() <= 1
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_quantize_tokens_op_on_grid_boundaries(bits):
+    """Inputs on their rows' grid boundaries ``center + j step`` and one or two ulps either side, at magnitudes from
+    2^-110 to 2^110: the division-free rounding (``triton_packed._quantize_rcp``, steps within 2^±100) and the
+    division (beyond) give the elementwise-division reference's codes."""
+    register_ops()
+    torch.manual_seed(bits)
+    m, k = 64, 2048
+    scale = 2.0 ** torch.linspace(-110, 110, m, device="cuda").round()[:, None]
+    c = torch.randn(m, 1, device="cuda")
+    lo, hi = (c - 1.3) * scale, (c + 1.1) * scale
+    step = (hi - lo) / torch.full_like(hi, 2**bits - 1)
+    j = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1) + 1, (m, k), device="cuda").float()
+    x = (lo + hi) / torch.full_like(hi, 2.0) + j * step
+    for _ in range(2):
+        nudge = torch.randint(-1, 2, (m, k), device="cuda")
+        up, down = torch.nextafter(x, x + scale), torch.nextafter(x, x - scale)
+        x = torch.where(nudge > 0, up, torch.where(nudge < 0, down, x))
+    x = torch.minimum(torch.maximum(x, lo), hi)
+    x[:, :2] = torch.cat([lo, hi], 1)
+    codes, center, step_op, _ = torch.ops.qsam2.quantize_tokens(x, bits, False)
+    ref_center, ref_step = exact_grid(x, bits)
+    assert same(center, ref_center) and same(step_op, ref_step)
+    ref = quantize(x, ref_center, ref_step, bits)
+    assert torch.equal(codes, ref), (codes != ref).sum().item()
+
+
 @pytest.mark.parametrize("bits,fp8", [(2, True), (4, True), (2, False), (4, False), (8, False)])
 def test_unpack_codes_op_matches_unpack_codes(bits, fp8):
     if fp8 and torch.cuda.get_device_capability() < (8, 9):
