@@ -61,6 +61,18 @@ def _rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
 
 
+def recipe_lam_rel(args, bits: int, act_bits: int) -> float:
+    """VRC's λ_rel: ``--lam-rel``, else the shipped SAM2.1 recipe's for the bit setting (1e-4 at W4A8 / W8A8, 1e-2
+    at 2-3 bits), else the method's default (W4A4: no recipe)."""
+    from qsam2_ext.core import DEFAULT_LAM_REL
+    from qsam2_ext.recipes import list_recipes, load_recipe
+
+    if args.lam_rel is not None:
+        return args.lam_rel
+    name = f"sam2.1_hiera_t_w{bits}a{act_bits}"
+    return load_recipe(name).spec.calibration.lam_rel if name in list_recipes() else DEFAULT_LAM_REL
+
+
 def prepare_qsam2(args, model_config, checkpoint, calibration, example, bits, act_bits):
     """The model with its image encoder prepared by Q-SAM2 through NNCF (hooks in eval mode, not baked)."""
     import nncf
@@ -84,7 +96,7 @@ def prepare_qsam2(args, model_config, checkpoint, calibration, example, bits, ac
     else:
         teacher = copy.deepcopy(model).eval() if args.qat_steps and args.qat_losses != "labels" else None
         prepare_nncf_qat(model, calibration, bits, act_bits, method="qsam2",
-                         **({} if args.lam_rel is None else {"lam_rel": args.lam_rel}))
+                         lam_rel=recipe_lam_rel(args, bits, act_bits))
         if args.qat_steps:  # LSC's clips and the weights trained on labeled scenes, as recipes do
             import tempfile
 
@@ -226,7 +238,9 @@ def markdown(results: dict, meta: dict) -> str:
              + (f" mIoU: {meta['eval_images']} held-out synthetic images." if acc else "")
              + (f" Q-SAM2 rows: VRC, then {meta['qat_steps']} QAT steps of 4 labeled images"
                 f" (losses: {meta.get('qat_losses') or 'labels'})."
-                + (f" VRC λ_rel {meta['lam_rel']:g}." if meta.get("lam_rel") is not None else "")
+                + (" VRC λ_rel: " + ", ".join(f"{row.removeprefix('Q-SAM2 ')} {lam:g}"
+                                               for row, lam in meta["lam_rel"].items()) + "."
+                   if isinstance(meta.get("lam_rel"), dict) and meta["lam_rel"] else "")
                 if meta.get("qat_steps") else " Q-SAM2 rows: VRC and LSC's initial clips, no QAT."), "",
              "| row | IR MB | ms | × fp32 IR | ms (f32 hint) | × fp32 IR (f32 hint) | RSS added MB | "
              "executed MatMul/Conv precisions |" + (" box mIoU | point mIoU |" if acc else ""),
@@ -279,7 +293,8 @@ def main() -> None:
                    help="QAT losses: SAM2's on the labels, the float model's masks as teacher (distill_mask 1, "
                         "as the recipes), or both (the recipes' choice)")
     p.add_argument("--lam-rel", type=float, default=None,
-                   help="VRC's ridge λ relative to the mean of diag(G) (default: the method's, 1e-2)")
+                   help="VRC's ridge λ relative to the mean of diag(G) (default: the shipped sam2.1_hiera_t recipe's "
+                        "for the row's bits: 1e-4 at W4A8 / W8A8, 1e-2 at 2-3 bits)")
     p.add_argument("--no-vrc", action="store_true",
                    help="Q-SAM2 rows without the VRC solve (size / latency runs: the IR is built the same way)")
     p.add_argument("--tag", default="", help="suffix of the result files (openvino_<tag>.json)")
@@ -325,7 +340,8 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "rounds": args.rounds,
             "float_precision": results["fp32 IR"]["default"]["inference_precision"], "eval_images": args.eval_images,
             "calibration_images": len(calibration), "qat_steps": args.qat_steps,
-            "qat_losses": args.qat_losses if args.qat_steps else None, "lam_rel": args.lam_rel,
+            "qat_losses": args.qat_losses if args.qat_steps else None,
+            "lam_rel": {row: recipe_lam_rel(args, *QSAM2_ROWS[row][:2]) for row in args.rows if row in QSAM2_ROWS},
             "seconds": round(time.time() - started),
             "command": shlex.join(["python", "benchmarks/openvino_ir.py"] + sys.argv[1:])}
     try:
