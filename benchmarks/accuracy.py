@@ -35,6 +35,9 @@ from typing import Optional
 
 import torch
 
+# the NNCF rows: NNCF builds or loads its CPU extension on first use, which takes over its 60 s default on a loaded
+# 2-core machine (workers inherit it)
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from accuracy_methods import ABLATIONS, METHODS, NNCF, PTQ, quantize  # noqa: E402
 
