@@ -43,9 +43,10 @@ def boundary_rows(m: int, k: int, bits: int) -> torch.Tensor:
         c = (lo + hi) / 2
         j = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1) + 1, (k,)).float()
         x = c + j * step
+        up, down = torch.full_like(x, float("inf")), torch.full_like(x, float("-inf"))
         for _ in range(2):
             nudge = torch.randint(-1, 2, (k,))
-            x = torch.where(nudge > 0, torch.nextafter(x, x + 1), torch.where(nudge < 0, torch.nextafter(x, x - 1), x))
+            x = torch.where(nudge > 0, torch.nextafter(x, up), torch.where(nudge < 0, torch.nextafter(x, down), x))
         x[:2] = torch.stack([lo, hi])
         out[i] = x.clamp(lo, hi)
     return out

@@ -91,7 +91,8 @@ def test_quantize_tokens_op_on_grid_boundaries(bits):
     x = (lo + hi) / torch.full_like(hi, 2.0) + j * step
     for _ in range(2):
         nudge = torch.randint(-1, 2, (m, k), device="cuda")
-        up, down = torch.nextafter(x, x + scale), torch.nextafter(x, x - scale)
+        up = torch.nextafter(x, torch.full_like(x, float("inf")))
+        down = torch.nextafter(x, torch.full_like(x, float("-inf")))
         x = torch.where(nudge > 0, up, torch.where(nudge < 0, down, x))
     x = torch.minimum(torch.maximum(x, lo), hi)
     x[:, :2] = torch.cat([lo, hi], 1)
