@@ -7,15 +7,12 @@ times with ``triton.testing.do_bench``:
 
 * ``copy``: a Triton kernel that reads the bf16 rows and writes one byte per input, nothing else (the bandwidth
   bound of any such pass);
-* ``op``: ``torch.ops.qsam2.quantize_tokens`` as the model calls it (its own rows-a-program and warps rule; the
-  division-free exact rounding, ``triton_packed._quantize_rcp``);
-* ``op (division)``: the same op on the same rows times 2^105 (an exact scaling; steps beyond 2^100 take the
-  kernel's other path, the IEEE division of each input by its row's step, ``div_rn``): what the exact rounding
-  saves;
-* ``tile RxW`` (with ``--tiles``): the same kernel (``code_ops.quantize_token_rows``) with R rows a program and W
-  warps, for every tile of 1024-8192 inputs at 8 or 16 inputs a thread (is the rule's tile the best?);
-* ``reciprocal``: the same pass (the op's tile) with a plain product by the step's reciprocal, which is not exact
-  (the bound of any rounding without the division).
+* ``op``: ``torch.ops.qsam2.quantize_tokens`` as the model calls it (its own rows-a-program and warps rule);
+* ``tile RxW``: the same kernel (``code_ops.quantize_token_rows``) with R rows a program and W warps, for every
+  tile of 1024-8192 inputs at 8 or 16 inputs a thread (is the rule's tile the best?);
+* ``reciprocal``: the same pass (the op's tile) with the IEEE division of each input by its row's step
+  (``div_rn``, which makes the codes equal the reference's) replaced by a product with the step's reciprocal (is
+  the division the cost?).
 
 Writes ``<out>/act_quant_tiles.json`` and ``.md``: ms and TB/s (bf16 read + codes written) per row.
 """
@@ -77,7 +74,7 @@ def tiles(block_k: int) -> list[tuple[int, int]]:
                    for tile in (1024, 2048, 4096, 8192) if tile >= block_k for per_thread in (8, 16)})
 
 
-def bench_shape(m: int, k: int, sweep: bool) -> list[dict]:
+def bench_shape(m: int, k: int) -> list[dict]:
     from triton.testing import do_bench
 
     from qsam2_ext.kernels import code_ops
@@ -86,12 +83,10 @@ def bench_shape(m: int, k: int, sweep: bool) -> list[dict]:
     codes = torch.empty(m, k, device="cuda", dtype=torch.int8)
     center, step = (torch.empty(m, 1, device="cuda") for _ in range(2))
     sums = torch.empty(m, 1, device="cuda", dtype=torch.int32)
-    huge = x * 2.0 ** 105  # steps beyond _rcp_fits: the division path
     block_k, rule_m, rule_warps, _ = code_ops.token_tile(k)  # the op's own tile
     runs = {"copy": lambda: _copy_rows[(triton.cdiv(m, rule_m),)](x, codes, m, k, BLOCK_M=rule_m, BLOCK_K=block_k),
-            "op": lambda: torch.ops.qsam2.quantize_tokens(x, BITS, False),
-            "op (division)": lambda: torch.ops.qsam2.quantize_tokens(huge, BITS, False)}
-    for rows, warps in tiles(block_k) if sweep else ():
+            "op": lambda: torch.ops.qsam2.quantize_tokens(x, BITS, False)}
+    for rows, warps in tiles(block_k):
         runs[f"tile {rows}x{warps}"] = (lambda rows=rows, warps=warps: code_ops.quantize_token_rows[
             (triton.cdiv(m, rows),)](x, codes, center, step, sums, m, k, x.stride(0), BITS=BITS, BLOCK_M=rows,
                                      BLOCK_K=block_k, ONE_PASS=True, num_warps=warps))
@@ -114,7 +109,6 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), help="TOKENSxCHANNELS")
-    p.add_argument("--tiles", action="store_true", help="also every tile of 1024-8192 inputs")
     p.add_argument("--out", default="out/act_quant_tiles")
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -123,7 +117,7 @@ def main() -> None:
     with torch.inference_mode():
         for shape in args.shapes:
             m, k = (int(v) for v in shape.lower().split("x"))
-            new = bench_shape(m, k, args.tiles)
+            new = bench_shape(m, k)
             rows += new
             print(table(new), flush=True)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "bits": BITS,

@@ -4,7 +4,7 @@ loads) against the core's references, bit for bit; ``test_kernels_interpreted`` 
 On a CPU PyTorch divides exactly, as the kernels do (``tl.math.div_rn``), so codes, centers, steps and sums must
 equal ``quantize_tokens(x.float(), bits)``'s everywhere: rows of any length (one tile, several rows to a program,
 and the two-pass loop beyond ``ONE_PASS_MAX``), constant rows, rows holding NaN or infinities, and inputs on and
-next to their grid's boundaries (the division-free rounding, ``triton_packed._quantize_rcp``).
+next to their grid's boundaries.
 """
 
 import os
@@ -33,8 +33,7 @@ def rows(m: int, k: int, dtype: torch.dtype) -> torch.Tensor:
 
 def boundary_rows(m: int, k: int, bits: int) -> torch.Tensor:
     """Rows whose inputs sit on their own grid's boundaries ``center + j step`` and one or two ulps either side
-    (where a division-free rounding goes wrong first), at magnitudes from 2^-110 to 2^110 (beyond 2^±100 the
-    kernels fall back to the division)."""
+    (where any rounding other than the reference's goes wrong first), at magnitudes from 2^-110 to 2^110."""
     out = torch.empty(m, k)
     for i in range(m):
         scale, center = 2.0 ** (220 * i / max(m - 1, 1) - 110), float(torch.randn(()))

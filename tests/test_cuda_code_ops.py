@@ -78,8 +78,7 @@ def test_quantize_tokens_op_matches_the_reference(k, dtype, bits, fp8):
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_quantize_tokens_op_on_grid_boundaries(bits):
     """Inputs on their rows' grid boundaries ``center + j step`` and one or two ulps either side, at magnitudes from
-    2^-110 to 2^110: the division-free rounding (``triton_packed._quantize_rcp``, steps within 2^±100) and the
-    division (beyond) give the elementwise-division reference's codes."""
+    2^-110 to 2^110: the kernel's codes are the elementwise-division reference's."""
     register_ops()
     torch.manual_seed(bits)
     m, k = 64, 2048

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .triton_packed import _extrema, _grid, _quantize, _quantize_rcp, _rcp_fits, _row_grid, _weight_codes
+from .triton_packed import _extrema, _grid, _quantize, _row_grid, _weight_codes
 
 ONE_PASS_MAX = 16384  # longest row held in registers; longer rows are read twice (min/max, then codes)
 _ROW_ELEMENTS = 2048  # inputs per program at least: short rows go several to a program
@@ -35,18 +35,6 @@ _ROW_ELEMENTS = 2048  # inputs per program at least: short rows go several to a 
 # 11-29 % faster than 8 a thread; benchmarks/act_quant_tiles.py, results/act_quant_tiles_h100.md)
 _INPUTS_PER_THREAD = 16
 _SPLIT_K = 4096  # the K tile of rows longer than ONE_PASS_MAX
-
-
-@triton.jit
-def _codes(x, center, step, m_ok, BITS: tl.constexpr):
-    """Codes of a tile of rows on their grids ``center``, ``step`` ``(BLOCK_M,)``: without a division per input
-    where every row's grid allows it (``_quantize_rcp``; all rows of finite, not extreme inputs), else as
-    ``_quantize`` (NaN or infinite rows, constant rows far from zero, steps beyond 2^±100)."""
-    if tl.min(tl.where(m_ok, _rcp_fits(center, step), True).to(tl.int32), axis=0) == 1:
-        q = _quantize_rcp(x, center[:, None], step[:, None], BITS)
-    else:
-        q = _quantize(x, center[:, None], step[:, None], BITS)
-    return q
 
 
 @triton.jit
@@ -63,7 +51,7 @@ def quantize_token_rows(x_ptr, codes_ptr, center_ptr, step_ptr, sum_ptr, M, K, s
         x = tl.load(rows + rk[None, :], mask=ok, other=0.0).to(tl.float32)
         lo, hi = _extrema(x, ok)
         center, step = _grid(lo, hi, BITS)
-        q = tl.where(ok, _codes(x, center, step, m_ok, BITS), 0.0)
+        q = tl.where(ok, _quantize(x, center[:, None], step[:, None], BITS), 0.0)
         tl.store(out + rk[None, :], q.to(codes_ptr.dtype.element_ty), mask=ok)
         total = tl.sum(q.to(tl.int32), axis=1)
     else:
@@ -73,7 +61,7 @@ def quantize_token_rows(x_ptr, codes_ptr, center_ptr, step_ptr, sum_ptr, M, K, s
             rk = k0 + tl.arange(0, BLOCK_K)
             ok = m_ok[:, None] & (rk < K)[None, :]
             x = tl.load(rows + rk[None, :], mask=ok, other=0.0).to(tl.float32)
-            q = tl.where(ok, _codes(x, center, step, m_ok, BITS), 0.0)
+            q = tl.where(ok, _quantize(x, center[:, None], step[:, None], BITS), 0.0)
             tl.store(out + rk[None, :], q.to(codes_ptr.dtype.element_ty), mask=ok)
             total += tl.sum(q.to(tl.int32), axis=1)
     tl.store(center_ptr + rm, center, mask=m_ok)

@@ -127,37 +127,6 @@ def _quantize(x, center, step, ACT_BITS: tl.constexpr):
     return tl.minimum(tl.maximum(q, -(1 << (ACT_BITS - 1)) * 1.0), (1 << (ACT_BITS - 1)) - 1.0)
 
 
-@triton.jit
-def _rcp_fits(center, step):
-    """Whether ``_quantize_rcp`` gives ``_quantize``'s codes on this grid: a finite center and a step far from
-    float32's underflow and overflow (NaN grids fail it)."""
-    return (step >= 7.888609052210118e-31) & (step <= 1.2676506002282294e30) & (tl.abs(center) <= 1.2676506002282294e30)
-
-
-@triton.jit
-def _quantize_rcp(x, center, step, ACT_BITS: tl.constexpr):
-    """``_quantize``'s codes without a division per input, on grids that ``_rcp_fits`` (per row: a reciprocal and
-    a split of the step; per input: a product, exact remainders and two comparisons). ``q = floor(RN(d / s))``
-    with ``d = x - center``: ``n``, the integer nearest to ``d / s`` up to a few ulps, is ``q`` if ``d >= n s``
-    (then ``d / s < n + 1`` too); else ``RN(d / s)`` still rounds up to ``n`` iff ``d / s`` is at least halfway
-    from ``n`` to the float below it (ties go to ``n``, whose last significand bit is 0), and ``q = n - 1``
-    otherwise. ``d - n s`` is exact where it decides: ``n s_hi`` and ``n s_lo`` are exact products (``|n| <= 128``,
-    ``s_hi`` holds the step's top 16 significand bits), and near ``n`` the difference has at most 24 bits; the
-    halfway product is a power of two times ``s``. For ``n = 0``, ``RN(d / s)`` is ``-0`` (code 0) where
-    ``|d| <= s 2^-150``, compared as ``|d| 2^126 <= s 2^-24`` in normal numbers. Fused multiply-adds (which the
-    compiler may form) leave every exact product exact, so the result does not depend on them."""
-    d = x - center
-    n = tl.floor(d * tl.math.div_rn(1.0, step) + 0.5)
-    step_hi = (step.to(tl.int32, bitcast=True) & -256).to(tl.float32, bitcast=True)
-    t = (d - n * step_hi) - n * (step - step_hi)  # d - n s
-    bits = n.to(tl.int32, bitcast=True)
-    below = tl.where(n > 0, bits - 1, bits + 1).to(tl.float32, bitcast=True)  # the float next to n towards 0 / -inf
-    halfway = tl.where(n == 0, (-d) * 8.507059173023462e37 <= step * 5.960464477539063e-08,
-                       t + (n - below) * 0.5 * step >= 0)
-    q = tl.where((t >= 0) | halfway, n, n - 1)
-    return tl.minimum(tl.maximum(q, -(1 << (ACT_BITS - 1)) * 1.0), (1 << (ACT_BITS - 1)) - 1.0)
-
-
 @triton.autotune(configs=_configs(int8=False), key=["M", "N", "K", "BITS", "GROUPED"], do_bench=_bench)
 @triton.jit
 def a16_linear(x_ptr, w_ptr, c_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym, group_k, groups,
