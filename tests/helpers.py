@@ -61,6 +61,25 @@ def quantize_some(model, bits=2):
 COLORS = np.array([[230, 40, 40], [40, 200, 60], [50, 80, 230], [240, 220, 30], [200, 50, 200]], np.uint8)
 
 
+def grid_boundary_rows(m: int, k: int, bits: int, device: str = "cpu") -> torch.Tensor:
+    """Rows whose inputs sit on their own ``bits``-bit token grid's boundaries ``center + j step`` and one or two ulps
+    either side (where any rounding other than the reference's goes wrong first), at magnitudes from 2^-110 to 2^110;
+    each row holds its min and max. Divisions are tensor by tensor (exact on CUDA too)."""
+    scale = 2.0 ** torch.linspace(-110, 110, m, device=device).round()[:, None]
+    c = torch.randn(m, 1, device=device)
+    lo, hi = (c - 1.3) * scale, (c + 1.1) * scale
+    step = (hi - lo) / torch.full_like(hi, 2**bits - 1)
+    j = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1) + 1, (m, k), device=device).float()
+    x = (lo + hi) / torch.full_like(hi, 2.0) + j * step
+    up, down = torch.full_like(x, float("inf")), torch.full_like(x, float("-inf"))
+    for _ in range(2):
+        nudge = torch.randint(-1, 2, (m, k), device=device)
+        x = torch.where(nudge > 0, torch.nextafter(x, up), torch.where(nudge < 0, torch.nextafter(x, down), x))
+    x = torch.minimum(torch.maximum(x, lo), hi)
+    x[:, :2] = torch.cat([lo, hi], 1)
+    return x
+
+
 def ellipse(height: int, width: int, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
     y, x = np.mgrid[:height, :width]
     return ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1

@@ -13,6 +13,7 @@ import sys
 os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
+from helpers import grid_boundary_rows  # noqa: E402
 
 from qsam2_ext.core import pack_codes, unpack_codes  # noqa: E402
 from qsam2_ext.core.int_linear import int_linear, quantize_tokens, weight_columns  # noqa: E402
@@ -31,28 +32,8 @@ def rows(m: int, k: int, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype)
 
 
-def boundary_rows(m: int, k: int, bits: int) -> torch.Tensor:
-    """Rows whose inputs sit on their own grid's boundaries ``center + j step`` and one or two ulps either side
-    (where any rounding other than the reference's goes wrong first), at magnitudes from 2^-110 to 2^110."""
-    out = torch.empty(m, k)
-    for i in range(m):
-        scale, center = 2.0 ** (220 * i / max(m - 1, 1) - 110), float(torch.randn(()))
-        lo, hi = torch.tensor([center - 1.3, center + 1.1]) * scale
-        step = (hi - lo) / (2 ** bits - 1)
-        c = (lo + hi) / 2
-        j = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1) + 1, (k,)).float()
-        x = c + j * step
-        up, down = torch.full_like(x, float("inf")), torch.full_like(x, float("-inf"))
-        for _ in range(2):
-            nudge = torch.randint(-1, 2, (k,))
-            x = torch.where(nudge > 0, torch.nextafter(x, up), torch.where(nudge < 0, torch.nextafter(x, down), x))
-        x[:2] = torch.stack([lo, hi])
-        out[i] = x.clamp(lo, hi)
-    return out
-
-
 def check_boundaries(m: int, k: int, bits: int) -> None:
-    x = boundary_rows(m, k, bits)
+    x = grid_boundary_rows(m, k, bits)
     codes, center, step, _ = torch.ops.qsam2.quantize_tokens(x, bits, False)
     ref, ref_center, ref_step = quantize_tokens(x, bits)
     assert same(center, ref_center) and same(step, ref_step), (m, k, bits)

@@ -11,6 +11,7 @@ import re
 
 import pytest
 import torch
+from helpers import grid_boundary_rows
 
 from qsam2_ext.core import pack_codes, quantize, unpack_codes
 from qsam2_ext.core.grid import CONSTANT_ROW_SPAN
@@ -81,20 +82,7 @@ def test_quantize_tokens_op_on_grid_boundaries(bits):
     2^-110 to 2^110: the kernel's codes are the elementwise-division reference's."""
     register_ops()
     torch.manual_seed(bits)
-    m, k = 64, 2048
-    scale = 2.0 ** torch.linspace(-110, 110, m, device="cuda").round()[:, None]
-    c = torch.randn(m, 1, device="cuda")
-    lo, hi = (c - 1.3) * scale, (c + 1.1) * scale
-    step = (hi - lo) / torch.full_like(hi, 2**bits - 1)
-    j = torch.randint(-(2 ** (bits - 1)), 2 ** (bits - 1) + 1, (m, k), device="cuda").float()
-    x = (lo + hi) / torch.full_like(hi, 2.0) + j * step
-    for _ in range(2):
-        nudge = torch.randint(-1, 2, (m, k), device="cuda")
-        up = torch.nextafter(x, torch.full_like(x, float("inf")))
-        down = torch.nextafter(x, torch.full_like(x, float("-inf")))
-        x = torch.where(nudge > 0, up, torch.where(nudge < 0, down, x))
-    x = torch.minimum(torch.maximum(x, lo), hi)
-    x[:, :2] = torch.cat([lo, hi], 1)
+    x = grid_boundary_rows(64, 2048, bits, "cuda")
     codes, center, step_op, _ = torch.ops.qsam2.quantize_tokens(x, bits, False)
     ref_center, ref_step = exact_grid(x, bits)
     assert same(center, ref_center) and same(step_op, ref_step)
